@@ -1,0 +1,1 @@
+"""Pure functions over a study's MLflow runs: tables, overfitting measures, Pareto fronts, figures."""

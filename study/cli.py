@@ -1,0 +1,221 @@
+"""The `birdplane` command line: parses flags, validates everything before work starts, prints.
+
+Every bad input ends as one line on stderr and exit code 2, before any data is loaded, Ray is
+started or an MLflow run is created. Everything else lives in the modules this one calls.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Callable, Sequence
+
+from study.errors import UsageError
+from trainables.config import ACTIVATIONS, AUGMENTATIONS, DEVICES, LOSSES, OPTIMIZERS, ConfigError, DataConfig, TrainConfig
+from trainables.data import DataError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors become one line, exit 2
+        raise UsageError(message)
+
+
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", default=os.environ.get("BIRDPLANE_DATA", "./data"),
+                   help="image tree ROOT/{train,test}/<class>/, or a folder holding cifar-10-batches-py "
+                        "(default: $BIRDPLANE_DATA or ./data)")
+    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data-root")
+    p.add_argument("--classes", default="airplane,bird", help="comma-separated class names; labels follow this order")
+    p.add_argument("--val-split", default="holdout", choices=("holdout", "book"),
+                   help="holdout: stratified 10%% of train; book: the official test split, as the chapter does")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split (separate from --seed)")
+    p.add_argument("--cache-dir", default="", help="decoded-tensor cache (default: $BIRDPLANE_CACHE or ~/.cache/birdplane)")
+
+
+def data_config(args: argparse.Namespace, subset: int = 0) -> DataConfig:
+    return DataConfig(root=args.data_root, classes=args.classes, val_split=args.val_split,
+                      split_seed=args.split_seed, download=args.download, cache_dir=args.cache_dir,
+                      subset=subset)
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train one network (the chapter's recipe by default)")
+    add_data_flags(p)
+    d = TrainConfig()
+    p.add_argument("--hidden", default="512", help="hidden layer widths, e.g. 1024,512,128")
+    p.add_argument("--activation", default=d.activation, help=f"one of {', '.join(ACTIVATIONS)}")
+    p.add_argument("--loss", default=d.loss, help=f"one of {', '.join(LOSSES)}")
+    p.add_argument("--optimizer", default=d.optimizer, help=f"one of {', '.join(OPTIMIZERS)}")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--momentum", type=float, default=d.momentum)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--augment", default=d.augment, help=f"one of {', '.join(AUGMENTATIONS)}")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device, help=f"one of {', '.join(DEVICES)}")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the summary on stdout")
+    p.set_defaults(handler=cmd_train)
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(hidden_sizes=args.hidden, activation=args.activation, loss=args.loss,
+                       optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+                       weight_decay=args.weight_decay, batch_size=args.batch_size, epochs=args.epochs,
+                       augment=args.augment, seed=args.seed, device=args.device, threads=args.threads)
+
+
+def json_safe(value):
+    """NaN and infinities are not JSON: they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def format_epoch(m: dict) -> str:
+    return (f"epoch {m['epoch']:>3}  train_loss {m['train_loss']:.4f}  train_acc {m['train_acc']:.4f}  "
+            f"val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.4f}  gap {m['gap']:+.4f}  "
+            f"{m['samples_per_second']:,.0f} samples/s")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainables.data import check_data, load_study_data
+    from trainables.loop import fit
+    from trainables.losses import output_units
+
+    config, dcfg = train_config(args), data_config(args)
+    check_data(dcfg)
+    output_units(config.loss, len(dcfg.classes))
+    data = load_study_data(dcfg)
+    out = sys.stderr if args.json else sys.stdout
+    result = fit(config, data, on_epoch_end=lambda m, _: print(format_epoch(m), file=out, flush=True))
+    summary = result.summary()
+    if args.json:
+        print(json.dumps(json_safe({**summary, "config": config.to_dict(), "data": data.summary()})))
+    else:
+        print(f"{summary['status']}: {summary['epochs']} epochs in {summary['seconds']:.1f}s, "
+              f"param_count {summary['param_count']:,}, val_acc {summary['val_acc']:.4f} "
+              f"(best {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}), "
+              f"train_acc {summary['train_acc']:.4f}")
+    return 0
+
+
+def _sweep_parser(sub) -> None:
+    from study.sweep import SweepOptions
+
+    d = SweepOptions()
+    p = sub.add_parser("sweep", help="run a study: Optuna TPE + ASHA on Ray Tune, every trial in MLflow")
+    p.add_argument("--space", default=None, help="search-space YAML (default: the one shipped in study/spaces/)")
+    p.add_argument("--num-samples", type=int, default=None, help=f"trials (default {d.num_samples}; 4 with --smoke)")
+    p.add_argument("--max-epochs", type=int, default=None, help="epochs per trial (overrides the space's epochs)")
+    p.add_argument("--metric", default=d.metric, help="val_acc (max) or val_loss (min)")
+    p.add_argument("--objectives", default="", help="val_acc,param_count for a multi-objective search")
+    p.add_argument("--scheduler", default=d.scheduler, help="asha or none")
+    p.add_argument("--grace-epochs", type=int, default=d.grace_epochs, help="ASHA's minimum epochs per trial")
+    p.add_argument("--cpus-per-trial", type=int, default=d.cpus_per_trial)
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="default 0.25 when the cluster has GPUs, else 0")
+    p.add_argument("--max-concurrent", type=int, default=None, help="default: as many as the resources hold")
+    p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: local)")
+    p.add_argument("--storage-path", default=None, help="Tune results and checkpoints (default ~/ray_results); "
+                                                       "shared storage or a cloud URI on a cluster")
+    p.add_argument("--name", default=None, help="sweep name (default sweep-<timestamp>); --resume needs it")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's local sqlite:///mlflow.db)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: the sweep name)")
+    p.add_argument("--smoke", action="store_true", help="a tiny sweep: 4 trials, 2 epochs, 100 images per class")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    add_data_flags(p)
+    p.set_defaults(handler=cmd_sweep)
+
+
+def sweep_options(args: argparse.Namespace):
+    from study.sweep import SweepOptions, default_name
+
+    if args.resume and not args.name:
+        raise UsageError("--resume needs --name of the sweep to continue")
+    num_samples = args.num_samples if args.num_samples is not None else (4 if args.smoke else SweepOptions.num_samples)
+    objectives = tuple(o.strip() for o in args.objectives.split(",") if o.strip())
+    return SweepOptions(space=args.space, num_samples=num_samples, max_epochs=args.max_epochs, metric=args.metric,
+                        objectives=objectives, scheduler=args.scheduler, grace_epochs=args.grace_epochs
+                        if not args.smoke else 1, cpus_per_trial=args.cpus_per_trial,
+                        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+                        address=args.address, storage_path=args.storage_path, name=args.name or default_name(),
+                        resume=args.resume, seed=args.seed, tracking_uri=args.tracking_uri,
+                        experiment=args.experiment, smoke=args.smoke)
+
+
+def format_trial(t: dict) -> str:
+    c = t.get("config") or {}
+    hidden = ",".join(str(h) for h in c.get("hidden_sizes", []))
+    return (f"val_acc {t['val_acc']:.4f}  train_acc {t['train_acc']:.4f}  param_count {t['param_count']:>10,}  "
+            f"epochs {t['epochs']}  [{hidden}] {c.get('activation')} {c.get('loss')} {c.get('optimizer')} "
+            f"lr {c.get('lr', 0):.2e} batch {c.get('batch_size')}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from study.sweep import SMOKE_SUBSET, prepare, run_sweep
+
+    opts = sweep_options(args)
+    prep = prepare(opts, data_config(args, subset=SMOKE_SUBSET if args.smoke else 0))
+    summary = run_sweep(prep)
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps(json_safe(asdict(summary)), default=str))
+        return 0
+    print(f"\nsweep {summary.name}: {len(summary.trials)} trials; results in {summary.experiment_path}")
+    print(f"MLflow: experiment {summary.experiment!r}, parent run {summary.parent_run_id} at {summary.tracking_uri}")
+    if summary.best:
+        b = summary.best
+        print(f"best trial {b['trial_id']}: {format_trial(b)}")
+        print(f"  results: {b['path']}\n  MLflow run: {b['run_id']}")
+    if opts.objectives:
+        print("Pareto set (val_acc up, param_count down):")
+        for t in summary.pareto:
+            print(f"  {t['trial_id']}: {format_trial(t)}")
+    if summary.undelivered:
+        print(f"warning: {summary.undelivered} MLflow calls were not delivered; run `birdplane sync --name {summary.name}`")
+    print(f"review: mlflow ui --backend-store-uri {summary.tracking_uri} --host 127.0.0.1"
+          if store_is_local(summary.tracking_uri) else f"review: open {summary.tracking_uri}")
+    return 0
+
+
+def store_is_local(uri: str) -> bool:
+    from study.mlflow_store import is_local_store
+
+    return is_local_store(uri)
+
+
+COMMANDS: list[Callable] = [_train_parser, _sweep_parser]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="birdplane", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.handler(args)
+    except (UsageError, ConfigError, DataError) as err:
+        print(f"birdplane: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("birdplane: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Search spaces as data: a YAML file, validated before Ray starts, turned into Optuna suggestions.
+
+A dimension is a fixed value, ``{choices: [...]}`` or ``{low, high, log}``. ``depth`` and ``width``
+make the hidden sizes: ``width_0 .. width_{depth-1}`` are suggested only for the layers that exist
+(a define-by-run space). Every other dimension is a field of ``TrainConfig``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from study.errors import UsageError
+from trainables.config import ACTIVATIONS, AUGMENTATIONS, LOSSES, OPTIMIZERS, ConfigError, TrainConfig
+
+DEFAULT_SPACE = Path(__file__).parent / "spaces" / "default.yaml"
+CHOICES = {"loss": LOSSES, "activation": ACTIVATIONS, "optimizer": OPTIMIZERS, "augment": AUGMENTATIONS}
+INTEGER = {"depth", "width", "batch_size", "epochs"}
+FLOAT = {"lr", "momentum", "weight_decay"}
+KNOWN = INTEGER | FLOAT | set(CHOICES)
+REQUIRED = {"depth", "width"}
+
+
+@dataclass(frozen=True)
+class Dimension:
+    name: str
+    fixed: Any = None
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+
+    @property
+    def searched(self) -> bool:
+        return self.fixed is None
+
+    def suggest(self, trial, name: str | None = None):
+        name = name or self.name
+        if self.fixed is not None:
+            return self.fixed
+        if self.choices is not None:
+            return trial.suggest_categorical(name, list(self.choices))
+        if self.name in INTEGER:
+            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(name, float(self.low), float(self.high), log=self.log)
+
+
+def _check_value(name: str, value: Any) -> Any:
+    if name in CHOICES:
+        if value not in CHOICES[name]:
+            raise UsageError(f"search space: {name}: unknown value {value!r} (choose from {', '.join(CHOICES[name])})")
+        return value
+    numeric = (int,) if name in INTEGER else (int, float)
+    if isinstance(value, bool) or not isinstance(value, numeric):
+        kind = "an integer" if name in INTEGER else "a number"
+        raise UsageError(f"search space: {name}: {value!r} is not {kind}")
+    return value
+
+
+def _dimension(name: str, spec: Any) -> Dimension:
+    if not isinstance(spec, dict):
+        return Dimension(name, fixed=_check_value(name, spec))
+    keys = set(spec)
+    if keys == {"choices"}:
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise UsageError(f"search space: {name}: choices must be a non-empty list")
+        return Dimension(name, choices=tuple(_check_value(name, c) for c in choices))
+    if name in CHOICES:
+        raise UsageError(f"search space: {name}: give a value or {{choices: [...]}}")
+    if not {"low", "high"} <= keys or keys - {"low", "high", "log"}:
+        raise UsageError(f"search space: {name}: expected {{low, high[, log]}} or {{choices}}, got keys {sorted(keys)}")
+    low, high = _check_value(name, spec["low"]), _check_value(name, spec["high"])
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise UsageError(f"search space: {name}: log must be true or false")
+    if low >= high:
+        raise UsageError(f"search space: {name}: low ({low}) must be < high ({high})")
+    if (log or name in ("lr", "width", "depth", "batch_size")) and low <= 0:
+        raise UsageError(f"search space: {name}: low must be > 0, got {low}")
+    return Dimension(name, low=low, high=high, log=log)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    dimensions: dict[str, Dimension]
+    source: str
+
+    def searched(self) -> dict[str, Dimension]:
+        return {k: d for k, d in self.dimensions.items() if d.searched}
+
+    def with_fixed(self, **values: Any) -> "SearchSpace":
+        dims = dict(self.dimensions)
+        for name, value in values.items():
+            dims[name] = _dimension(name, value)
+        return SearchSpace(dims, self.source)
+
+    def define_by_run(self, seed: int = 0, threads: int = 1, device: str = "cpu") -> "DefineByRun":
+        return DefineByRun(self, seed, threads, device)
+
+    def to_dict(self) -> dict:
+        out = {}
+        for name, d in self.dimensions.items():
+            if d.fixed is not None:
+                out[name] = d.fixed
+            elif d.choices is not None:
+                out[name] = {"choices": list(d.choices)}
+            else:
+                out[name] = {"low": d.low, "high": d.high, "log": d.log}
+        return out
+
+
+@dataclass(frozen=True)
+class DefineByRun:
+    """What OptunaSearch calls per trial (a picklable object: Tune saves the searcher with it).
+
+    Returns the whole TrainConfig as ``{'train': {...}}``; the trial's seed is ``seed + trial.number``.
+    """
+
+    space: SearchSpace
+    seed: int
+    threads: int
+    device: str
+
+    def __call__(self, trial) -> dict:
+        dims = self.space.dimensions
+        depth = dims["depth"].suggest(trial)
+        hidden = [dims["width"].suggest(trial, f"width_{i}") for i in range(depth)]
+        values = {"hidden_sizes": hidden, "seed": self.seed + trial.number, "threads": self.threads, "device": self.device}
+        for name, dim in dims.items():
+            if name not in ("depth", "width"):
+                values[name] = dim.suggest(trial)
+        return {"train": TrainConfig.from_dict(values).to_dict()}
+
+
+def load_space(path: str | Path | None = None) -> SearchSpace:
+    """Read and validate a space file; every problem is a UsageError naming the key."""
+    path = Path(path) if path else DEFAULT_SPACE
+    if not path.is_file():
+        raise UsageError(f"search space file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UsageError(f"search space file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"search space file {path} must be a mapping of dimension names")
+    unknown = sorted(set(raw) - KNOWN)
+    if unknown:
+        raise UsageError(f"search space: unknown key {unknown[0]!r} (known: {', '.join(sorted(KNOWN))})")
+    missing = sorted(REQUIRED - set(raw))
+    if missing:
+        raise UsageError(f"search space: missing key {missing[0]!r}")
+    dims = {name: _dimension(name, spec) for name, spec in raw.items()}
+    depth = dims["depth"]
+    if (depth.fixed if depth.fixed is not None else depth.low or min(depth.choices or [1])) < 1:
+        raise UsageError("search space: depth: must be >= 1")
+    # A fixed point of the space must be a valid TrainConfig (e.g. momentum in [0, 1)).
+    probe = {n: (d.fixed if d.fixed is not None else d.choices[0] if d.choices else d.low)
+             for n, d in dims.items() if n not in ("depth", "width")}
+    try:
+        TrainConfig.from_dict(probe)
+    except ConfigError as err:
+        raise UsageError(f"search space: {err}") from None
+    return SearchSpace(dims, str(path))

@@ -1,0 +1,245 @@
+"""MLflow logging of a sweep from the driver: one parent run, one nested child run per trial.
+
+A Ray Tune callback turns trial events into MLflow calls and hands them to a background thread,
+so Tune's event loop never waits on the tracking server. Calls run in order; a failed call (the
+server went away) is retried with back-off and never dropped. Trials need no MLflow access.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections import deque
+from typing import Callable
+
+import torch
+from mlflow import MlflowClient
+from ray import tune
+
+from study import mlflow_store as store
+from trainables.tune_adapter import STATE_FILE
+
+log = logging.getLogger(__name__)
+
+
+class Outbox:
+    """Runs queued calls in order on one thread; retries the head call until it succeeds."""
+
+    def __init__(self, max_backoff: float = 30.0):
+        self._queue: deque[Callable[[], None]] = deque()
+        self._cv = threading.Condition()
+        self._busy = False
+        self.max_backoff = max_backoff
+        self.failures = 0
+        self.last_error: str | None = None
+        self._thread = threading.Thread(target=self._work, name="birdplane-mlflow", daemon=True)
+        self._thread.start()
+
+    def put(self, call: Callable[[], None]) -> None:
+        with self._cv:
+            self._queue.append(call)
+            self._cv.notify_all()
+
+    def pending(self) -> int:
+        with self._cv:
+            return len(self._queue) + int(self._busy)
+
+    def drain(self, timeout: float) -> int:
+        """Wait until every call has run or ``timeout`` passed; returns how many are left."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while (self._queue or self._busy) and time.monotonic() < deadline:
+                self._cv.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+            return len(self._queue) + int(self._busy)
+
+    def _work(self) -> None:
+        backoff = 0.5
+        while True:
+            with self._cv:
+                while not self._queue:
+                    self._cv.wait()
+                call = self._queue[0]
+                self._busy = True
+            try:
+                call()
+            except Exception as err:  # the server is away, or answered with an error: keep and retry
+                self.failures += 1
+                self.last_error = f"{type(err).__name__}: {err}"
+                log.warning("MLflow call failed (will retry in %.1fs): %s", backoff, self.last_error)
+                with self._cv:
+                    self._busy = False
+                time.sleep(backoff)
+                backoff = min(self.max_backoff, backoff * 2)
+                continue
+            backoff = 0.5
+            with self._cv:
+                self._queue.popleft()
+                self._busy = False
+                self._cv.notify_all()
+
+
+def read_trial_state(checkpoint: tune.Checkpoint | None) -> dict | None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return torch.load(os.path.join(folder, STATE_FILE), weights_only=True, map_location="cpu")
+
+
+def trial_outcome(state: dict | None, last_result: dict, error: bool) -> str:
+    if error:
+        return "failed"
+    if last_result.get("status") == "diverged":
+        return "diverged"
+    planned = (state or {}).get("config", {}).get("epochs")
+    epoch = last_result.get("epoch", 0)
+    return "stopped_early" if planned is not None and epoch < planned else "completed"
+
+
+class MlflowTrialLogger(tune.Callback):
+    """Parent run for the sweep, one child run per trial, per-epoch metrics in batches."""
+
+    def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, parent_params: dict,
+                 parent_artifacts: dict[str, dict], data_config: dict, drain_timeout: float = 300.0):
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.sweep_name = sweep_name
+        self.parent_params = parent_params
+        self.parent_artifacts = parent_artifacts
+        self.data_config = data_config
+        self.drain_timeout = drain_timeout
+        self._init_runtime()
+
+    # The callback is pickled into Tune's experiment state (tuner.pkl) and rebuilt on --resume.
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
+        self._client: MlflowClient | None = None
+        self._outbox: Outbox | None = None
+        self._runs: dict[str, str] = {}  # trial id -> run id
+        self._last_step: dict[str, int] = {}
+        self._last_result: dict[str, dict] = {}
+        self._experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+        self.last_undelivered = 0
+
+    @property
+    def runs(self) -> dict[str, str]:
+        return dict(self._runs)
+
+    # ---------------------------------------------------------------- set-up, synchronous
+    def open_parent(self) -> str:
+        """Create or adopt the sweep's parent run; called before Ray starts trials so errors surface."""
+        if self.parent_run_id is None:
+            self._client = MlflowClient(self.tracking_uri)
+            self._experiment_id = store.ensure_experiment(self._client, self.experiment)
+            key = {store.TAG_SWEEP: self.sweep_name, store.TAG_ROLE: "sweep"}
+            self.parent_run_id, created = store.ensure_run(self._client, self._experiment_id, key, self.sweep_name)
+            store.log_params(self._client, self.parent_run_id, self.parent_params)
+            if created:
+                for name, payload in self.parent_artifacts.items():
+                    store.log_json_artifact(self._client, self.parent_run_id, name, payload)
+            self._outbox = Outbox()
+        return self.parent_run_id
+
+    def setup(self, **info) -> None:
+        self.open_parent()
+
+    # ---------------------------------------------------------------- Tune events -> queued calls
+    def _enqueue(self, call: Callable[[], None]) -> None:
+        assert self._outbox is not None, "open_parent() first"
+        self._outbox.put(call)
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        trial_id, config = trial.trial_id, dict(trial.config)
+        self._enqueue(lambda: self._open_child(trial_id, config))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        trial_id = trial.trial_id
+        record = {k: result[k] for k in ("epoch", *store.EPOCH_METRICS) if k in result}
+        extra = {"param_count": result.get("param_count")}
+        self._last_result[trial_id] = dict(result)
+        self._enqueue(lambda: self._log_epoch(trial_id, record, extra))
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._close(trial, error=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._close(trial, error=True)
+
+    def _close(self, trial, error: bool) -> None:
+        trial_id, checkpoint = trial.trial_id, trial.checkpoint
+        last = self._last_result.get(trial_id) or dict(trial.last_result or {})
+        config = dict(trial.config)
+        self._enqueue(lambda: self._close_child(trial_id, config, checkpoint, last, error))
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.finish()
+
+    def finish(self, status: str = "FINISHED") -> int:
+        """End the parent run once every queued call is through; returns calls left undelivered."""
+        if self._outbox is None:
+            return 0
+        parent = self.parent_run_id
+        self._enqueue(lambda: store.finish_run(self._client, parent, status=status))
+        left = self._outbox.drain(self.drain_timeout)
+        self.last_undelivered = left
+        if left:
+            log.error("%d MLflow calls could not be delivered (last error: %s); run `birdplane sync`",
+                      left, self._outbox.last_error)
+        return left
+
+    # ---------------------------------------------------------------- the calls themselves
+    def _child_id(self, trial_id: str) -> str:
+        if trial_id not in self._runs:
+            self._open_child(trial_id, None)
+        return self._runs[trial_id]
+
+    def _open_child(self, trial_id: str, config: dict | None) -> None:
+        client = self._client
+        key = {store.TAG_PARENT: self.parent_run_id, store.TAG_TRIAL: trial_id}
+        run_id, _ = store.ensure_run(client, self._experiment_id, key, f"trial_{trial_id}",
+                                     {store.TAG_ROLE: "trial", store.TAG_SWEEP: self.sweep_name})
+        if config is not None:
+            train = dict(config.get("train", {}))
+            searched = {k: v for k, v in config.items() if k != "train"}
+            store.log_params(client, run_id, {**train, "depth": len(train.get("hidden_sizes", [])),
+                                              **{f"search.{k}": v for k, v in searched.items()}})
+        self._runs[trial_id] = run_id
+        self._last_step[trial_id] = store.last_logged_step(client, run_id)
+
+    def _log_epoch(self, trial_id: str, record: dict, extra: dict) -> None:
+        run_id = self._child_id(trial_id)
+        if self._last_step.get(trial_id, -1) < 0 and extra.get("param_count") is not None:
+            store.log_metrics(self._client, run_id, {"param_count": extra["param_count"]}, step=0)
+        self._last_step[trial_id] = store.log_epochs(self._client, run_id, [record], self._last_step.get(trial_id, -1))
+
+    def _close_child(self, trial_id: str, config: dict, checkpoint, last: dict, error: bool) -> None:
+        client = self._client
+        run_id = self._child_id(trial_id)
+        state = read_trial_state(checkpoint)
+        history = state["history"] if state else []
+        # Epochs that reached the checkpoint but not MLflow (e.g. reported before a driver crash).
+        self._last_step[trial_id] = store.log_epochs(client, run_id, history, self._last_step.get(trial_id, -1))
+        outcome = trial_outcome(state, last, error)
+        summary = store.best_of(history)
+        if "param_count" in last:
+            summary["param_count"] = last["param_count"]
+        summary["epochs_run"] = history[-1]["epoch"] if history else 0
+        store.log_metrics(client, run_id, summary, step=summary["epochs_run"])
+        store.set_tags(client, run_id, {store.TAG_OUTCOME: outcome})
+        resolved = {"train": config.get("train"), "search": {k: v for k, v in config.items() if k != "train"},
+                    "data": self.data_config, "normalisation": (state or {}).get("data")}
+        store.log_json_artifact(client, run_id, "config.json", resolved)
+        if state is not None:
+            with tempfile.TemporaryDirectory() as folder:
+                path = os.path.join(folder, "model.pt")
+                torch.save({"model": state["model"], "config": state["config"], "data": state.get("data")}, path)
+                client.log_artifact(run_id, path)
+        store.finish_run(client, run_id, ok=not error)

@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny synthetic image trees (no real data needed), isolated caches."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = Path(os.environ.get("BIRDPLANE_DATA") or REPO.parent / "shared" / "data" / "cifar10")
+
+# Each synthetic class has its own mean colour, so a small net can learn it but not perfectly.
+CLASS_COLOURS = {"airplane": (170, 190, 220), "bird": (120, 110, 80), "cat": (150, 90, 90)}
+
+
+def make_image_tree(root: Path, per_class: dict[str, int] | int = 40, test_per_class: int = 16,
+                    classes=("airplane", "bird", "cat"), seed: int = 0) -> Path:
+    """ROOT/{train,test}/<class>/*.png of 32x32 noisy images, one base colour per class."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", per_class), ("test", test_per_class)):
+        for name in classes:
+            n = count[name] if isinstance(count, dict) else count
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            base = np.array(CLASS_COLOURS[name], dtype=np.float64)
+            for i in range(n):
+                pixels = base + rng.normal(0, 60, size=(32, 32, 3))
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{name}_{i:04d}.png")
+    return root
+
+
+@pytest.fixture()
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "cache"
+    monkeypatch.setenv("BIRDPLANE_CACHE", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def image_tree(tmp_path_factory) -> Path:
+    return make_image_tree(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture()
+def tiny_data(image_tree, tmp_path):
+    from trainables.config import DataConfig
+    from trainables.data import load_study_data
+
+    return load_study_data(DataConfig(root=str(image_tree), cache_dir=str(tmp_path / "cache")))
+
+
+@pytest.fixture()
+def real_data_root() -> Path:
+    if not (REAL_DATA / "train" / "airplane").is_dir():
+        pytest.skip(f"real CIFAR-10 tree not found at {REAL_DATA}")
+    return REAL_DATA

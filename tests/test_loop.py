@@ -1,0 +1,116 @@
+import math
+
+import pytest
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from trainables.config import TrainConfig
+from trainables.loop import fit, make_loader, random_crop, random_flip
+
+FAST = dict(hidden_sizes=(32,), epochs=4, batch_size=16, lr=0.05, threads=1, device="cpu")
+
+
+def test_training_reduces_the_loss_and_learns_the_classes(tiny_data):
+    result = fit(TrainConfig(**{**FAST, "epochs": 8}), tiny_data)
+    losses = [r["train_loss"] for r in result.history]
+    assert losses[-1] < 0.7 * losses[0]
+    assert result.history[-1]["train_acc"] > 0.9
+    assert result.status == "completed"
+
+
+def test_same_config_and_seed_give_a_bit_identical_history(tiny_data):
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("epoch_seconds", "samples_per_second")} for r in h]
+    a = fit(TrainConfig(**FAST, augment="crop+flip"), tiny_data)
+    b = fit(TrainConfig(**FAST, augment="crop+flip"), tiny_data)
+    c = fit(TrainConfig(**FAST, augment="crop+flip", seed=1), tiny_data)
+    assert strip(a.history) == strip(b.history)
+    assert strip(a.history) != strip(c.history)
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_resuming_from_a_snapshot_continues_exactly_where_it_stopped(tiny_data):
+    snapshots = {}
+    config = TrainConfig(**{**FAST, "augment": "crop", "optimizer": "adam", "lr": 1e-3})
+    full = fit(config, tiny_data, on_epoch_end=lambda m, snap: snapshots.__setitem__(m["epoch"], snap()))
+    # Round-trip through torch.save/load(weights_only=True), as a checkpoint on disk would.
+    import io
+    buf = io.BytesIO()
+    torch.save(snapshots[2], buf)
+    buf.seek(0)
+    resumed = fit(config, tiny_data, resume=torch.load(buf, weights_only=True))
+    strip = lambda h: [(r["epoch"], r["train_loss"], r["val_acc"]) for r in h]
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+    assert strip(resumed.history) == strip(full.history)
+
+
+def test_metrics_are_consistent(tiny_data):
+    result = fit(TrainConfig(**FAST), tiny_data)
+    for r in result.history:
+        assert r["gap"] == pytest.approx(r["train_acc"] - r["val_acc"])
+        assert 0 <= r["val_acc"] <= 1 and r["samples_per_second"] > 0
+    s = result.summary()
+    best = max(result.history, key=lambda r: r["val_acc"])
+    assert s["best_val_acc"] == best["val_acc"] and s["epochs"] == 4
+
+
+def test_train_acc_is_measured_on_the_whole_training_split_in_eval_mode(tiny_data):
+    from trainables.losses import ChapterLoss
+    from trainables.loop import evaluate, normalise
+
+    result = fit(TrainConfig(**{**FAST, "epochs": 1}), tiny_data)
+    x = normalise(tiny_data.train.x, tiny_data.mean, tiny_data.std, torch.device("cpu"))
+    expected = evaluate(result.model, x, tiny_data.train.y, ChapterLoss("nll", 2))
+    assert result.history[-1]["train_acc"] == expected["acc"]
+
+
+def test_zero_epochs_evaluates_the_untrained_net(tiny_data):
+    result = fit(TrainConfig(**{**FAST, "epochs": 0}), tiny_data)
+    assert len(result.history) == 1 and result.history[0]["epoch"] == 0
+    assert result.summary()["param_count"] == 3072 * 32 + 32 + 32 * 2 + 2
+
+
+def test_a_nan_loss_ends_the_run_as_diverged_without_raising(tiny_data):
+    seen = []
+    result = fit(TrainConfig(**{**FAST, "lr": 1e30, "loss": "ce", "activation": "relu", "epochs": 10}), tiny_data,
+                 on_epoch_end=lambda m, _: seen.append(m["status"]))
+    assert result.status == "diverged"
+    assert len(result.history) < 10 and not math.isfinite(result.history[-1]["train_loss"])
+    assert seen[-1] == "diverged" and result.summary()["status"] == "diverged"
+
+
+@pytest.mark.parametrize("loss", ["nll", "ce", "mse", "bce"])
+def test_every_loss_trains(tiny_data, loss):
+    result = fit(TrainConfig(**{**FAST, "loss": loss, "lr": 0.1}), tiny_data)
+    assert result.history[-1]["train_acc"] > 0.75
+
+
+def test_loader_yields_a_fresh_permutation_of_whole_batches_each_epoch():
+    x, y = torch.arange(10).float().view(10, 1), torch.arange(10)
+    loader = make_loader(x, y, 4, torch.Generator().manual_seed(0))
+    epoch1 = [yb for _, yb in loader]
+    epoch2 = [yb for _, yb in loader]
+    assert [len(b) for b in epoch1] == [4, 4, 2]
+    assert sorted(torch.cat(epoch1).tolist()) == list(range(10))
+    assert torch.cat(epoch1).tolist() != torch.cat(epoch2).tolist()
+
+
+def test_batched_random_crop_matches_torchvision_crop_of_the_padded_image():
+    x = torch.randn(16, 3, 32, 32)
+    g = torch.Generator().manual_seed(7)
+    out = random_crop(x, 4, g)
+    g = torch.Generator().manual_seed(7)
+    tops = torch.randint(0, 9, (16,), generator=g)
+    lefts = torch.randint(0, 9, (16,), generator=g)
+    for i in range(16):
+        ref = TF.crop(TF.pad(x[i], [4]), int(tops[i]), int(lefts[i]), 32, 32)
+        assert torch.equal(out[i], ref)
+    assert len({(int(t), int(l)) for t, l in zip(tops, lefts)}) > 1, "offsets differ per sample"
+
+
+def test_random_flip_mirrors_some_images_and_keeps_the_others():
+    x = torch.randn(64, 3, 32, 32)
+    out = random_flip(x, torch.Generator().manual_seed(0))
+    flipped = [torch.equal(out[i], TF.horizontal_flip(x[i])) for i in range(64)]
+    kept = [torch.equal(out[i], x[i]) for i in range(64)]
+    assert all(f or k for f, k in zip(flipped, kept)) and 10 < sum(flipped) < 54

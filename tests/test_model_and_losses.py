@@ -1,0 +1,67 @@
+import pytest
+import torch
+from torch import nn
+
+from trainables.config import ConfigError
+from trainables.losses import ChapterLoss, output_units
+from trainables.model import build_model, count_params, param_count
+
+
+@pytest.mark.parametrize("hidden,expected", [((512,), 1_574_402), ((1024, 512, 128), 3_737_474)])
+def test_chapter_nets_have_the_books_parameter_counts(hidden, expected):
+    model = build_model(3072, hidden, 2, "tanh")
+    assert param_count(model) == expected
+    assert count_params(3072, hidden, 2) == expected
+
+
+def test_chapter_net_matches_the_books_sequential():
+    torch.manual_seed(0)
+    ours = build_model(3072, [512], 2, "tanh")
+    book = nn.Sequential(nn.Linear(3072, 512), nn.Tanh(), nn.Linear(512, 2), nn.LogSoftmax(dim=1))
+    book[0].load_state_dict(ours[1].state_dict())
+    book[2].load_state_dict(ours[3].state_dict())
+    x = torch.randn(8, 3, 32, 32)
+    y = torch.randint(0, 2, (8,))
+    expected = nn.NLLLoss()(book(x.view(8, -1)), y)
+    assert torch.equal(ChapterLoss("nll", 2)(ours(x), y), expected)
+
+
+def _loss_and_grads(loss_name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model(3072, [64], output_units(loss_name, 2), "tanh")
+    x = torch.randn(32, 3, 32, 32)
+    y = torch.randint(0, 2, (32,))
+    loss = ChapterLoss(loss_name, 2)(model(x), y)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def test_nll_and_ce_give_identical_losses_and_gradients():
+    nll_loss, nll_grads = _loss_and_grads("nll")
+    ce_loss, ce_grads = _loss_and_grads("ce")
+    torch.testing.assert_close(nll_loss, ce_loss, rtol=0, atol=1e-7)
+    for a, b in zip(nll_grads, ce_grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+
+
+def test_mse_compares_softmax_with_one_hot():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    y = torch.tensor([0, 0])
+    p = torch.softmax(logits, 1)
+    expected = ((p - torch.tensor([[1.0, 0.0], [1.0, 0.0]])) ** 2).mean()
+    torch.testing.assert_close(ChapterLoss("mse", 2)(logits, y), expected)
+
+
+def test_bce_uses_one_output_and_thresholds_at_half():
+    assert output_units("bce", 2) == 1
+    loss = ChapterLoss("bce", 2)
+    logits = torch.tensor([[-0.1], [0.1], [3.0]])
+    assert loss.predict(logits).tolist() == [0, 1, 1]
+    torch.testing.assert_close(loss(logits, torch.tensor([0, 1, 1])),
+                               nn.BCEWithLogitsLoss()(logits[:, 0], torch.tensor([0.0, 1.0, 1.0])))
+    torch.testing.assert_close(loss.probabilities(logits).sum(1), torch.ones(3))
+
+
+def test_bce_needs_two_classes():
+    with pytest.raises(ConfigError, match="bce"):
+        output_units("bce", 3)

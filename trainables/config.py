@@ -1,0 +1,147 @@
+"""The frozen description of one training run, validated once when it is built."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+ACTIVATIONS = ("tanh", "relu")
+LOSSES = ("nll", "ce", "mse", "bce")
+OPTIMIZERS = ("sgd", "adam")
+AUGMENTATIONS = ("none", "crop", "flip", "crop+flip")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot describe a run; the message names the key."""
+
+
+def parse_hidden(text: str | int | list | tuple) -> tuple[int, ...]:
+    """'1024,512,128' -> (1024, 512, 128); rejects empty items, zeros and non-integers."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        items: list[Any] = [text]
+    elif isinstance(text, (list, tuple)):
+        items = list(text)
+    else:
+        items = str(text).split(",")
+    sizes = []
+    for item in items:
+        token = str(item).strip()
+        if not token.isdigit() or int(token) <= 0:
+            raise ConfigError(
+                f"hidden_sizes: {text!r} is not a comma-separated list of positive integers"
+            )
+        sizes.append(int(token))
+    if not sizes:
+        raise ConfigError("hidden_sizes: at least one hidden layer is required")
+    return tuple(sizes)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}: unknown value {value!r} (choose from {', '.join(allowed)})")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one run. The defaults are the chapter's recipe."""
+
+    hidden_sizes: tuple[int, ...] = (512,)
+    activation: str = "tanh"
+    loss: str = "nll"
+    optimizer: str = "sgd"
+    lr: float = 1e-2
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    epochs: int = 100
+    augment: str = "none"
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # 0: leave torch's default (all CPUs the process may use)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden_sizes", parse_hidden(self.hidden_sizes))
+        _choice("activation", self.activation, ACTIVATIONS)
+        _choice("loss", self.loss, LOSSES)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("augment", self.augment, AUGMENTATIONS)
+        _choice("device", self.device, DEVICES)
+        for name in ("lr", "momentum", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name}: {value!r} is not a finite number")
+            object.__setattr__(self, name, float(value))
+        if self.lr <= 0:
+            raise ConfigError(f"lr: must be > 0, got {self.lr}")
+        if self.momentum < 0 or self.momentum >= 1:
+            raise ConfigError(f"momentum: must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay: must be >= 0, got {self.weight_decay}")
+        for name, low in (("batch_size", 1), ("epochs", 0), ("seed", 0), ("threads", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name}: must be an integer >= {low}, got {value!r}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        """Build from a plain mapping; a misspelled key is an error, not a silent default."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["hidden_sizes"] = list(self.hidden_sizes)
+        return out
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are split; shared by every run of a study."""
+
+    root: str = "./data"
+    classes: tuple[str, ...] = ("airplane", "bird")
+    val_split: str = "holdout"  # holdout: 10% of train, stratified; book: the official test split
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    download: bool = False
+    cache_dir: str = ""  # "" -> $BIRDPLANE_CACHE or ~/.cache/birdplane
+    subset: int = 0  # >0: keep this many training images per class (smoke runs)
+
+    def __post_init__(self) -> None:
+        classes = self.classes
+        if isinstance(classes, str):
+            classes = tuple(c.strip() for c in classes.split(","))
+        classes = tuple(classes)
+        if not classes or any(not c for c in classes):
+            raise ConfigError(f"classes: {','.join(classes)!r} is not a comma-separated list of names")
+        if len(set(classes)) != len(classes):
+            raise ConfigError(f"classes: duplicate names in {','.join(classes)!r}")
+        if len(classes) < 2:
+            raise ConfigError("classes: at least two classes are needed")
+        object.__setattr__(self, "classes", classes)
+        _choice("val_split", self.val_split, ("holdout", "book"))
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction: must be in (0, 1), got {self.val_fraction}")
+        if self.subset < 0:
+            raise ConfigError(f"subset: must be >= 0, got {self.subset}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["classes"] = list(self.classes)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "DataConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown data config key(s): {', '.join(unknown)}")
+        return cls(**values)

@@ -1,0 +1,270 @@
+"""The chapter's DataLoader training loop: train an epoch, evaluate, fit(config, data) -> result.
+
+The data set is normalised once and kept on the training device. The DataLoader's sampler yields
+whole shuffled index tensors and the dataset answers with whole batches, so there is no per-sample
+Python work and, on a GPU, no per-batch host-to-device copy.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from trainables.config import TrainConfig
+from trainables.data import StudyData
+from trainables.losses import ChapterLoss, output_units
+from trainables.model import build_model, param_count
+
+EVAL_BATCH = 4096
+CROP_PADDING = 4
+METRIC_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "gap", "epoch_seconds", "samples_per_second")
+
+# on_epoch_end(metrics, snapshot): metrics of the epoch just finished; snapshot() returns the
+# state to resume from (a dict of tensors and numbers, loadable with weights_only=True).
+EpochCallback = Callable[[dict, Callable[[], dict]], None]
+
+
+# ---------------------------------------------------------------- device and seeds
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda requested but torch sees no CUDA device")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- batches on the device
+
+def normalise(x: torch.Tensor, mean, std, device: torch.device) -> torch.Tensor:
+    """uint8 (N,3,H,W) -> float32 on ``device``, (x/255 - mean) / std, as ToTensor + Normalize."""
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return (x.to(device).float().div_(255.0) - m) / s
+
+
+class BatchDataset(Dataset):
+    """Indexed by a tensor of indices, answers with the whole batch."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[index], self.y[index]
+
+
+class ShuffledBatchSampler(Sampler):
+    """A new permutation every epoch, cut into batches; its generator's state is checkpointed."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator):
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        order = torch.randperm(self.n, generator=self.generator, device=self.generator.device)
+        return iter(order.split(self.batch_size))
+
+
+def make_loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator) -> DataLoader:
+    sampler = ShuffledBatchSampler(len(y), batch_size, generator)
+    return DataLoader(BatchDataset(x, y), sampler=sampler, batch_size=None)
+
+
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-sample random HxW crop of the zero-padded batch (RandomCrop(H, padding) on each image)."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    top = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=x.device)
+    left = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=x.device)
+    rows = (top[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (left[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image mirrored left-right with probability 1/2."""
+    flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def augment(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
+    if "crop" in mode:
+        x = random_crop(x, CROP_PADDING, generator)
+    if "flip" in mode:
+        x = random_flip(x, generator)
+    return x
+
+
+# ---------------------------------------------------------------- one epoch, one evaluation
+
+def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def train_epoch(model, loader, loss_fn, optimizer, augment_mode: str, augment_gen) -> torch.Tensor:
+    """One pass over the loader; returns the mean training loss (a device tensor, not synced)."""
+    model.train()
+    total = torch.zeros((), device=next(model.parameters()).device)
+    count = 0
+    for xb, yb in loader:
+        if augment_mode != "none":
+            xb = augment(xb, augment_mode, augment_gen)
+        loss = loss_fn(model(xb), yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * len(yb)
+        count += len(yb)
+    return total / max(count, 1)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: ChapterLoss) -> dict:
+    """Mean loss and accuracy over the whole split, in eval mode."""
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
+    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    for start in range(0, len(y), EVAL_BATCH):
+        xb, yb = x[start:start + EVAL_BATCH], y[start:start + EVAL_BATCH]
+        logits = model(xb)
+        loss_sum += loss_fn(logits, yb).double() * len(yb)
+        correct += (loss_fn.predict(logits) == yb).sum()
+    n = max(len(y), 1)
+    return {"loss": loss_sum.item() / n, "acc": correct.item() / n}
+
+
+# ---------------------------------------------------------------- fit
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    status: str  # "completed" or "diverged"
+    param_count: int
+    model: nn.Module = field(repr=False)
+
+    def summary(self) -> dict:
+        last = self.history[-1] if self.history else {}
+        finite = [r for r in self.history if math.isfinite(r["val_acc"])]
+        best = max(finite, key=lambda r: (r["val_acc"], -r["epoch"])) if finite else {}
+        return {
+            "param_count": self.param_count,
+            "epochs": last.get("epoch", 0),
+            "train_loss": last.get("train_loss"),
+            "train_acc": last.get("train_acc"),
+            "val_loss": last.get("val_loss"),
+            "val_acc": last.get("val_acc"),
+            "gap": last.get("gap"),
+            "best_val_acc": best.get("val_acc"),
+            "best_epoch": best.get("epoch"),
+            "status": self.status,
+            "seconds": sum(r["epoch_seconds"] for r in self.history),
+        }
+
+
+def _epoch_metrics(epoch, train_loss, train_eval, val_eval, seconds, train_seconds, n_train) -> dict:
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "train_acc": train_eval["acc"],
+        "val_loss": val_eval["loss"],
+        "val_acc": val_eval["acc"],
+        "gap": train_eval["acc"] - val_eval["acc"],
+        "epoch_seconds": seconds,
+        "samples_per_second": n_train / train_seconds if train_seconds > 0 else 0.0,
+    }
+
+
+def fit(
+    config: TrainConfig,
+    data: StudyData,
+    on_epoch_end: EpochCallback | None = None,
+    resume: dict | None = None,
+) -> FitResult:
+    """Train ``config`` on ``data``; ``resume`` is a snapshot handed to on_epoch_end earlier."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    seed_everything(config.seed)
+    n_classes = len(data.classes)
+    loss_fn = ChapterLoss(config.loss, n_classes)
+    model = build_model(3 * 32 * 32, config.hidden_sizes, output_units(config.loss, n_classes), config.activation)
+    model.to(device)
+    optimizer = make_optimizer(config, model.parameters())
+
+    train_x = normalise(data.train.x, data.mean, data.std, device)
+    val_x = normalise(data.val.x, data.mean, data.std, device)
+    train_y, val_y = data.train.y.to(device), data.val.y.to(device)
+    sampler_gen = torch.Generator(device=device).manual_seed(config.seed)
+    augment_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+    loader = make_loader(train_x, train_y, config.batch_size, sampler_gen)
+
+    history: list[dict] = []
+    start_epoch = 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        sampler_gen.set_state(resume["sampler_rng"])
+        augment_gen.set_state(resume["augment_rng"])
+        history = [dict(r) for r in resume["history"]]
+        start_epoch = int(resume["epoch"]) + 1
+
+    def snapshot() -> dict:
+        # Deep copies: the caller may keep the snapshot while training goes on.
+        return copy.deepcopy({
+            "epoch": history[-1]["epoch"] if history else 0,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "sampler_rng": sampler_gen.get_state(),
+            "augment_rng": augment_gen.get_state(),
+            "history": [dict(r) for r in history],
+            "config": config.to_dict(),
+        })
+
+    status = "completed"
+    count = param_count(model)
+    if config.epochs == 0:
+        train_eval = evaluate(model, train_x, train_y, loss_fn)
+        val_eval = evaluate(model, val_x, val_y, loss_fn)
+        history.append(_epoch_metrics(0, train_eval["loss"], train_eval, val_eval, 0.0, 0.0, len(train_y)))
+    for epoch in range(start_epoch, config.epochs + 1):
+        started = time.perf_counter()
+        mean_loss = train_epoch(model, loader, loss_fn, optimizer, config.augment, augment_gen)
+        train_loss = mean_loss.item()  # also waits for the device, so the timing below is honest
+        train_seconds = time.perf_counter() - started
+        train_eval = evaluate(model, train_x, train_y, loss_fn)
+        val_eval = evaluate(model, val_x, val_y, loss_fn)
+        record = _epoch_metrics(
+            epoch, train_loss, train_eval, val_eval, time.perf_counter() - started, train_seconds, len(train_y)
+        )
+        history.append(record)
+        if not math.isfinite(train_loss):
+            status = "diverged"
+        if on_epoch_end is not None:
+            on_epoch_end({**record, "param_count": count, "status": status}, snapshot)
+        if status == "diverged":
+            break
+    return FitResult(history, status, count, model)

@@ -1,0 +1,35 @@
+"""The chapter's fully connected classifier, sized by plain numbers."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import nn
+
+_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def build_model(
+    in_features: int, hidden_sizes: Sequence[int], out_features: int, activation: str = "tanh"
+) -> nn.Sequential:
+    """Flatten -> [Linear -> activation] * depth -> Linear. Outputs logits.
+
+    With hidden_sizes=[512] and two outputs this is the chapter's net (its LogSoftmax lives in
+    the ``nll`` loss, so every loss can share one model).
+    """
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_features
+    for size in hidden_sizes:
+        layers += [nn.Linear(width, size), _ACTIVATIONS[activation]()]
+        width = size
+    layers.append(nn.Linear(width, out_features))
+    return nn.Sequential(*layers)
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_params(in_features: int, hidden_sizes: Sequence[int], out_features: int) -> int:
+    """Parameter count without building the model (cheap enough for a search space)."""
+    widths = [in_features, *hidden_sizes, out_features]
+    return sum(a * b + b for a, b in zip(widths, widths[1:]))
