@@ -166,12 +166,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     opts = sweep_options(args)
     prep = prepare(opts, data_config(args, subset=SMOKE_SUBSET if args.smoke else 0))
     summary = run_sweep(prep)
+    code = 130 if summary.interrupted else 0
     if args.json:
         from dataclasses import asdict
 
         print(json.dumps(json_safe(asdict(summary)), default=str))
-        return 0
+        return code
     print(f"\nsweep {summary.name}: {len(summary.trials)} trials; results in {summary.experiment_path}")
+    if summary.interrupted:
+        print(f"interrupted: continue with `birdplane sweep --name {summary.name} --resume` (and the same flags)")
     print(f"MLflow: experiment {summary.experiment!r}, parent run {summary.parent_run_id} at {summary.tracking_uri}")
     if summary.best:
         b = summary.best
@@ -185,7 +188,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"warning: {summary.undelivered} MLflow calls were not delivered; run `birdplane sync --name {summary.name}`")
     print(f"review: mlflow ui --backend-store-uri {summary.tracking_uri} --host 127.0.0.1"
           if store_is_local(summary.tracking_uri) else f"review: open {summary.tracking_uri}")
-    return 0
+    return code
 
 
 def store_is_local(uri: str) -> bool:

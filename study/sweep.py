@@ -138,7 +138,9 @@ def connect_ray(address: str | None):
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     try:
         if address in (None, "local"):
-            ray.init(include_dashboard=False, configure_logging=False, log_to_driver=True)
+            # "local" always starts a fresh instance; no address would join whatever cluster
+            # /tmp/ray/ray_current_cluster names, even a dead one.
+            ray.init(address="local", include_dashboard=False, configure_logging=False, log_to_driver=True)
         else:
             ray.init(address=address, log_to_driver=True)
     except (ConnectionError, RuntimeError, ValueError) as err:
@@ -192,6 +194,7 @@ class SweepSummary:
     best: dict | None = None
     pareto: list[dict] = field(default_factory=list)
     undelivered: int = 0
+    interrupted: bool = False
 
 
 def pareto_set(trials: list[dict]) -> list[dict]:
@@ -201,6 +204,10 @@ def pareto_set(trials: list[dict]) -> list[dict]:
         o["val_acc"] >= t["val_acc"] and o["param_count"] <= t["param_count"]
         and (o["val_acc"] > t["val_acc"] or o["param_count"] < t["param_count"]) for o in ok)]
     return sorted(front, key=lambda t: t["param_count"])
+
+
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
 
 
 def build_tuner(prep: Prepared, data, callback, cluster: dict):
@@ -239,12 +246,12 @@ def build_tuner(prep: Prepared, data, callback, cluster: dict):
     run_config = tune.RunConfig(
         name=opts.name, storage_path=prep.storage_path, callbacks=[callback],
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1)
     path = os.path.join(prep.storage_path, opts.name)
     if opts.resume:
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True), concurrency
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=opts.num_samples,
-                                  reuse_actors=True)
+                                  reuse_actors=True, trial_dirname_creator=trial_dirname)
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), concurrency
 
 
@@ -272,14 +279,14 @@ def run_sweep(prep: Prepared) -> SweepSummary:
     parent = callback.open_parent()  # before any trial starts: a tracking problem stops us here
     results = tuner.fit()
     summary = SweepSummary(opts.name, prep.experiment, prep.tracking_uri, os.path.join(prep.storage_path, opts.name),
-                           parent, undelivered=getattr(callback, "last_undelivered", 0))
+                           parent, undelivered=callback.last_undelivered, interrupted=callback.interrupted)
     for result in results:
         m = result.metrics or {}
         train = (result.config or {}).get("train", {})
         summary.trials.append({
             "trial_id": m.get("trial_id"), "val_acc": m.get("val_acc"), "train_acc": m.get("train_acc"),
             "val_loss": m.get("val_loss"), "param_count": m.get("param_count"), "epochs": m.get("epoch"),
-            "status": m.get("status"), "config": train, "path": result.path,
+            "status": m.get("status"), "config": train, "path": result.path, "node_id": m.get("node_id"),
             "run_id": callback.runs.get(m.get("trial_id")), "error": str(result.error).splitlines()[0] if result.error else None})
     finished = [t for t in summary.trials if isinstance(t["val_acc"], (int, float)) and math.isfinite(t["val_acc"])]
     if finished:

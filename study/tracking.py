@@ -128,6 +128,9 @@ class MlflowTrialLogger(tune.Callback):
         self._experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self.last_undelivered = 0
+        self.interrupted = False
+        self._started: set[str] = set()
+        self._closed: set[str] = set()
 
     @property
     def runs(self) -> dict[str, str]:
@@ -158,6 +161,7 @@ class MlflowTrialLogger(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         trial_id, config = trial.trial_id, dict(trial.config)
+        self._started.add(trial_id)
         self._enqueue(lambda: self._open_child(trial_id, config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
@@ -175,12 +179,25 @@ class MlflowTrialLogger(tune.Callback):
 
     def _close(self, trial, error: bool) -> None:
         trial_id, checkpoint = trial.trial_id, trial.checkpoint
+        self._closed.add(trial_id)
         last = self._last_result.get(trial_id) or dict(trial.last_result or {})
         config = dict(trial.config)
         self._enqueue(lambda: self._close_child(trial_id, config, checkpoint, last, error))
 
     def on_experiment_end(self, trials, **info) -> None:
-        self.finish()
+        # Tune also ends the experiment on Ctrl+C: then the unfinished trials' runs and the parent
+        # are marked KILLED, and a --resume adopts them again (they return to RUNNING).
+        # Tune marks trials it stops at the end TERMINATED too, so what counts is whether this
+        # session saw the trial complete or fail.
+        unfinished = [tid for tid in self._started if tid not in self._closed]
+        self.interrupted = bool(unfinished)
+        for trial_id in unfinished:
+            self._enqueue(lambda trial_id=trial_id: self._kill_child(trial_id))
+        self.finish("KILLED" if unfinished else "FINISHED")
+
+    def _kill_child(self, trial_id: str) -> None:
+        if trial_id in self._runs:
+            store.finish_run(self._client, self._runs[trial_id], status="KILLED")
 
     def finish(self, status: str = "FINISHED") -> int:
         """End the parent run once every queued call is through; returns calls left undelivered."""

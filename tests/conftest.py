@@ -56,3 +56,29 @@ def real_data_root() -> Path:
     if not (REAL_DATA / "train" / "airplane").is_dir():
         pytest.skip(f"real CIFAR-10 tree not found at {REAL_DATA}")
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 for the whole session (it takes ~10 s to start)."""
+    from tests.servers import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
+    yield server
+    server.stop()
+
+
+def run_birdplane(*args, env=None, timeout=600, cwd=None):
+    """The installed command line, in a subprocess (as a user runs it)."""
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "study.cli", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=cwd)
+
+
+def last_json(stdout: str) -> dict:
+    import json
+
+    return json.loads(stdout.strip().splitlines()[-1])

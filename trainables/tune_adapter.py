@@ -10,6 +10,7 @@ import os
 import tempfile
 
 import torch
+import ray
 from ray import tune
 
 from trainables.config import TrainConfig
@@ -37,10 +38,12 @@ def train_trial(config: dict, data: StudyData) -> None:
         with checkpoint.as_directory() as folder:
             resume = torch.load(os.path.join(folder, STATE_FILE), weights_only=True, map_location="cpu")
     meta = data_meta(data)
+    node_id = ray.get_runtime_context().get_node_id()
 
     def report(metrics: dict, snapshot) -> None:
         with tempfile.TemporaryDirectory() as folder:
             torch.save({**snapshot(), "data": meta}, os.path.join(folder, STATE_FILE))
-            tune.report(reportable(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report({**reportable(metrics), "node_id": node_id},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
 
     fit(train_config, data, on_epoch_end=report, resume=resume)

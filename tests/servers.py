@@ -1,0 +1,105 @@
+"""Real processes for integration tests: an `mlflow server` on 127.0.0.1 and Ray nodes.
+
+Each process runs in its own session and is stopped by its process group, so a test stops
+exactly what it started (never `ray stop`, which would stop every Ray process on the machine).
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=timeout)
+
+
+class MlflowServer:
+    def __init__(self, folder: Path, port: int | None = None):
+        self.folder, self.port = folder, port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90) -> "MlflowServer":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log = open(self.folder / "server.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+             "--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.folder)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(self.folder / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("mlflow server did not answer /health in time")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc)
+
+
+class RayNode:
+    """`ray start --block` in its own process group; the head's address is read from its output."""
+
+    def __init__(self, folder: Path, num_cpus: int = 1, head_address: str | None = None):
+        self.folder, self.num_cpus, self.head_address = folder, num_cpus, head_address
+        self.address: str | None = head_address
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90) -> "RayNode":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = "head" if self.head_address is None else f"node-{time.monotonic_ns()}"
+        self.log = self.folder / f"{name}.log"
+        cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", f"--num-cpus={self.num_cpus}",
+               "--num-gpus=0", "--disable-usage-stats"]
+        cmd += ([f"--head", f"--port={free_port()}", "--include-dashboard=false"] if self.head_address is None
+                else [f"--address={self.head_address}"])
+        env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+                                     start_new_session=True, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log.read_text(errors="replace")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited: {text[-2000:]}")
+            found = re.search(r"ray start --address='([^']+)'", text)
+            if self.head_address is None and found:
+                self.address = found.group(1)
+                return self
+            if self.head_address is not None and "block forever" in text:
+                return self
+            time.sleep(0.5)
+        raise RuntimeError(f"ray node did not start in time: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc, timeout=5)
