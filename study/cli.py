@@ -197,7 +197,43 @@ def store_is_local(uri: str) -> bool:
     return is_local_store(uri)
 
 
-COMMANDS: list[Callable] = [_train_parser, _sweep_parser]
+def _report_parser(sub) -> None:
+    p = sub.add_parser("report", help="figures + HTML of a study: accuracy against parameters, overfitting")
+    p.add_argument("--experiment", required=True, help="MLflow experiment of the study (the sweep name by default)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's local sqlite:///mlflow.db)")
+    p.add_argument("--out", default="report", help="folder for the PNG figures and report.html (default ./report)")
+    p.set_defaults(handler=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from analysis.report import config_label
+    from study.reporting import build_report
+
+    report, paths, uri = build_report(args.tracking_uri, args.experiment, Path(args.out))
+    print(f"study {args.experiment}: {len(report.trials)} finished trials, best val_acc {report.trials['val_acc'].max():.4f}")
+    print("\nPareto set (val_acc up, param_count down):")
+    print(f"  {'param_count':>12} {'val_acc':>8} {'train_acc':>9} {'gap':>7}  config")
+    for _, r in report.pareto.iterrows():
+        print(f"  {int(r['param_count']):>12,} {r['val_acc']:>8.4f} {r['train_acc']:>9.4f} {r['gap']:>+7.4f}  {config_label(r)}")
+    t = report.gap_trend
+    if t["slope_per_decade"] is not None:
+        print(f"\noverfitting: the final train-val gap changes by {t['slope_per_decade']:+.3f} per tenfold increase in "
+              f"parameters (correlation {t['correlation'] or float('nan'):.2f} over {t['trials']} trials)")
+    onsets = report.overfitting.dropna(subset=["onset"])
+    print(f"overfitting onset seen in {len(onsets)} of {len(report.overfitting)} trials"
+          + (f"; median onset epoch {onsets['onset'].median():.0f}" if len(onsets) else ""))
+    flagged = report.edges[report.edges["at_edge"]] if not report.edges.empty else report.edges
+    for r in flagged.itertuples():
+        print(f"edge: the best trials' {r.dimension} sits at the {r.edge} edge of {r.low}..{r.high}; widen the range")
+    print(f"\nwrote {len(paths)} files to {args.out}/ (also logged to the parent run under report/)")
+    print(f"review: mlflow ui --backend-store-uri {uri} --host 127.0.0.1" if store_is_local(uri)
+          else f"review: open {uri}")
+    return 0
+
+
+COMMANDS: list[Callable] = [_train_parser, _sweep_parser, _report_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,7 +244,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries() -> None:
+    """Progress bars and INFO lines of the libraries would bury our own output."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import logging
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_libraries()
     try:
         args = build_parser().parse_args(argv)
         return args.handler(args)

@@ -82,3 +82,24 @@ def last_json(stdout: str) -> dict:
     import json
 
     return json.loads(stdout.strip().splitlines()[-1])
+
+
+SMOKE_SPACE = {"depth": {"low": 1, "high": 2}, "width": {"low": 16, "high": 128, "log": True},
+               "batch_size": {"choices": [16, 32]}, "lr": {"low": 1e-3, "high": 1e-1, "log": True},
+               "loss": {"choices": ["nll", "ce", "mse", "bce"]}, "epochs": 2}
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(mlflow_server, tmp_path_factory):
+    """One real smoke sweep (4 trials) logged to the session's mlflow server, shared by tests."""
+    import yaml
+
+    folder = tmp_path_factory.mktemp("smoke-sweep")
+    tree = make_image_tree(folder / "images", per_class=40, test_per_class=10, classes=("airplane", "bird"))
+    (folder / "space.yaml").write_text(yaml.safe_dump(SMOKE_SPACE))
+    proc = run_birdplane("sweep", "--smoke", "--num-samples", 4, "--space", folder / "space.yaml",
+                         "--data-root", tree, "--cache-dir", folder / "cache", "--name", "smoke",
+                         "--storage-path", folder / "ray", "--tracking-uri", mlflow_server.url, "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"summary": last_json(proc.stdout), "uri": mlflow_server.url, "name": "smoke", "folder": folder,
+            "data_root": tree}

@@ -46,12 +46,8 @@ def test_pareto_set_keeps_only_undominated_trials():
     assert [(t["val_acc"], t["param_count"]) for t in pareto_set(trials)] == [(0.8, 100), (0.85, 1000)]
 
 
-def test_smoke_sweep_records_every_trial_as_a_nested_mlflow_run(sweep_tree, mlflow_server, tmp_path):
-    proc = run_birdplane("sweep", "--smoke", "--num-samples", 4, "--space", small_space(tmp_path),
-                         "--data-root", sweep_tree, "--cache-dir", tmp_path / "cache", "--name", "smoke",
-                         "--storage-path", tmp_path / "ray", "--tracking-uri", mlflow_server.url, "--json")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = last_json(proc.stdout)
+def test_smoke_sweep_records_every_trial_as_a_nested_mlflow_run(smoke_sweep, mlflow_server):
+    summary = smoke_sweep["summary"]
     assert len(summary["trials"]) == 4 and summary["best"]["val_acc"] is not None
     client, parents, children = study_runs(mlflow_server.url, "smoke")
     assert len(parents) == 1 and len(children) == 4

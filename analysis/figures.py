@@ -1,0 +1,124 @@
+"""Figures of a study, drawn with matplotlib's Agg backend; each function returns a Figure."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.overfitting import capacity_frontier  # noqa: E402
+
+LOSS_COLOURS = {"nll": "tab:blue", "ce": "tab:green", "mse": "tab:red", "bce": "tab:purple"}
+
+
+def _colour(loss) -> str:
+    return LOSS_COLOURS.get(loss, "tab:gray")
+
+
+def capacity_figure(trials: pd.DataFrame):
+    """val_acc (filled) and train_acc (hollow) against param_count, by loss, with the frontier."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for loss, group in trials.groupby("loss"):
+        ax.scatter(group["param_count"], group["val_acc"], color=_colour(loss), label=f"val ({loss})", s=28)
+        ax.scatter(group["param_count"], group["train_acc"], facecolors="none", edgecolors=_colour(loss),
+                   label=f"train ({loss})", s=28)
+    front = capacity_frontier(trials)
+    if not front.empty:
+        xs = list(front["param_count"]) + [trials["param_count"].max()]
+        ys = list(front["val_acc"]) + [front["val_acc"].iloc[-1]]
+        ax.step(xs, ys, where="post", color="black", lw=1.2, label="best val at or below size")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Capacity: accuracy against parameter count")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def gap_figure(trials: pd.DataFrame):
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for loss, group in trials.groupby("loss"):
+        ax.scatter(group["param_count"], group["gap"], color=_colour(loss), label=loss, s=28)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("train_acc - val_acc (final)")
+    ax.set_title("Generalisation gap against parameter count")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves_figure(trials: pd.DataFrame, histories: pd.DataFrame, run_ids: list[str]):
+    """train (dashed) and val (solid) accuracy per epoch for the given runs."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    labels = trials.set_index("run_id")
+    for i, run_id in enumerate(run_ids):
+        curve = histories[histories["run_id"] == run_id].sort_values("epoch")
+        if curve.empty:
+            continue
+        colour = plt.cm.tab10(i % 10)
+        row = labels.loc[run_id]
+        name = f"{row['trial_id']} ({int(row['param_count']):,} params)"
+        ax.plot(curve["epoch"], curve["val_acc"], color=colour, lw=1.6, label=f"{name} val")
+        ax.plot(curve["epoch"], curve["train_acc"], color=colour, lw=1.0, ls="--")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (train dashed, val solid)")
+    ax.set_title("Learning curves: top trials and the largest model")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def hyperparameter_figure(trials: pd.DataFrame, space: dict):
+    """val_acc against each searched hyperparameter; red lines mark the searched range's edges."""
+    searched = [(name, spec) for name, spec in space.items() if isinstance(spec, dict)]
+    cols = 3
+    rows = max(1, -(-len(searched) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(searched):]:
+        ax.axis("off")
+    for ax, (name, spec) in zip(axes.flat, searched):
+        column = "max_width" if name == "width" else name
+        if column not in trials.columns:
+            ax.axis("off")
+            continue
+        data = trials.dropna(subset=[column, "val_acc"])
+        if "choices" in spec and not all(isinstance(c, (int, float)) for c in spec["choices"]):
+            choices = list(spec["choices"])
+            xs = [choices.index(v) if v in choices else -1 for v in data[column]]
+            ax.set_xticks(range(len(choices)), choices)
+        else:
+            xs = data[column]
+            low = spec["low"] if "low" in spec else min(spec["choices"])
+            high = spec["high"] if "high" in spec else max(spec["choices"])
+            if spec.get("log") or name in ("batch_size",):
+                ax.set_xscale("log")
+            ax.set_xlim(low / 1.3 if ax.get_xscale() == "log" else low - 0.05 * (high - low),
+                        high * 1.3 if ax.get_xscale() == "log" else high + 0.05 * (high - low))
+            for edge in (low, high):
+                ax.axvline(edge, color="tab:red", lw=1, ls=":")
+        ax.scatter(xs, data["val_acc"], c=[_colour(l) for l in data.get("loss", [None] * len(data))], s=18)
+        ax.set_title("widest layer" if name == "width" else name, fontsize=9)
+        ax.set_ylabel("val_acc", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle("val_acc against each searched hyperparameter (dotted red: range edges)")
+    fig.tight_layout()
+    return fig
+
+
+def importance_figure(importances: dict[str, float]):
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names], color="tab:blue")
+    ax.set_xlabel("fANOVA importance (Optuna)")
+    ax.set_title("Hyperparameter importance for val_acc")
+    if not names:
+        ax.text(0.5, 0.5, "too few trials", ha="center", transform=ax.transAxes)
+    fig.tight_layout()
+    return fig
