@@ -35,7 +35,7 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
 
 
 def data_config(args: argparse.Namespace, subset: int = 0) -> DataConfig:
-    return DataConfig(root=args.data_root, classes=args.classes, val_split=args.val_split,
+    return DataConfig(root=os.path.abspath(args.data_root), classes=args.classes, val_split=args.val_split,
                       split_seed=args.split_seed, download=args.download, cache_dir=args.cache_dir,
                       subset=subset)
 
@@ -233,7 +233,72 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable] = [_train_parser, _sweep_parser, _report_parser]
+def _rerun_parser(sub) -> None:
+    p = sub.add_parser("rerun", help="retrain a study's best trial with several seeds; report test accuracy")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--rank", type=int, default=1, help="1 = the best trial")
+    p.add_argument("--metric", default="val_acc", help="val_acc (max) or val_loss (min)")
+    p.add_argument("--seeds", type=int, default=3, help="how many seeds; the trial's own seed first")
+    p.add_argument("--epochs", type=int, default=None, help="default: as many epochs as the trial ran")
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--address", default=None, help="Ray cluster to run the seeds on (default: local)")
+    p.add_argument("--data-root", default=None, help="override the data root recorded with the study")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_rerun)
+
+
+def _mean_std(values: list[float]) -> str:
+    import statistics
+
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from study.rerun import RerunOptions, run_rerun
+
+    summary = run_rerun(RerunOptions(experiment=args.experiment, rank=args.rank, metric=args.metric, seeds=args.seeds,
+                                     epochs=args.epochs, tracking_uri=args.tracking_uri, address=args.address,
+                                     data_root=args.data_root))
+    if args.json:
+        print(json.dumps(json_safe(asdict(summary))))
+        return 0
+    print(f"trial {summary.trial_id} (run {summary.trial_run_id}): {args.metric} {summary.trial_metric:.4f} in the sweep")
+    print(f"reruns, seeds {', '.join(map(str, summary.seeds))}: val_acc {_mean_std([r['val_acc'] for r in summary.runs])}, "
+          f"test_acc {_mean_std([r['test_acc'] for r in summary.runs])}")
+    if summary.reproduced is not None:
+        print(f"same-seed rerun reproduced the trial exactly: {'yes' if summary.reproduced else 'NO'}")
+    print(f"MLflow: parent run {summary.parent_run_id}; model: {summary.model_uri}")
+    print(f"use it: birdplane predict --model {summary.model_uri} IMAGE_OR_DIR...")
+    return 0
+
+
+def _predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="classify images with a saved model (a path or an MLflow runs:/ URI)")
+    p.add_argument("--model", required=True, help="model.pt path, or runs:/RUN_ID/model.pt")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--tracking-uri", default=None, help="for runs:/ URIs (default: MLflow's local store)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_predict)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from study.predict import expand, load_model, predict
+
+    bundle = load_model(args.model, args.tracking_uri)
+    results = predict(bundle, expand(args.images))
+    if args.json:
+        print(json.dumps([asdict(r) for r in results]))
+    else:
+        for r in results:
+            print(f"{r.path}\terror: {r.error}" if r.error else f"{r.path}\t{r.label}\t{r.probability:.4f}")
+    return 1 if any(r.error for r in results) else 0
+
+
+COMMANDS: list[Callable] = [_train_parser, _sweep_parser, _report_parser, _rerun_parser, _predict_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

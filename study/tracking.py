@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from ray import tune
 
 from study import mlflow_store as store
+from trainables.bundle import save_bundle
 from trainables.tune_adapter import STATE_FILE
 
 log = logging.getLogger(__name__)
@@ -257,6 +258,6 @@ class MlflowTrialLogger(tune.Callback):
         if state is not None:
             with tempfile.TemporaryDirectory() as folder:
                 path = os.path.join(folder, "model.pt")
-                torch.save({"model": state["model"], "config": state["config"], "data": state.get("data")}, path)
+                save_bundle(path, state["model"], state["config"], state.get("data"))
                 client.log_artifact(run_id, path)
         store.finish_run(client, run_id, ok=not error)

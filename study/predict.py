@@ -1,0 +1,94 @@
+"""`birdplane predict`: classify image files with a saved model bundle (a path or an MLflow URI)."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms import v2
+
+from study.errors import UsageError
+from trainables.bundle import ModelBundle, load_bundle
+from trainables.loop import normalise
+
+BATCH = 512
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str | None = None
+    probability: float | None = None
+    error: str | None = None
+
+
+def resolve_model(model: str, tracking_uri: str | None) -> Path:
+    """A local file, or an MLflow artifact URI (runs:/ID/model.pt, models:/..., mlflow-artifacts:/...)."""
+    if "://" in model or model.startswith(("runs:/", "models:/")):
+        import mlflow.artifacts
+
+        from study.mlflow_store import resolve_tracking_uri
+
+        try:
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=model,
+                                                            tracking_uri=resolve_tracking_uri(tracking_uri)))
+        except Exception as err:  # MLflow raises several types for a bad URI
+            raise UsageError(f"cannot fetch model {model}: {str(err).splitlines()[0]}") from None
+    path = Path(model)
+    if not path.is_file():
+        raise UsageError(f"model file {model} does not exist")
+    return path
+
+
+def load_model(model: str, tracking_uri: str | None = None) -> ModelBundle:
+    path = resolve_model(model, tracking_uri)
+    try:
+        return load_bundle(path)
+    except Exception as err:  # not a bundle: a pickle with objects, a truncated file, another format
+        raise UsageError(f"{model} is not a birdplane model file ({type(err).__name__})") from None
+
+
+def expand(inputs: list[str]) -> list[Path]:
+    """Files as given; folders are walked (sorted) for every file inside."""
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(f for f in p.rglob("*") if f.is_file())
+        else:
+            paths.append(p)
+    return paths
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """uint8 (3, 32, 32): decoded by torchvision, any size resized to 32x32 as training images are."""
+    image = decode_image(str(path), mode=ImageReadMode.RGB)
+    if image.shape[1:] != (32, 32):
+        image = v2.functional.resize(image, [32, 32], antialias=True)
+    return image
+
+
+def predict(bundle: ModelBundle, paths: list[Path]) -> list[Prediction]:
+    results, images, slots = [], [], []
+    for path in paths:
+        try:
+            images.append(read_image(path))
+            slots.append(len(results))
+            results.append(Prediction(str(path)))
+        except Exception as err:  # torchvision raises RuntimeError/ValueError for non-images
+            reason = "not a readable image" if path.exists() else "no such file"
+            detail = re.sub(r"^.*\.cpp:\d+, ", "", str(err).splitlines()[0] if str(err) else type(err).__name__)
+            results.append(Prediction(str(path), error=f"{reason} ({detail[:100]})"))
+    loss = bundle.loss
+    with torch.inference_mode():
+        for start in range(0, len(images), BATCH):
+            batch = torch.stack(images[start:start + BATCH])
+            x = normalise(batch, bundle.mean, bundle.std, torch.device("cpu"))
+            probs = loss.probabilities(bundle.model(x))
+            conf, label = probs.max(dim=1)
+            for offset, (c, l) in enumerate(zip(conf.tolist(), label.tolist())):
+                slot = results[slots[start + offset]]
+                slot.label, slot.probability = bundle.classes[l], c
+    return results

@@ -1,0 +1,92 @@
+"""`birdplane rerun` on a real sweep and `birdplane predict` on real and broken files."""
+import json
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from PIL import Image
+
+from study.cli import main
+from tests.conftest import run_birdplane
+from trainables.bundle import save_bundle
+from trainables.config import DataConfig, TrainConfig
+from trainables.data import load_study_data
+from trainables.loop import evaluate, fit, normalise
+from trainables.losses import ChapterLoss
+from trainables.tune_adapter import data_meta
+
+
+@pytest.mark.slow
+def test_rerun_reproduces_the_same_seed_trial_exactly_and_adds_test_numbers(smoke_sweep):
+    proc = run_birdplane("rerun", "--experiment", smoke_sweep["name"], "--tracking-uri", smoke_sweep["uri"],
+                         "--seeds", 2, "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["reproduced"] is True
+    best = max(smoke_sweep["summary"]["trials"], key=lambda t: (t["val_acc"], -t["param_count"]))
+    assert summary["trial_metric"] == pytest.approx(best["val_acc"])
+    client = MlflowClient(smoke_sweep["uri"])
+    parent = client.get_run(summary["parent_run_id"])
+    assert parent.data.tags["birdplane.role"] == "rerun" and parent.data.tags["rerun_of"] == summary["trial_run_id"]
+    assert "test_acc_mean" in parent.data.metrics
+    for run in summary["runs"]:
+        child = client.get_run(run["run_id"])
+        assert child.data.tags["rerun_of"] == summary["trial_run_id"]
+        assert child.data.tags["mlflow.parentRunId"] == summary["parent_run_id"]
+        assert 0 <= child.data.metrics["test_acc"] <= 1 and "test_loss" in child.data.metrics
+        assert {a.path for a in client.list_artifacts(run["run_id"])} == {"config.json", "model.pt"}
+        assert [m.step for m in client.get_metric_history(run["run_id"], "val_acc")] == list(
+            range(1, int(child.data.metrics["epochs_run"]) + 1))
+    # The model URI it prints works with predict.
+    tree = smoke_sweep["data_root"]
+    out = run_birdplane("predict", "--model", summary["model_uri"], "--tracking-uri", smoke_sweep["uri"],
+                        tree / "test" / "bird", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert len(json.loads(out.stdout)) == 10
+
+
+def _train_bundle(root, cache, path):
+    data = load_study_data(DataConfig(root=str(root), cache_dir=str(cache)), include_test=True)
+    result = fit(TrainConfig(hidden_sizes=(64,), epochs=1, threads=2, device="cpu"), data)
+    save_bundle(path, result.model.state_dict(), TrainConfig(hidden_sizes=(64,), epochs=1).to_dict(), data_meta(data))
+    x = normalise(data.test.x, data.mean, data.std, torch.device("cpu"))
+    return evaluate(result.model, x, data.test.y, ChapterLoss("nll", 2))
+
+
+@pytest.mark.realdata
+def test_predict_on_the_real_test_images_matches_direct_evaluation(real_data_root, tmp_path, capsys):
+    model = tmp_path / "model.pt"
+    direct = _train_bundle(real_data_root, tmp_path / "cache", model)
+    assert main(["predict", "--model", str(model), str(real_data_root / "test" / "airplane"),
+                 str(real_data_root / "test" / "bird"), "--json"]) == 0
+    predictions = json.loads(capsys.readouterr().out)
+    assert len(predictions) == 2000
+    correct = sum(p["label"] == ("airplane" if "/airplane/" in p["path"] else "bird") for p in predictions)
+    assert correct / 2000 == direct["acc"]
+
+
+def test_predict_reports_bad_files_on_their_own_line_and_classifies_the_rest(image_tree, tmp_path, capsys):
+    model = tmp_path / "model.pt"
+    _train_bundle(image_tree, tmp_path / "cache", model)
+    good = sorted((image_tree / "test" / "bird").iterdir())[0]
+    big = tmp_path / "big.jpg"
+    Image.open(good).resize((300, 200)).save(big)
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(good.read_bytes()[:50])
+    code = main(["predict", "--model", str(model), str(good), str(text), str(big), str(broken), str(tmp_path / "nope.png")])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 1 and len(lines) == 5
+    assert lines[0].split("\t")[1] in ("airplane", "bird") and lines[2].split("\t")[1] in ("airplane", "bird")
+    assert "error: not a readable image" in lines[1] and "error: not a readable image" in lines[3]
+    assert "error: no such file" in lines[4]
+
+
+def test_predict_refuses_a_model_file_that_would_unpickle_objects(tmp_path, capsys):
+    import pickle
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {}, "config": TrainConfig().to_dict(), "data": {"classes": ["a", "b"]}, "f": pickle.dumps}, evil)
+    assert main(["predict", "--model", str(evil), str(tmp_path)]) == 2
+    assert "not a birdplane model file" in capsys.readouterr().err
