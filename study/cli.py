@@ -118,6 +118,7 @@ def _sweep_parser(sub) -> None:
     p.add_argument("--metric", default=d.metric, help="val_acc (max) or val_loss (min)")
     p.add_argument("--objectives", default="", help="val_acc,param_count for a multi-objective search")
     p.add_argument("--scheduler", default=d.scheduler, help="asha or none")
+    p.add_argument("--search", default=d.search, help="tpe (Optuna, default) or random (Ray's random search)")
     p.add_argument("--grace-epochs", type=int, default=d.grace_epochs, help="ASHA's minimum epochs per trial")
     p.add_argument("--cpus-per-trial", type=int, default=d.cpus_per_trial)
     p.add_argument("--gpus-per-trial", type=float, default=None, help="default 0.25 when the cluster has GPUs, else 0")
@@ -149,7 +150,7 @@ def sweep_options(args: argparse.Namespace):
                         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
                         address=args.address, storage_path=args.storage_path, name=args.name or default_name(),
                         resume=args.resume, seed=args.seed, tracking_uri=args.tracking_uri,
-                        experiment=args.experiment, smoke=args.smoke)
+                        experiment=args.experiment, smoke=args.smoke, search=args.search)
 
 
 def format_trial(t: dict) -> str:

@@ -100,6 +100,24 @@ class SearchSpace:
     def define_by_run(self, seed: int = 0, threads: int = 1, device: str = "cpu") -> "DefineByRun":
         return DefineByRun(self, seed, threads, device)
 
+    def tune_param_space(self, seed: int = 0, threads: int = 1, device: str = "cpu") -> dict:
+        """The same space for Ray's own random search (BasicVariantGenerator): a width per possible
+        layer is drawn and ``train`` keeps the first ``depth`` of them."""
+        from ray import tune
+
+        space: dict = {}
+        for name, dim in self.dimensions.items():
+            names = [f"width_{i}" for i in range(self.max_depth())] if name == "width" else [name]
+            for key in names:
+                space[key] = dim.fixed if dim.fixed is not None else _tune_domain(dim)
+        space["seed"] = tune.randint(0, 2**31 - 1)
+        space["train"] = tune.sample_from(TrainFromSample(self, seed, threads, device))
+        return space
+
+    def max_depth(self) -> int:
+        d = self.dimensions["depth"]
+        return int(d.fixed if d.fixed is not None else max(d.choices) if d.choices else d.high)
+
     def to_dict(self) -> dict:
         out = {}
         for name, d in self.dimensions.items():
@@ -133,6 +151,36 @@ class DefineByRun:
             if name not in ("depth", "width"):
                 values[name] = dim.suggest(trial)
         return {"train": TrainConfig.from_dict(values).to_dict()}
+
+
+def _tune_domain(dim: Dimension):
+    from ray import tune
+
+    if dim.choices is not None:
+        return tune.choice(list(dim.choices))
+    if dim.name in INTEGER:
+        return (tune.lograndint if dim.log else tune.randint)(int(dim.low), int(dim.high) + 1)
+    return (tune.loguniform if dim.log else tune.uniform)(float(dim.low), float(dim.high))
+
+
+@dataclass(frozen=True)
+class TrainFromSample:
+    """Builds the TrainConfig dict from a random-search sample (Ray's ``sample_from``)."""
+
+    space: SearchSpace
+    seed: int
+    threads: int
+    device: str
+
+    def __call__(self, spec) -> dict:
+        c = spec.config
+        depth = int(c["depth"])
+        values = {"hidden_sizes": [int(c[f"width_{i}"]) for i in range(depth)], "seed": self.seed + int(c["seed"]),
+                  "threads": self.threads, "device": self.device}
+        for name in self.space.dimensions:
+            if name not in ("depth", "width"):
+                values[name] = c[name]
+        return TrainConfig.from_dict(values).to_dict()
 
 
 def load_space(path: str | Path | None = None) -> SearchSpace:

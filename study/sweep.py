@@ -47,6 +47,7 @@ class SweepOptions:
     experiment: str | None = None
     smoke: bool = False
     max_failures: int = 2
+    search: str = "tpe"  # tpe (Optuna through OptunaSearch) or random (Ray's BasicVariantGenerator)
 
     @property
     def mode(self) -> str:
@@ -76,6 +77,8 @@ def prepare(opts: SweepOptions, data: DataConfig) -> Prepared:
         raise UsageError(f"--metric must be val_acc or val_loss, got {opts.metric!r}")
     if opts.objectives and (set(opts.objectives) != {"val_acc", "param_count"} or len(opts.objectives) != 2):
         raise UsageError(f"--objectives supports val_acc,param_count, got {','.join(opts.objectives)!r}")
+    if opts.search not in ("tpe", "random"):
+        raise UsageError(f"--search must be tpe or random, got {opts.search!r}")
     if opts.scheduler not in ("asha", "none"):
         raise UsageError(f"--scheduler must be asha or none, got {opts.scheduler!r}")
     if opts.cpus_per_trial < 1:
@@ -210,7 +213,7 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def build_tuner(prep: Prepared, data, callback, cluster: dict):
+def build_tuner(prep: Prepared, data, callback, cluster: dict, points_to_evaluate: list[dict] | None = None):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -234,11 +237,20 @@ def build_tuner(prep: Prepared, data, callback, cluster: dict):
     sampler = optuna.samplers.TPESampler(
         seed=opts.seed, multivariate=True, group=True, constant_liar=True,
         n_startup_trials=max(concurrency, min(10, opts.num_samples // 3)))
-    if opts.objectives:
-        searcher = OptunaSearch(space=space_fn, metric=["val_acc", "param_count"], mode=["max", "min"], sampler=sampler)
+    param_space = None
+    if opts.search == "random":
+        from ray.tune.search import BasicVariantGenerator
+
+        searcher = BasicVariantGenerator(random_state=opts.seed, max_concurrent=concurrency)
+        param_space = prep.space.tune_param_space(seed=opts.seed * 100_000, threads=opts.cpus_per_trial, device=device)
     else:
-        searcher = OptunaSearch(space=space_fn, metric=opts.metric, mode=opts.mode, sampler=sampler)
-    searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrency)
+        if opts.objectives:
+            searcher = OptunaSearch(space=space_fn, metric=["val_acc", "param_count"], mode=["max", "min"],
+                                    sampler=sampler, points_to_evaluate=points_to_evaluate)
+        else:
+            searcher = OptunaSearch(space=space_fn, metric=opts.metric, mode=opts.mode, sampler=sampler,
+                                    points_to_evaluate=points_to_evaluate)
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrency)
     scheduler = None
     if opts.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="epoch", metric=opts.metric, mode=opts.mode, max_t=prep.max_epochs,
@@ -246,22 +258,32 @@ def build_tuner(prep: Prepared, data, callback, cluster: dict):
     run_config = tune.RunConfig(
         name=opts.name, storage_path=prep.storage_path, callbacks=[callback],
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=4), verbose=1)
     path = os.path.join(prep.storage_path, opts.name)
     if opts.resume:
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True), concurrency
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=opts.num_samples,
                                   reuse_actors=True, trial_dirname_creator=trial_dirname)
-    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), concurrency
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config), concurrency
 
 
-def run_sweep(prep: Prepared) -> SweepSummary:
+def run_sweep(prep: Prepared, points_to_evaluate: list[dict] | None = None, extra_callbacks: list = ()) -> SweepSummary:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mlflow import MlflowClient
+
     from study.tracking import MlflowTrialLogger
     from trainables.data import load_study_data
 
     opts = prep.options
-    data = load_study_data(prep.data)
-    ray = connect_ray(opts.address)
+    # Starting Ray (~5 s here, mostly waiting on its processes) overlaps with creating the MLflow
+    # store (~3 s of schema migrations for a new one) and loading the data.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        mlflow_ready = pool.submit(lambda: store.ensure_experiment(MlflowClient(prep.tracking_uri), prep.experiment))
+        data_ready = pool.submit(load_study_data, prep.data)
+        ray = connect_ray(opts.address)
+        mlflow_ready.result()
+        data = data_ready.result()
     cluster = check_cluster(prep, ray)
     flags = {**{k: v for k, v in asdict(opts).items() if k != "objectives"},
              "objectives": ",".join(opts.objectives), "tracking_uri": prep.tracking_uri,
@@ -273,7 +295,8 @@ def run_sweep(prep: Prepared) -> SweepSummary:
         parent_artifacts={"search_space.json": prep.space.to_dict(), "data.json": data.summary(),
                           "cluster.json": cluster, "sweep.json": flags},
         data_config=prep.data.to_dict())
-    tuner, concurrency = build_tuner(prep, data, callback, cluster)
+    tuner, concurrency = build_tuner(prep, data, callback, cluster, points_to_evaluate)
+    tuner._local_tuner.get_run_config().callbacks.extend(extra_callbacks)
     # A restored Tuner carries its own callback, unpickled from the experiment state.
     callback = tuner._local_tuner.get_run_config().callbacks[0]
     parent = callback.open_parent()  # before any trial starts: a tracking problem stops us here

@@ -1,0 +1,81 @@
+"""TPE + ASHA against Ray's random search + ASHA, equal budgets, several seeds: best val_acc per compute.
+
+    python benchmarks/search_efficiency.py [--seeds 2] [--trials 12] [--epochs 4] [--subset 1500]
+
+Each (searcher, seed) is a real `birdplane sweep` (same space, same ASHA, same number of trials)
+logged to a throw-away MLflow store. Compute spent is counted in training epochs (every trial's
+epochs run, in start order); the table prints the best val_acc found once 25/50/75/100% of the
+epochs the sweep used were spent, as mean +- std over seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from analysis.runs import finished, load_study
+from study.sweep import SweepOptions, prepare, run_sweep
+from trainables.config import DataConfig
+
+
+def best_by_budget(trials, fractions=(0.25, 0.5, 0.75, 1.0)) -> dict[float, float]:
+    ordered = trials.sort_values("start_time")
+    spent = ordered["epochs_run"].cumsum()
+    total = float(spent.iloc[-1])
+    out = {}
+    for f in fractions:
+        within = ordered[spent <= f * total + 1e-9]
+        out[f] = float(within["val_acc"].max()) if len(within) else float("nan")
+    return out | {"epochs": total}
+
+
+def one_sweep(search: str, seed: int, a, work: Path) -> dict:
+    import ray
+
+    name = f"{search}-{seed}"
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    opts = SweepOptions(space=a.space, num_samples=a.trials, max_epochs=a.epochs, grace_epochs=1, seed=seed,
+                        search=search, name=name, storage_path=str(work / "ray"), tracking_uri=uri)
+    data = DataConfig(root=os.path.abspath(a.data_root), subset=a.subset)
+    run_sweep(prepare(opts, data))
+    ray.shutdown()
+    trials = finished(load_study(MlflowClient(uri), name).trials)
+    return best_by_budget(trials)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--trials", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--subset", type=int, default=1500, help="training images per class")
+    p.add_argument("--space", default=None)
+    p.add_argument("--data-root", default=os.environ.get("BIRDPLANE_DATA", "../shared/data/cifar10"))
+    p.add_argument("--smoke-test", action="store_true")
+    a = p.parse_args()
+    if a.smoke_test:
+        a.seeds, a.trials, a.epochs, a.subset = 1, 3, 2, 50
+    work = Path(tempfile.mkdtemp(prefix="birdplane-search-"))
+    results: dict[str, list[dict]] = {"tpe": [], "random": []}
+    for seed in range(a.seeds):
+        for search in results:
+            results[search].append(one_sweep(search, seed, a, work))
+    print(f"\n{a.trials} trials per sweep, ASHA (grace 1, max {a.epochs} epochs), {a.subset} images/class, "
+          f"{a.seeds} seeds")
+    print(f"{'searcher':>8} {'epochs used':>12}  best val_acc after 25% / 50% / 75% / 100% of them")
+    for search, runs in results.items():
+        cells = []
+        for f in (0.25, 0.5, 0.75, 1.0):
+            values = [r[f] for r in runs]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.fmean(values):.4f}±{sd:.4f}")
+        used = statistics.fmean(r["epochs"] for r in runs)
+        print(f"{search:>8} {used:>12.1f}  " + " / ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
