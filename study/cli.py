@@ -299,7 +299,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if any(r.error for r in results) else 0
 
 
-COMMANDS: list[Callable] = [_train_parser, _sweep_parser, _report_parser, _rerun_parser, _predict_parser]
+def _sync_parser(sub) -> None:
+    p = sub.add_parser("sync", help="replay a sweep's Ray results into MLflow (after an outage); adds only what is missing")
+    p.add_argument("--name", required=True, help="the sweep's name")
+    p.add_argument("--storage-path", default=None, help="as given to the sweep (default ~/ray_results)")
+    p.add_argument("--tracking-uri", default=None, help="default: the URI the sweep used")
+    p.set_defaults(handler=cmd_sync)
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from study.sweep import NAME_PATTERN, experiment_dir
+    from study.sync import sync_sweep
+
+    if not NAME_PATTERN.match(args.name):
+        raise UsageError(f"--name {args.name!r}: use letters, digits, '_', '-', '.'")
+    counts = sync_sweep(experiment_dir(args.storage_path, args.name), args.tracking_uri)
+    print(f"synced {counts['trials']} trials to {counts['tracking_uri']}: {counts['closed']} runs completed, "
+          f"{counts['open']} trials unfinished (resume the sweep to finish them); parent run {counts['parent_run_id']}")
+    return 0
+
+
+COMMANDS: list[Callable] = [_train_parser, _sweep_parser, _report_parser, _rerun_parser, _predict_parser, _sync_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

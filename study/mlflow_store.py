@@ -77,11 +77,11 @@ def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> 
 
 
 def ensure_run(client: MlflowClient, experiment_id: str, key_tags: dict[str, str], name: str,
-               extra_tags: dict[str, str] | None = None) -> tuple[str, bool]:
-    """(run_id, created). A run carrying ``key_tags`` is adopted (and marked RUNNING again)."""
+               extra_tags: dict[str, str] | None = None, reopen: bool = True) -> tuple[str, bool]:
+    """(run_id, created). A run carrying ``key_tags`` is adopted (and, with reopen, marked RUNNING again)."""
     run_id = find_run(client, experiment_id, key_tags)
     if run_id is not None:
-        if client.get_run(run_id).info.status != "RUNNING":
+        if reopen and client.get_run(run_id).info.status != "RUNNING":
             client.update_run(run_id, status="RUNNING")
         return run_id, False
     run = client.create_run(experiment_id, tags={**key_tags, **(extra_tags or {})}, run_name=name)

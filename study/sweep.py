@@ -95,6 +95,7 @@ def prepare(opts: SweepOptions, data: DataConfig) -> Prepared:
         raise UsageError(f"--name {opts.name!r}: use letters, digits, '_', '-', '.' (at most 100)")
     if opts.address is not None and not ADDRESS_PATTERN.match(opts.address):
         raise UsageError(f"--address {opts.address!r}: expected auto, local, HOST:PORT or ray://HOST:PORT")
+    check_ray_address(opts.address)
     space = load_space(opts.space)
     max_epochs = opts.max_epochs or (2 if opts.smoke else None)
     if max_epochs is not None:
@@ -104,7 +105,9 @@ def prepare(opts: SweepOptions, data: DataConfig) -> Prepared:
         raise UsageError("search space: epochs must be fixed (or give --max-epochs): ASHA needs a budget")
     if opts.scheduler == "asha" and opts.grace_epochs > epochs.fixed:
         raise UsageError(f"--grace-epochs {opts.grace_epochs} exceeds the {epochs.fixed} epochs of a trial")
-    if "bce" in (space.dimensions["loss"].choices or (space.dimensions["loss"].fixed,)) and len(data.classes) != 2:
+    loss = space.dimensions.get("loss")
+    losses = (loss.choices or (loss.fixed,)) if loss is not None else ("nll",)
+    if "bce" in losses and len(data.classes) != 2:
         raise UsageError("search space: loss bce needs exactly 2 classes")
     check_data(data)
     uri = store.resolve_tracking_uri(opts.tracking_uri)
@@ -120,6 +123,35 @@ def prepare(opts: SweepOptions, data: DataConfig) -> Prepared:
         if not opts.resume and os.path.exists(experiment_dir):
             raise UsageError(f"a sweep named {opts.name!r} already exists under {storage}: pass --resume or another --name")
     return Prepared(opts, space, data, uri, opts.experiment or opts.name, storage, int(epochs.fixed))
+
+
+def experiment_dir(storage_path: str | None, name: str) -> str:
+    storage = storage_path or os.path.expanduser("~/ray_results")
+    if "://" not in storage:
+        storage = os.path.abspath(storage)
+    return os.path.join(storage, name) if "://" not in storage else storage.rstrip("/") + "/" + name
+
+
+def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
+    """A Ray address that nothing answers makes ray.init hang for minutes: fail fast instead."""
+    import socket
+
+    if address in (None, "local"):
+        return
+    target = address
+    if address == "auto":
+        target = os.environ.get("RAY_ADDRESS") or ""
+        current = Path("/tmp/ray/ray_current_cluster")
+        if not target and current.is_file():
+            target = current.read_text().strip()
+        if not target:
+            raise UsageError("--address auto: no running Ray cluster found on this machine (start one with `ray start --head`)")
+    host, _, port = target.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--address {address}: no Ray cluster answers at {host}:{port} ({err})") from None
 
 
 def git_commit() -> str:
@@ -276,14 +308,18 @@ def run_sweep(prep: Prepared, points_to_evaluate: list[dict] | None = None, extr
     from trainables.data import load_study_data
 
     opts = prep.options
-    # Starting Ray (~5 s here, mostly waiting on its processes) overlaps with creating the MLflow
-    # store (~3 s of schema migrations for a new one) and loading the data.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        mlflow_ready = pool.submit(lambda: store.ensure_experiment(MlflowClient(prep.tracking_uri), prep.experiment))
-        data_ready = pool.submit(load_study_data, prep.data)
+    # Decoding errors (a truncated image) surface here, before Ray or MLflow is touched.
+    data = load_study_data(prep.data)
+    if opts.address in (None, "local"):
+        # A fresh local Ray (~5 s, mostly waiting on its processes) overlaps with creating the
+        # MLflow store (~3 s of schema migrations when it is new).
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ready = pool.submit(lambda: store.ensure_experiment(MlflowClient(prep.tracking_uri), prep.experiment))
+            ray = connect_ray(opts.address)
+            ready.result()
+    else:
+        # On a cluster, nothing is written to MLflow before the cluster passed its checks.
         ray = connect_ray(opts.address)
-        mlflow_ready.result()
-        data = data_ready.result()
     cluster = check_cluster(prep, ray)
     flags = {**{k: v for k, v in asdict(opts).items() if k != "objectives"},
              "objectives": ",".join(opts.objectives), "tracking_uri": prep.tracking_uri,
@@ -300,6 +336,12 @@ def run_sweep(prep: Prepared, points_to_evaluate: list[dict] | None = None, extr
     # A restored Tuner carries its own callback, unpickled from the experiment state.
     callback = tuner._local_tuner.get_run_config().callbacks[0]
     parent = callback.open_parent()  # before any trial starts: a tracking problem stops us here
+    if opts.resume:
+        # Trials that finished while the last driver's MLflow calls were lost (a SIGKILL, an
+        # outage) get their runs completed from Ray's results before the sweep continues.
+        from study.sync import replay
+
+        replay(callback, os.path.join(prep.storage_path, opts.name), resuming=True)
     results = tuner.fit()
     summary = SweepSummary(opts.name, prep.experiment, prep.tracking_uri, os.path.join(prep.storage_path, opts.name),
                            parent, undelivered=callback.last_undelivered, interrupted=callback.interrupted)

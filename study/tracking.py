@@ -102,14 +102,16 @@ class MlflowTrialLogger(tune.Callback):
     """Parent run for the sweep, one child run per trial, per-epoch metrics in batches."""
 
     def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, parent_params: dict,
-                 parent_artifacts: dict[str, dict], data_config: dict, drain_timeout: float = 300.0):
+                 parent_artifacts: dict[str, dict], data_config: dict, drain_timeout: float | None = None):
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.sweep_name = sweep_name
         self.parent_params = parent_params
         self.parent_artifacts = parent_artifacts
         self.data_config = data_config
-        self.drain_timeout = drain_timeout
+        # How long the end of a sweep waits for MLflow to take what is queued (an outage).
+        self.drain_timeout = drain_timeout if drain_timeout is not None else float(
+            os.environ.get("BIRDPLANE_MLFLOW_DRAIN_S", "300"))
         self._init_runtime()
 
     # The callback is pickled into Tune's experiment state (tuner.pkl) and rebuilt on --resume.
@@ -219,11 +221,11 @@ class MlflowTrialLogger(tune.Callback):
             self._open_child(trial_id, None)
         return self._runs[trial_id]
 
-    def _open_child(self, trial_id: str, config: dict | None) -> None:
+    def _open_child(self, trial_id: str, config: dict | None, reopen: bool = True) -> None:
         client = self._client
         key = {store.TAG_PARENT: self.parent_run_id, store.TAG_TRIAL: trial_id}
         run_id, _ = store.ensure_run(client, self._experiment_id, key, f"trial_{trial_id}",
-                                     {store.TAG_ROLE: "trial", store.TAG_SWEEP: self.sweep_name})
+                                     {store.TAG_ROLE: "trial", store.TAG_SWEEP: self.sweep_name}, reopen=reopen)
         if config is not None:
             train = dict(config.get("train", {}))
             searched = {k: v for k, v in config.items() if k != "train"}

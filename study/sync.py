@@ -1,0 +1,93 @@
+"""`birdplane sync`: replay a sweep's Ray Tune results into MLflow, adding only what is missing.
+
+Ray's experiment folder is the source of truth (results per epoch, checkpoints, trial status);
+MLflow is brought up to date from it through the same idempotent calls the live callback makes.
+Used after an MLflow outage, and at the start of every --resume (a driver killed with SIGKILL
+can leave finished trials whose MLflow runs were never closed).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+from mlflow import MlflowClient
+
+from study import mlflow_store as store
+from study.errors import UsageError
+from study.tracking import MlflowTrialLogger
+
+
+def _records(frame) -> list[dict]:
+    if frame is None or frame.empty or "epoch" not in frame:
+        return []
+    rows = frame.to_dict("records")
+    by_epoch = {}
+    for row in rows:  # a retried trial may report an epoch twice: keep the last
+        if isinstance(row.get("epoch"), (int, float)) and not math.isnan(row["epoch"]):
+            by_epoch[int(row["epoch"])] = {**row, "epoch": int(row["epoch"])}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def replay(logger: MlflowTrialLogger, experiment_path: str, resuming: bool = False) -> dict:
+    """Bring every trial's MLflow run up to date; returns counts of what was done.
+
+    Unfinished trials' runs are marked KILLED, unless a resume is about to continue them.
+    """
+    from ray.tune import ExperimentAnalysis
+
+    if not os.path.exists(os.path.join(experiment_path, "tuner.pkl")) and "://" not in experiment_path:
+        raise UsageError(f"no sweep results at {experiment_path}")
+    analysis = ExperimentAnalysis(experiment_path)
+    frames = analysis.trial_dataframes
+    counts = {"trials": 0, "closed": 0, "open": 0}
+    client = MlflowClient(logger.tracking_uri)
+    for trial in analysis.trials:
+        counts["trials"] += 1
+        records = _records(frames.get(trial.trial_id))
+        # Adopt without reopening: a run already FINISHED stays as it is.
+        logger._open_child(trial.trial_id, dict(trial.config), reopen=False)
+        run_id = logger._runs[trial.trial_id]
+        if records:
+            if logger._last_step[trial.trial_id] < 0 and records[-1].get("param_count") is not None:
+                store.log_metrics(client, run_id, {"param_count": records[-1]["param_count"]}, step=0)
+            logger._last_step[trial.trial_id] = store.log_epochs(client, run_id, records,
+                                                                 logger._last_step[trial.trial_id])
+        done = trial.status in ("TERMINATED", "ERROR")
+        if done and client.get_run(run_id).info.status not in ("FINISHED", "FAILED"):
+            last = records[-1] if records else dict(trial.last_result or {})
+            logger._close_child(trial.trial_id, dict(trial.config), trial.checkpoint, last, trial.status == "ERROR")
+            counts["closed"] += 1
+        elif not done:
+            counts["open"] += 1
+            if not resuming and client.get_run(run_id).info.status == "RUNNING":
+                store.finish_run(client, run_id, status="KILLED")
+    return counts
+
+
+def load_logger(experiment_path: str, tracking_uri: str | None) -> MlflowTrialLogger:
+    """The sweep's own MLflow callback, as Tune saved it in tuner.pkl (a trusted, own folder)."""
+    import ray.cloudpickle as pickle
+
+    path = os.path.join(experiment_path, "tuner.pkl")
+    if not os.path.isfile(path):
+        raise UsageError(f"no sweep results at {experiment_path}")
+    with open(path, "rb") as f:
+        state = pickle.load(f)
+    loggers = [c for c in state["_run_config"].callbacks if isinstance(c, MlflowTrialLogger)]
+    if not loggers:
+        raise UsageError(f"{experiment_path} is not a birdplane sweep")
+    logger = loggers[0]
+    if tracking_uri:
+        logger.tracking_uri = store.resolve_tracking_uri(tracking_uri)
+    store.check_tracking_uri(logger.tracking_uri)
+    return logger
+
+
+def sync_sweep(experiment_path: str, tracking_uri: str | None = None) -> dict:
+    """`birdplane sync`: replay everything, then end the parent run as FINISHED or KILLED."""
+    logger = load_logger(experiment_path, tracking_uri)
+    logger.open_parent()
+    counts = replay(logger, experiment_path)
+    status = "FINISHED" if counts["open"] == 0 else "KILLED"
+    store.finish_run(MlflowClient(logger.tracking_uri), logger.parent_run_id, status=status)
+    return {**counts, "parent_run_id": logger.parent_run_id, "tracking_uri": logger.tracking_uri}
