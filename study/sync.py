@@ -61,7 +61,24 @@ def replay(logger: MlflowTrialLogger, experiment_path: str, resuming: bool = Fal
             counts["open"] += 1
             if not resuming and client.get_run(run_id).info.status == "RUNNING":
                 store.finish_run(client, run_id, status="KILLED")
+    counts["orphaned"] = retire_orphans(client, logger, {t.trial_id for t in analysis.trials})
     return counts
+
+
+def retire_orphans(client: MlflowClient, logger: MlflowTrialLogger, known: set[str]) -> int:
+    """Child runs of trials that Ray's saved state does not know (created after its last snapshot,
+    before the driver died; the resumed searcher makes new trials instead). They are tagged
+    outcome=orphaned, ended KILLED and soft-deleted (mlflow gc or the UI can restore them), so the
+    study holds exactly one run per trial."""
+    query = f"tags.`{store.TAG_PARENT}` = '{logger.parent_run_id}'"
+    runs = client.search_runs([logger._experiment_id], filter_string=query, max_results=10_000)
+    orphans = [r for r in runs if r.data.tags.get(store.TAG_TRIAL) not in known]
+    for run in orphans:
+        store.set_tags(client, run.info.run_id, {store.TAG_OUTCOME: "orphaned"})
+        if run.info.status == "RUNNING":
+            store.finish_run(client, run.info.run_id, status="KILLED")
+        client.delete_run(run.info.run_id)
+    return len(orphans)
 
 
 def load_logger(experiment_path: str, tracking_uri: str | None) -> MlflowTrialLogger:
