@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class Outbox:
     """Runs queued calls in order on one thread; retries the head call until it succeeds."""
 
-    def __init__(self, max_backoff: float = 30.0):
+    def __init__(self, max_backoff: float = 10.0):
         self._queue: deque[Callable[[], None]] = deque()
         self._cv = threading.Condition()
         self._busy = False

@@ -79,9 +79,13 @@ def run_birdplane(*args, env=None, timeout=600, cwd=None):
 
 
 def last_json(stdout: str) -> dict:
+    """The summary object: the last stdout line that is a JSON object (Ray may log after it)."""
     import json
 
-    return json.loads(stdout.strip().splitlines()[-1])
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise AssertionError(f"no JSON summary in: {stdout[-2000:]}")
 
 
 SMOKE_SPACE = {"depth": {"low": 1, "high": 2}, "width": {"low": 16, "high": 128, "log": True},
