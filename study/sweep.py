@@ -6,7 +6,6 @@ joins Ray, opens the MLflow parent run, builds (or restores) the Tuner and retur
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 import re

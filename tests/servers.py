@@ -81,7 +81,7 @@ class RayNode:
         self.log = self.folder / f"{name}.log"
         cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", f"--num-cpus={self.num_cpus}",
                "--num-gpus=0", "--disable-usage-stats"]
-        cmd += ([f"--head", f"--port={free_port()}", "--include-dashboard=false"] if self.head_address is None
+        cmd += (["--head", f"--port={free_port()}", "--include-dashboard=false"] if self.head_address is None
                 else [f"--address={self.head_address}"])
         env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
         self.proc = subprocess.Popen(cmd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,

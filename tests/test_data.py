@@ -1,5 +1,4 @@
 import pickle
-import shutil
 
 import numpy as np
 import pytest

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 ACTIVATIONS = ("tanh", "relu")
@@ -36,6 +36,15 @@ def parse_hidden(text: str | int | list | tuple) -> tuple[int, ...]:
     if not sizes:
         raise ConfigError("hidden_sizes: at least one hidden layer is required")
     return tuple(sizes)
+
+
+def _from_dict(cls, values: Mapping[str, Any], what: str):
+    """Build a config from a plain mapping; a misspelled key is an error, not a silent default."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} key(s): {', '.join(unknown)}")
+    return cls(**values)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -86,12 +95,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        """Build from a plain mapping; a misspelled key is an error, not a silent default."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
-        return cls(**values)
+        return _from_dict(cls, values, "config")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -140,8 +144,4 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "DataConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown data config key(s): {', '.join(unknown)}")
-        return cls(**values)
+        return _from_dict(cls, values, "data config")
