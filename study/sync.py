@@ -39,28 +39,13 @@ def replay(logger: MlflowTrialLogger, experiment_path: str, resuming: bool = Fal
         raise UsageError(f"no sweep results at {experiment_path}")
     analysis = ExperimentAnalysis(experiment_path)
     frames = analysis.trial_dataframes
-    counts = {"trials": 0, "closed": 0, "open": 0}
-    client = MlflowClient(logger.tracking_uri)
+    counts = {"trials": 0, "closed": 0, "open": 0, "unchanged": 0}
     for trial in analysis.trials:
         counts["trials"] += 1
-        records = _records(frames.get(trial.trial_id))
-        # Adopt without reopening: a run already FINISHED stays as it is.
-        logger._open_child(trial.trial_id, dict(trial.config), reopen=False)
-        run_id = logger._runs[trial.trial_id]
-        if records:
-            if logger._last_step[trial.trial_id] < 0 and records[-1].get("param_count") is not None:
-                store.log_metrics(client, run_id, {"param_count": records[-1]["param_count"]}, step=0)
-            logger._last_step[trial.trial_id] = store.log_epochs(client, run_id, records,
-                                                                 logger._last_step[trial.trial_id])
-        done = trial.status in ("TERMINATED", "ERROR")
-        if done and client.get_run(run_id).info.status not in ("FINISHED", "FAILED"):
-            last = records[-1] if records else dict(trial.last_result or {})
-            logger._close_child(trial.trial_id, dict(trial.config), trial.checkpoint, last, trial.status == "ERROR")
-            counts["closed"] += 1
-        elif not done:
-            counts["open"] += 1
-            if not resuming and client.get_run(run_id).info.status == "RUNNING":
-                store.finish_run(client, run_id, status="KILLED")
+        outcome = logger.reconcile(trial.trial_id, dict(trial.config), _records(frames.get(trial.trial_id)),
+                                   trial.checkpoint, trial.status, resuming)
+        counts[outcome] += 1
+    client = MlflowClient(logger.tracking_uri)
     counts["orphaned"] = retire_orphans(client, logger, {t.trial_id for t in analysis.trials})
     return counts
 
@@ -71,7 +56,7 @@ def retire_orphans(client: MlflowClient, logger: MlflowTrialLogger, known: set[s
     outcome=orphaned, ended KILLED and soft-deleted (mlflow gc or the UI can restore them), so the
     study holds exactly one run per trial."""
     query = f"tags.`{store.TAG_PARENT}` = '{logger.parent_run_id}'"
-    runs = client.search_runs([logger._experiment_id], filter_string=query, max_results=10_000)
+    runs = client.search_runs([logger.experiment_id], filter_string=query, max_results=10_000)
     orphans = [r for r in runs if r.data.tags.get(store.TAG_TRIAL) not in known]
     for run in orphans:
         store.set_tags(client, run.info.run_id, {store.TAG_OUTCOME: "orphaned"})

@@ -235,10 +235,40 @@ class MlflowTrialLogger(tune.Callback):
         self._last_step[trial_id] = store.last_logged_step(client, run_id)
 
     def _log_epoch(self, trial_id: str, record: dict, extra: dict) -> None:
+        self._log_records(trial_id, [record], extra.get("param_count"))
+
+    def _log_records(self, trial_id: str, records: list[dict], param_count) -> None:
+        """Epochs not yet in the run, in one batch; param_count once, with the first epoch."""
         run_id = self._child_id(trial_id)
-        if self._last_step.get(trial_id, -1) < 0 and extra.get("param_count") is not None:
-            store.log_metrics(self._client, run_id, {"param_count": extra["param_count"]}, step=0)
-        self._last_step[trial_id] = store.log_epochs(self._client, run_id, [record], self._last_step.get(trial_id, -1))
+        if self._last_step.get(trial_id, -1) < 0 and param_count is not None:
+            store.log_metrics(self._client, run_id, {"param_count": param_count}, step=0)
+        self._last_step[trial_id] = store.log_epochs(self._client, run_id, records, self._last_step.get(trial_id, -1))
+
+    # ---------------------------------------------------------------- replay from Ray's results
+    @property
+    def experiment_id(self) -> str | None:
+        return self._experiment_id
+
+    def reconcile(self, trial_id: str, config: dict, records: list[dict], checkpoint, status: str,
+                  resuming: bool) -> str:
+        """Bring one trial's run in line with Ray's record of it, synchronously (sync, --resume).
+
+        Returns "closed" (a finished trial's run was completed now), "open" (the trial is
+        unfinished) or "unchanged". An adopted run keeps its status unless this changes it.
+        """
+        self._open_child(trial_id, config, reopen=False)
+        run_id = self._runs[trial_id]
+        if records:
+            self._log_records(trial_id, records, records[-1].get("param_count"))
+        run_status = self._client.get_run(run_id).info.status
+        if status in ("TERMINATED", "ERROR"):
+            if run_status in ("FINISHED", "FAILED"):
+                return "unchanged"
+            self._close_child(trial_id, config, checkpoint, records[-1] if records else {}, status == "ERROR")
+            return "closed"
+        if not resuming and run_status == "RUNNING":
+            store.finish_run(self._client, run_id, status="KILLED")
+        return "open"
 
     def _close_child(self, trial_id: str, config: dict, checkpoint, last: dict, error: bool) -> None:
         client = self._client
