@@ -232,12 +232,17 @@ class SweepSummary:
 
 
 def pareto_set(trials: list[dict]) -> list[dict]:
-    """Trials no other trial beats on both val_acc (higher) and param_count (lower)."""
-    ok = [t for t in trials if isinstance(t.get("val_acc"), (int, float)) and math.isfinite(t["val_acc"])]
-    front = [t for t in ok if not any(
-        o["val_acc"] >= t["val_acc"] and o["param_count"] <= t["param_count"]
-        and (o["val_acc"] > t["val_acc"] or o["param_count"] < t["param_count"]) for o in ok)]
-    return sorted(front, key=lambda t: t["param_count"])
+    """The summary trials no other beats on both val_acc (higher) and param_count (lower)."""
+    import pandas as pd
+
+    from analysis.overfitting import pareto_front
+
+    if not trials:
+        return []
+    frame = pd.DataFrame({"val_acc": [t.get("val_acc") for t in trials],
+                          "param_count": [t.get("param_count") for t in trials], "index": range(len(trials))})
+    frame = frame[frame["val_acc"].map(lambda v: isinstance(v, (int, float)) and math.isfinite(v))]
+    return [trials[i] for i in pareto_front(frame)["index"]]
 
 
 def trial_dirname(trial) -> str:
