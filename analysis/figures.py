@@ -16,6 +16,20 @@ def _colour(loss) -> str:
     return LOSS_COLOURS.get(loss, "tab:gray")
 
 
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, legend_size: int, log_x: bool = False,
+            legend_columns: int = 1):
+    """The labels, grid and legend every scatter/curve figure here shares."""
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size, ncol=legend_columns)
+    fig.tight_layout()
+    return fig
+
+
 def capacity_figure(trials: pd.DataFrame):
     """val_acc (filled) and train_acc (hollow) against param_count, by loss, with the frontier."""
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -28,14 +42,8 @@ def capacity_figure(trials: pd.DataFrame):
         xs = list(front["param_count"]) + [trials["param_count"].max()]
         ys = list(front["val_acc"]) + [front["val_acc"].iloc[-1]]
         ax.step(xs, ys, where="post", color="black", lw=1.2, label="best val at or below size")
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("accuracy")
-    ax.set_title("Capacity: accuracy against parameter count")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "parameters", "accuracy", "Capacity: accuracy against parameter count", 7, log_x=True,
+                   legend_columns=2)
 
 
 def gap_figure(trials: pd.DataFrame):
@@ -43,14 +51,8 @@ def gap_figure(trials: pd.DataFrame):
     for loss, group in trials.groupby("loss"):
         ax.scatter(group["param_count"], group["gap"], color=_colour(loss), label=loss, s=28)
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("train_acc - val_acc (final)")
-    ax.set_title("Generalisation gap against parameter count")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "parameters", "train_acc - val_acc (final)",
+                   "Generalisation gap against parameter count", 8, log_x=True)
 
 
 def learning_curves_figure(trials: pd.DataFrame, histories: pd.DataFrame, run_ids: list[str]):
@@ -66,13 +68,8 @@ def learning_curves_figure(trials: pd.DataFrame, histories: pd.DataFrame, run_id
         name = f"{row['trial_id']} ({int(row['param_count']):,} params)"
         ax.plot(curve["epoch"], curve["val_acc"], color=colour, lw=1.6, label=f"{name} val")
         ax.plot(curve["epoch"], curve["train_acc"], color=colour, lw=1.0, ls="--")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy (train dashed, val solid)")
-    ax.set_title("Learning curves: top trials and the largest model")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "epoch", "accuracy (train dashed, val solid)",
+                   "Learning curves: top trials and the largest model", 7)
 
 
 def hyperparameter_figure(trials: pd.DataFrame, space: dict):

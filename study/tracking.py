@@ -43,10 +43,6 @@ class Outbox:
             self._queue.append(call)
             self._cv.notify_all()
 
-    def pending(self) -> int:
-        with self._cv:
-            return len(self._queue) + int(self._busy)
-
     def drain(self, timeout: float) -> int:
         """Wait until every call has run or ``timeout`` passed; returns how many are left."""
         deadline = time.monotonic() + timeout
