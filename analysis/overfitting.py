@@ -46,6 +46,8 @@ def capacity_frontier(trials: pd.DataFrame, x: str = "param_count", y: str = "va
 
 def compare_by(trials: pd.DataFrame, column: str, metric: str = "val_acc") -> pd.DataFrame:
     """Per value of ``column``: number of trials and the mean, median and best ``metric``."""
+    if column not in trials.columns or metric not in trials.columns:
+        return pd.DataFrame(columns=["trials", "mean", "median", "best"])
     ok = trials.dropna(subset=[column, metric])
     grouped = ok.groupby(column)[metric]
     table = pd.DataFrame({"trials": grouped.size(), "mean": grouped.mean(), "median": grouped.median(),

@@ -32,9 +32,18 @@ class StudyReport:
     importances: dict
     gap_trend: dict
     curve_runs: list = field(default_factory=list)
+    left_out: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["run_id", "trial_id", "reason"]))
+
+    def left_out_text(self) -> str:
+        """'2 trials left out: 1 run RUNNING, 1 run FAILED' (or that none were)."""
+        if self.left_out.empty:
+            return "no trial left out"
+        counts = self.left_out["reason"].value_counts()
+        return f"{len(self.left_out)} trials left out: " + ", ".join(f"{n} {reason}" for reason, n in counts.items())
 
 
-def analyse(experiment: str, trials: pd.DataFrame, histories: pd.DataFrame, space: dict) -> StudyReport:
+def analyse(experiment: str, trials: pd.DataFrame, histories: pd.DataFrame, space: dict,
+            left_out: pd.DataFrame | None = None) -> StudyReport:
     top = trials.sort_values("val_acc", ascending=False).head(5)["run_id"].tolist()
     largest = trials.sort_values("param_count", ascending=False)["run_id"].iloc[0]
     curve_runs = top + ([largest] if largest not in top else [])
@@ -46,7 +55,8 @@ def analyse(experiment: str, trials: pd.DataFrame, histories: pd.DataFrame, spac
         experiment=experiment, trials=trials, pareto=pareto_front(trials),
         overfitting=overfitting_summary(trials, histories), by_loss=compare_by(trials, "loss"),
         by_depth=compare_by(trials, "depth"), by_batch=compare_by(trials, "batch_size"),
-        edges=edge_flags(trials, space), importances=imp, gap_trend=gap_trend(trials), curve_runs=curve_runs)
+        edges=edge_flags(trials, space), importances=imp, gap_trend=gap_trend(trials), curve_runs=curve_runs,
+        **({"left_out": left_out} if left_out is not None else {}))
 
 
 def make_figures(report: StudyReport, histories: pd.DataFrame, space: dict) -> dict[str, "plt.Figure"]:
@@ -92,7 +102,8 @@ def write_report(report: StudyReport, figs: dict, out: Path) -> list[Path]:
                  "; ".join(f"{r.dimension} at its {r.edge} edge ({r.low}..{r.high})" for r in flagged.itertuples()))
     sections = [
         f"<h1>birdplane study: {html.escape(report.experiment)}</h1>",
-        f"<p>{len(report.trials)} finished trials. Best val_acc {report.trials['val_acc'].max():.4f}. "
+        f"<p>{len(report.trials)} finished trials ({html.escape(report.left_out_text())}). "
+        f"Best val_acc {report.trials['val_acc'].max():.4f}. "
         f"Gap trend: {html.escape(trend)}. Searched ranges whose best trials sit at an edge: {html.escape(edge_text)}.</p>",
         "<h2>Accuracy against parameter count</h2>", _img(inline, "capacity.png"),
         "<h2>Pareto set (val_acc up, param_count down)</h2>",

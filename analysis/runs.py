@@ -8,13 +8,8 @@ from dataclasses import dataclass
 import pandas as pd
 from mlflow import MlflowClient
 
-ROLE, SWEEP = "birdplane.role", "birdplane.sweep"
-INT_PARAMS = ("batch_size", "epochs", "seed", "threads", "depth")
-FLOAT_PARAMS = ("lr", "momentum", "weight_decay")
-TEXT_PARAMS = ("activation", "loss", "optimizer", "augment", "device")
-FINAL_METRICS = ("param_count", "train_loss", "train_acc", "val_loss", "val_acc", "gap", "best_val_acc",
-                 "best_epoch", "epochs_run", "test_acc", "test_loss")
-CURVE_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "gap")
+from analysis.record import (CURVE_METRICS, FINAL_METRICS, ROLE_SWEEP, TAG_OUTCOME, TAG_PARENT, TAG_ROLE, TAG_TRIAL,
+                             cast_params)
 
 
 class StudyNotFound(LookupError):
@@ -30,34 +25,11 @@ class Study:
     trials: pd.DataFrame
 
 
-def cast_params(params: dict[str, str]) -> dict:
-    """MLflow stores params as strings; give each its real type once, here."""
-    out: dict = {}
-    hidden = params.get("hidden_sizes")
-    if hidden:
-        out["hidden_sizes"] = tuple(int(h) for h in hidden.split(","))
-        out["depth"] = len(out["hidden_sizes"])
-        out["max_width"] = max(out["hidden_sizes"])
-    for key in INT_PARAMS:
-        if key in params and key not in out:
-            out[key] = int(float(params[key]))
-    for key in FLOAT_PARAMS:
-        if key in params:
-            out[key] = float(params[key])
-    for key in TEXT_PARAMS:
-        if key in params:
-            out[key] = params[key]
-    for key, value in params.items():
-        if key.startswith("search.width_"):
-            out[key.removeprefix("search.")] = int(value)
-    return out
-
-
 def trials_frame(runs) -> pd.DataFrame:
     rows = []
     for run in runs:
-        row = {"run_id": run.info.run_id, "trial_id": run.data.tags.get("ray_trial_id"),
-               "run_status": run.info.status, "outcome": run.data.tags.get("outcome"),
+        row = {"run_id": run.info.run_id, "trial_id": run.data.tags.get(TAG_TRIAL),
+               "run_status": run.info.status, "outcome": run.data.tags.get(TAG_OUTCOME),
                "start_time": run.info.start_time}
         row.update(cast_params(run.data.params))
         row.update({k: run.data.metrics.get(k) for k in FINAL_METRICS})
@@ -75,14 +47,16 @@ def find_experiment(client: MlflowClient, experiment: str) -> str:
     return exp.experiment_id
 
 
-def search_all(client: MlflowClient, experiment_id: str, query: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=query, max_results=1000, page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
+def search_runs(client: MlflowClient, experiment_id: str, query: str) -> list:
+    """Every run of the experiment matching ``query``; ``mlflow.search_runs`` does the paging.
+
+    It searches the process's tracking URI, which is set to the client's first: a birdplane
+    process talks to one tracking store.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(client.tracking_uri)
+    return mlflow.search_runs([experiment_id], filter_string=query, output_format="list")
 
 
 def read_json_artifact(client: MlflowClient, run_id: str, name: str) -> dict | None:
@@ -98,11 +72,11 @@ def read_json_artifact(client: MlflowClient, run_id: str, name: str) -> dict | N
 def load_study(client: MlflowClient, experiment: str) -> Study:
     """The most recent sweep of ``experiment``: its parent run, search space and trial runs."""
     experiment_id = find_experiment(client, experiment)
-    parents = search_all(client, experiment_id, f"tags.`{ROLE}` = 'sweep'")
+    parents = search_runs(client, experiment_id, f"tags.`{TAG_ROLE}` = '{ROLE_SWEEP}'")
     if not parents:
         raise StudyNotFound(f"experiment {experiment!r} holds no birdplane sweep")
     parent = max(parents, key=lambda r: r.info.start_time)
-    children = search_all(client, experiment_id, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    children = search_runs(client, experiment_id, f"tags.`{TAG_PARENT}` = '{parent.info.run_id}'")
     space = read_json_artifact(client, parent.info.run_id, "search_space.json") or {}
     return Study(experiment_id, experiment, parent.info.run_id, space, trials_frame(children))
 
@@ -113,6 +87,21 @@ def finished(trials: pd.DataFrame) -> pd.DataFrame:
         return trials
     ok = trials[(trials["run_status"] == "FINISHED") & trials["val_acc"].notna()]
     return ok.reset_index(drop=True)
+
+
+def left_out(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials ``finished`` leaves out, each with the reason: still running, failed or killed,
+    or ended without a val_acc."""
+    columns = ["run_id", "trial_id", "reason"]
+    if trials.empty:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for _, t in trials.iterrows():
+        if t["run_status"] != "FINISHED":
+            rows.append({"run_id": t["run_id"], "trial_id": t["trial_id"], "reason": f"run {t['run_status']}"})
+        elif pd.isna(t["val_acc"]):
+            rows.append({"run_id": t["run_id"], "trial_id": t["trial_id"], "reason": "no val_acc"})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def load_histories(client: MlflowClient, run_ids, metrics=CURVE_METRICS) -> pd.DataFrame:

@@ -94,6 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_data(dcfg)
     output_units(config.loss, len(dcfg.classes))
     data = load_study_data(dcfg)
+    if config.epochs == 0:
+        return untrained(config, data, args.json)
     out = sys.stderr if args.json else sys.stdout
     result = fit(config, data, on_epoch_end=lambda m, _: print(format_epoch(m), file=out, flush=True))
     summary = result.summary()
@@ -104,6 +106,19 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"param_count {summary['param_count']:,}, val_acc {summary['val_acc']:.4f} "
               f"(best {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}), "
               f"train_acc {summary['train_acc']:.4f}")
+    return 0
+
+
+def untrained(config, data, as_json: bool) -> int:
+    """--epochs 0: the seeded, untrained net's size and its accuracy by chance (nothing is trained)."""
+    from trainables.loop import evaluate_untrained
+
+    summary = {**evaluate_untrained(config, data), "epochs": 0, "status": "untrained"}
+    if as_json:
+        print(json.dumps(json_safe({**summary, "config": config.to_dict(), "data": data.summary()})))
+    else:
+        print(f"untrained: param_count {summary['param_count']:,}, val_loss {summary['val_loss']:.4f}, "
+              f"val_acc {summary['val_acc']:.4f}, train_acc {summary['train_acc']:.4f}")
     return 0
 
 
@@ -131,7 +146,13 @@ def _sweep_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's local sqlite:///mlflow.db)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: the sweep name)")
+    p.add_argument("--optuna-storage", default=None,
+                   help="persist the Optuna study in this database (e.g. sqlite:///optuna.db), study name = --name; "
+                        "watch it with optuna-dashboard")
     p.add_argument("--smoke", action="store_true", help="a tiny sweep: 4 trials, 2 epochs, 100 images per class")
+    p.add_argument("--check", action="store_true",
+                   help="validate every flag, the space file, the data root and the tracking URI, print the plan, "
+                        "and stop (nothing is started or written)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
     add_data_flags(p)
     p.set_defaults(handler=cmd_sweep)
@@ -150,7 +171,8 @@ def sweep_options(args: argparse.Namespace):
                         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
                         address=args.address, storage_path=args.storage_path, name=args.name or default_name(),
                         resume=args.resume, seed=args.seed, tracking_uri=args.tracking_uri,
-                        experiment=args.experiment, smoke=args.smoke, search=args.search)
+                        experiment=args.experiment, smoke=args.smoke, search=args.search,
+                        optuna_storage=args.optuna_storage)
 
 
 def format_trial(t: dict) -> str:
@@ -166,6 +188,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     opts = sweep_options(args)
     prep = prepare(opts, data_config(args, subset=SMOKE_SUBSET if args.smoke else 0))
+    if args.check:
+        plan = {"name": opts.name, "experiment": prep.experiment, "tracking_uri": prep.tracking_uri,
+                "experiment_path": prep.path, "epochs": prep.max_epochs, "num_samples": opts.num_samples,
+                "space": prep.space.to_dict(), "data": prep.data.to_dict()}
+        print(json.dumps(json_safe(plan)) if args.json else
+              f"ok: sweep {opts.name!r}, {opts.num_samples} trials of up to {prep.max_epochs} epochs, "
+              f"results in {prep.path}, MLflow {prep.tracking_uri}")
+        return 0
+    quiet_libraries()
     summary = run_sweep(prep)
     code = 130 if summary.interrupted else 0
     if args.json:
@@ -193,7 +224,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def store_is_local(uri: str) -> bool:
-    from study.mlflow_store import is_local_store
+    from study.preflight import is_local_store
 
     return is_local_store(uri)
 
@@ -212,8 +243,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import config_label
     from study.reporting import build_report
 
+    quiet_libraries()
     report, paths, uri = build_report(args.tracking_uri, args.experiment, Path(args.out))
-    print(f"study {args.experiment}: {len(report.trials)} finished trials, best val_acc {report.trials['val_acc'].max():.4f}")
+    print(f"study {args.experiment}: {len(report.trials)} finished trials ({report.left_out_text()}), "
+          f"best val_acc {report.trials['val_acc'].max():.4f}")
     print("\nPareto set (val_acc up, param_count down):")
     print(f"  {'param_count':>12} {'val_acc':>8} {'train_acc':>9} {'gap':>7}  config")
     for _, r in report.pareto.iterrows():
@@ -259,6 +292,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
     from study.rerun import RerunOptions, run_rerun
 
+    quiet_libraries()
     summary = run_rerun(RerunOptions(experiment=args.experiment, rank=args.rank, metric=args.metric, seeds=args.seeds,
                                      epochs=args.epochs, tracking_uri=args.tracking_uri, address=args.address,
                                      data_root=args.data_root))
@@ -308,12 +342,14 @@ def _sync_parser(sub) -> None:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from study.sweep import NAME_PATTERN, experiment_dir
+    from study.manifest import experiment_path
+    from study.sweep import NAME_PATTERN
     from study.sync import sync_sweep
 
     if not NAME_PATTERN.match(args.name):
         raise UsageError(f"--name {args.name!r}: use letters, digits, '_', '-', '.'")
-    counts = sync_sweep(experiment_dir(args.storage_path, args.name), args.tracking_uri)
+    quiet_libraries()
+    counts = sync_sweep(experiment_path(args.storage_path, args.name), args.tracking_uri)
     print(f"synced {counts['trials']} trials to {counts['tracking_uri']}: {counts['closed']} runs completed, "
           f"{counts['open']} trials unfinished (resume the sweep to finish them); parent run {counts['parent_run_id']}")
     return 0
@@ -331,8 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def quiet_libraries() -> None:
-    """Progress bars and INFO lines of the libraries would bury our own output."""
+    """Progress bars and INFO lines of the libraries would bury our own output.
+
+    Called by the commands that use Optuna/MLflow only: `train`, `predict` and `--help` import
+    neither Ray, Optuna nor MLflow, so they run where only torch is installed.
+    """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow prints "View run ... at URL" to stdout whenever a run ends: that would break --json.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     import logging
 
     import optuna
@@ -342,7 +384,6 @@ def quiet_libraries() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    quiet_libraries()
     try:
         args = build_parser().parse_args(argv)
         return args.handler(args)

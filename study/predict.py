@@ -29,7 +29,7 @@ def resolve_model(model: str, tracking_uri: str | None) -> Path:
     if "://" in model or model.startswith(("runs:/", "models:/")):
         import mlflow.artifacts
 
-        from study.mlflow_store import resolve_tracking_uri
+        from study.preflight import resolve_tracking_uri
 
         try:
             return Path(mlflow.artifacts.download_artifacts(artifact_uri=model,
@@ -63,8 +63,17 @@ def expand(inputs: list[str]) -> list[Path]:
 
 
 def read_image(path: Path) -> torch.Tensor:
-    """uint8 (3, 32, 32): decoded by torchvision, any size resized to 32x32 as training images are."""
-    image = decode_image(str(path), mode=ImageReadMode.RGB)
+    """uint8 RGB (3, 32, 32), whatever the file holds, as torchvision brings it there.
+
+    Decoded by torchvision with the JPEG's EXIF orientation applied; grayscale, palette and alpha
+    become RGB; 16-bit images are rescaled to 8 bits (``to_dtype(..., scale=True)``, not a cast);
+    an animated GIF gives its first frame; any size is resized to 32x32 as training images are.
+    """
+    image = decode_image(str(path), mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    if image.ndim == 4:  # a GIF with several frames
+        image = image[0]
+    if image.dtype != torch.uint8:
+        image = v2.functional.to_dtype(image, torch.uint8, scale=True)
     if image.shape[1:] != (32, 32):
         image = v2.functional.resize(image, [32, 32], antialias=True)
     return image

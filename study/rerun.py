@@ -6,16 +6,15 @@ cross-check). Seeds run as parallel Ray tasks; the driver logs each as a nested 
 from __future__ import annotations
 
 import math
-import os
 import statistics
-import tempfile
 from dataclasses import dataclass, field
 
 import pandas as pd
 from mlflow import MlflowClient
 
+from analysis import record as store
 from analysis.runs import StudyNotFound, finished, load_histories, load_study, read_json_artifact
-from study import mlflow_store as store
+from study import preflight
 from study.errors import UsageError
 from trainables.config import DataConfig, TrainConfig
 
@@ -58,7 +57,7 @@ def pick_trial(trials: pd.DataFrame, rank: int, metric: str) -> pd.Series:
 
 
 def trial_configs(client: MlflowClient, trial: pd.Series) -> tuple[TrainConfig, DataConfig]:
-    resolved = read_json_artifact(client, trial["run_id"], "config.json")
+    resolved = read_json_artifact(client, trial["run_id"], store.CONFIG_ARTIFACT)
     if not resolved or "train" not in resolved:
         raise UsageError(f"run {trial['run_id']} has no config.json artifact to rebuild the trial from")
     config = TrainConfig.from_dict(resolved["train"])
@@ -102,25 +101,16 @@ def same_history(original: pd.DataFrame, rerun: list[dict]) -> bool:
 
 def log_seed_run(client, experiment_id, parent_id, trial, seed, outcome, data_cfg) -> str:
     run = client.create_run(experiment_id, run_name=f"rerun_{trial['trial_id']}_seed{seed}", tags={
-        store.TAG_PARENT: parent_id, store.TAG_ROLE: "rerun_seed", "rerun_of": trial["run_id"], "seed": str(seed)})
+        store.TAG_PARENT: parent_id, store.TAG_ROLE: store.ROLE_RERUN_SEED, store.TAG_RERUN_OF: trial["run_id"],
+        store.TAG_SEED: str(seed)})
     run_id = run.info.run_id
     store.log_params(client, run_id, {**outcome["config"], "depth": len(outcome["config"]["hidden_sizes"])})
-    store.log_epochs(client, run_id, outcome["history"], after_step=-1)
-    summary = store.best_of(outcome["history"])
-    last = outcome["history"][-1]
-    summary.update({"param_count": outcome["param_count"], "test_acc": outcome["test_acc"],
-                    "test_loss": outcome["test_loss"], "epochs_run": last["epoch"]})
-    store.log_metrics(client, run_id, summary, step=last["epoch"])
-    store.set_tags(client, run_id, {store.TAG_OUTCOME: outcome["status"]})
-    store.log_json_artifact(client, run_id, "config.json", {"train": outcome["config"], "data": data_cfg.to_dict(),
-                                                            "normalisation": outcome["meta"]})
-    from trainables.bundle import save_bundle
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "model.pt")
-        save_bundle(path, outcome["state"], outcome["config"], outcome["meta"])
-        client.log_artifact(run_id, path)
-    store.finish_run(client, run_id)
+    store.write_finished_run(
+        client, run_id, history=outcome["history"], after_step=-1, param_count=outcome["param_count"],
+        outcome=outcome["status"],
+        resolved_config={"train": outcome["config"], "data": data_cfg.to_dict(), "normalisation": outcome["meta"]},
+        model=(outcome["state"], outcome["config"], outcome["meta"]),
+        extra_metrics={"test_acc": outcome["test_acc"], "test_loss": outcome["test_loss"]})
     return run_id
 
 
@@ -129,8 +119,8 @@ def prepare_rerun(opts: RerunOptions):
         raise UsageError("--rank, --seeds and --epochs must be >= 1")
     if opts.metric not in ("val_acc", "val_loss"):
         raise UsageError(f"--metric must be val_acc or val_loss, got {opts.metric!r}")
-    uri = store.resolve_tracking_uri(opts.tracking_uri)
-    store.check_tracking_uri(uri)
+    uri = preflight.resolve_tracking_uri(opts.tracking_uri)
+    preflight.check_tracking_uri(uri)
     client = MlflowClient(uri)
     try:
         study = load_study(client, opts.experiment)
@@ -164,7 +154,7 @@ def run_rerun(opts: RerunOptions) -> RerunSummary:
     outcomes = ray.get(futures)
 
     parent = client.create_run(study.experiment_id, run_name=f"rerun_{trial['trial_id']}", tags={
-        store.TAG_ROLE: "rerun", "rerun_of": trial["run_id"]})
+        store.TAG_ROLE: store.ROLE_RERUN, store.TAG_RERUN_OF: trial["run_id"]})
     parent_id = parent.info.run_id
     store.log_params(client, parent_id, {"rank": opts.rank, "metric": opts.metric, "seeds": ",".join(map(str, seeds)),
                                          "epochs": epochs, "trial_run_id": trial["run_id"]})
@@ -184,7 +174,7 @@ def run_rerun(opts: RerunOptions) -> RerunSummary:
         stats[f"{key}_mean"] = statistics.fmean(values)
         stats[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
     store.log_metrics(client, parent_id, stats, step=0)
-    store.set_tags(client, parent_id, {"reproduced": str(summary.reproduced)})
+    store.set_tags(client, parent_id, {store.TAG_REPRODUCED: str(summary.reproduced)})
     store.finish_run(client, parent_id)
     summary.model_uri = f"runs:/{summary.runs[0]['run_id']}/model.pt"
     return summary

@@ -6,6 +6,7 @@ make the hidden sizes: ``width_0 .. width_{depth-1}`` are suggested only for the
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,6 @@ class Dimension:
     high: float | None = None
     log: bool = False
 
-    @property
-    def searched(self) -> bool:
-        return self.fixed is None
-
     def suggest(self, trial, name: str | None = None):
         name = name or self.name
         if self.fixed is not None:
@@ -53,9 +50,11 @@ def _check_value(name: str, value: Any) -> Any:
             raise UsageError(f"search space: {name}: unknown value {value!r} (choose from {', '.join(CHOICES[name])})")
         return value
     numeric = (int,) if name in INTEGER else (int, float)
+    kind = "an integer" if name in INTEGER else "a number"
     if isinstance(value, bool) or not isinstance(value, numeric):
-        kind = "an integer" if name in INTEGER else "a number"
         raise UsageError(f"search space: {name}: {value!r} is not {kind}")
+    if not math.isfinite(value) or abs(value) >= 2**31:
+        raise UsageError(f"search space: {name}: {value!r} is not a finite {kind} of sensible size")
     return value
 
 
@@ -87,9 +86,6 @@ def _dimension(name: str, spec: Any) -> Dimension:
 class SearchSpace:
     dimensions: dict[str, Dimension]
     source: str
-
-    def searched(self) -> dict[str, Dimension]:
-        return {k: d for k, d in self.dimensions.items() if d.searched}
 
     def with_fixed(self, **values: Any) -> "SearchSpace":
         dims = dict(self.dimensions)
@@ -194,6 +190,9 @@ def load_space(path: str | Path | None = None) -> SearchSpace:
         raise UsageError(f"search space file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise UsageError(f"search space file {path} must be a mapping of dimension names")
+    odd = [k for k in raw if not isinstance(k, str)]
+    if odd:
+        raise UsageError(f"search space: key {odd[0]!r} is not a dimension name")
     unknown = sorted(set(raw) - KNOWN)
     if unknown:
         raise UsageError(f"search space: unknown key {unknown[0]!r} (known: {', '.join(sorted(KNOWN))})")

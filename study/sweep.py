@@ -10,11 +10,10 @@ import math
 import os
 import re
 import subprocess
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from study import mlflow_store as store
+from study import manifest, preflight
 from study.errors import UsageError
 from study.space import SearchSpace, load_space
 from trainables.config import DataConfig
@@ -22,7 +21,6 @@ from trainables.data import check_data
 
 SMOKE_SUBSET = 100  # training images per class in a --smoke sweep
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-ADDRESS_PATTERN = re.compile(r"^(auto|local|ray://[^\s:/]+:\d+|[^\s:/]+:\d+)$")
 
 
 @dataclass(frozen=True)
@@ -47,6 +45,7 @@ class SweepOptions:
     smoke: bool = False
     max_failures: int = 2
     search: str = "tpe"  # tpe (Optuna through OptunaSearch) or random (Ray's BasicVariantGenerator)
+    optuna_storage: str | None = None  # an Optuna RDB URL: the study is persisted there (optuna-dashboard)
 
     @property
     def mode(self) -> str:
@@ -62,6 +61,11 @@ class Prepared:
     experiment: str
     storage_path: str
     max_epochs: int
+
+    @property
+    def path(self) -> str:
+        """Ray's experiment folder of this sweep (local or a URI)."""
+        return manifest.experiment_path(self.storage_path, self.options.name)
 
 
 def default_name() -> str:
@@ -92,9 +96,11 @@ def prepare(opts: SweepOptions, data: DataConfig) -> Prepared:
         raise UsageError(f"--grace-epochs must be >= 1, got {opts.grace_epochs}")
     if not NAME_PATTERN.match(opts.name):
         raise UsageError(f"--name {opts.name!r}: use letters, digits, '_', '-', '.' (at most 100)")
-    if opts.address is not None and not ADDRESS_PATTERN.match(opts.address):
-        raise UsageError(f"--address {opts.address!r}: expected auto, local, HOST:PORT or ray://HOST:PORT")
-    check_ray_address(opts.address)
+    preflight.check_ray_address(opts.address)
+    if opts.optuna_storage is not None:
+        if opts.search != "tpe":
+            raise UsageError("--optuna-storage needs --search tpe (random search has no Optuna study)")
+        check_optuna_storage(opts.optuna_storage)
     space = load_space(opts.space)
     max_epochs = opts.max_epochs or (2 if opts.smoke else None)
     if max_epochs is not None:
@@ -102,6 +108,8 @@ def prepare(opts: SweepOptions, data: DataConfig) -> Prepared:
     epochs = space.dimensions.get("epochs")
     if epochs is None or epochs.fixed is None:
         raise UsageError("search space: epochs must be fixed (or give --max-epochs): ASHA needs a budget")
+    if epochs.fixed < 1:
+        raise UsageError(f"search space: epochs must be >= 1 in a sweep, got {epochs.fixed}")
     if opts.scheduler == "asha" and opts.grace_epochs > epochs.fixed:
         raise UsageError(f"--grace-epochs {opts.grace_epochs} exceeds the {epochs.fixed} epochs of a trial")
     loss = space.dimensions.get("loss")
@@ -109,48 +117,29 @@ def prepare(opts: SweepOptions, data: DataConfig) -> Prepared:
     if "bce" in losses and len(data.classes) != 2:
         raise UsageError("search space: loss bce needs exactly 2 classes")
     check_data(data)
-    uri = store.resolve_tracking_uri(opts.tracking_uri)
-    store.check_tracking_uri(uri)
+    uri = preflight.resolve_tracking_uri(opts.tracking_uri)
+    preflight.check_tracking_uri(uri)
     storage = opts.storage_path or os.path.expanduser("~/ray_results")
     if "://" not in storage:
         storage = os.path.abspath(storage)
-    experiment_dir = os.path.join(storage, opts.name)
-    if "://" not in storage:
-        exists = os.path.exists(os.path.join(experiment_dir, "tuner.pkl"))
-        if opts.resume and not exists:
+    path = manifest.experiment_path(storage, opts.name)
+    if opts.resume:
+        if not manifest.exists(path):
             raise UsageError(f"--resume: no sweep named {opts.name!r} under {storage}")
-        if not opts.resume and os.path.exists(experiment_dir):
-            raise UsageError(f"a sweep named {opts.name!r} already exists under {storage}: pass --resume or another --name")
+        manifest.read(path)  # and it must be birdplane's
+    elif manifest.exists(path):
+        raise UsageError(f"a sweep named {opts.name!r} already exists under {storage}: pass --resume or another --name")
     return Prepared(opts, space, data, uri, opts.experiment or opts.name, storage, int(epochs.fixed))
 
 
-def experiment_dir(storage_path: str | None, name: str) -> str:
-    storage = storage_path or os.path.expanduser("~/ray_results")
-    if "://" not in storage:
-        storage = os.path.abspath(storage)
-    return os.path.join(storage, name) if "://" not in storage else storage.rstrip("/") + "/" + name
-
-
-def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
-    """A Ray address that nothing answers makes ray.init hang for minutes: fail fast instead."""
-    import socket
-
-    if address in (None, "local"):
-        return
-    target = address
-    if address == "auto":
-        target = os.environ.get("RAY_ADDRESS") or ""
-        current = Path("/tmp/ray/ray_current_cluster")
-        if not target and current.is_file():
-            target = current.read_text().strip()
-        if not target:
-            raise UsageError("--address auto: no running Ray cluster found on this machine (start one with `ray start --head`)")
-    host, _, port = target.removeprefix("ray://").rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            pass
-    except (OSError, ValueError) as err:
-        raise UsageError(f"--address {address}: no Ray cluster answers at {host}:{port} ({err})") from None
+def check_optuna_storage(url: str) -> None:
+    """An Optuna RDB URL whose database can be created or opened (a sqlite file's folder must exist)."""
+    if "://" not in url:
+        raise UsageError(f"--optuna-storage {url!r}: expected a database URL such as sqlite:///optuna.db")
+    if url.startswith("sqlite:///"):
+        folder = os.path.dirname(os.path.abspath(url[len("sqlite:///"):])) or "."
+        if not os.path.isdir(folder):
+            raise UsageError(f"--optuna-storage {url}: folder {folder} does not exist")
 
 
 def git_commit() -> str:
@@ -180,41 +169,6 @@ def connect_ray(address: str | None):
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise UsageError(f"cannot connect to Ray at {address}: {str(err).splitlines()[0]}") from None
     return ray
-
-
-def check_cluster(prep: Prepared, ray) -> dict:
-    """Resources and the rules for several nodes: shared storage and a tracking server."""
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    resources = ray.cluster_resources()
-    if len(nodes) > 1:
-        if store.is_local_store(prep.tracking_uri):
-            raise UsageError(f"a {len(nodes)}-node cluster needs an MLflow tracking server (--tracking-uri http://...), "
-                             f"not the local store {prep.tracking_uri}")
-        if prep.options.storage_path is None:
-            raise UsageError(f"a {len(nodes)}-node cluster needs --storage-path on shared storage (NFS) or a cloud URI")
-        if "://" not in prep.storage_path:
-            check_shared_path(ray, prep.storage_path, nodes)
-    return {"nodes": len(nodes), "cpus": int(resources.get("CPU", 0)), "gpus": float(resources.get("GPU", 0))}
-
-
-def check_shared_path(ray, path: str, nodes: list) -> None:
-    """A marker written here must be visible on every node, or checkpoints would be lost."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    os.makedirs(path, exist_ok=True)
-    marker = os.path.join(path, f".birdplane-shared-{uuid.uuid4().hex}")
-    Path(marker).write_text("ok")
-    try:
-        @ray.remote(num_cpus=0)
-        def visible(p):
-            return os.path.exists(p)
-
-        checks = [visible.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(marker)
-                  for n in nodes]
-        if not all(ray.get(checks, timeout=60)):
-            raise UsageError(f"--storage-path {path} is not shared by every node of the cluster (use NFS or a cloud URI)")
-    finally:
-        os.unlink(marker)
 
 
 @dataclass
@@ -249,7 +203,7 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def build_tuner(prep: Prepared, data, callback, cluster: dict, points_to_evaluate: list[dict] | None = None):
+def build_tuner(prep: Prepared, data, callbacks: list, cluster: dict, points_to_evaluate: list[dict] | None = None):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -280,24 +234,27 @@ def build_tuner(prep: Prepared, data, callback, cluster: dict, points_to_evaluat
         searcher = BasicVariantGenerator(random_state=opts.seed, max_concurrent=concurrency)
         param_space = prep.space.tune_param_space(seed=opts.seed * 100_000, threads=opts.cpus_per_trial, device=device)
     else:
-        if opts.objectives:
-            searcher = OptunaSearch(space=space_fn, metric=["val_acc", "param_count"], mode=["max", "min"],
-                                    sampler=sampler, points_to_evaluate=points_to_evaluate)
-        else:
-            searcher = OptunaSearch(space=space_fn, metric=opts.metric, mode=opts.mode, sampler=sampler,
-                                    points_to_evaluate=points_to_evaluate)
+        metric, mode = (["val_acc", "param_count"], ["max", "min"]) if opts.objectives else (opts.metric, opts.mode)
+        storage = None
+        if opts.optuna_storage:
+            storage = optuna.storages.RDBStorage(opts.optuna_storage)
+        searcher = OptunaSearch(space=space_fn, metric=metric, mode=mode, sampler=sampler,
+                                points_to_evaluate=points_to_evaluate, storage=storage,
+                                study_name=opts.name if storage is not None else None)
         searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrency)
     scheduler = None
     if opts.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="epoch", metric=opts.metric, mode=opts.mode, max_t=prep.max_epochs,
                                   grace_period=opts.grace_epochs, reduction_factor=3)
     run_config = tune.RunConfig(
-        name=opts.name, storage_path=prep.storage_path, callbacks=[callback],
+        name=opts.name, storage_path=prep.storage_path, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=4), verbose=1)
-    path = os.path.join(prep.storage_path, opts.name)
     if opts.resume:
-        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True), concurrency
+        # The restored experiment brings its own callbacks; the driver's active logger stands in
+        # for the unpickled one (MlflowTrialLogger.activate).
+        return tune.Tuner.restore(prep.path, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True), concurrency
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=opts.num_samples,
                                   reuse_actors=True, trial_dirname_creator=trial_dirname)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config), concurrency
@@ -308,23 +265,27 @@ def run_sweep(prep: Prepared, points_to_evaluate: list[dict] | None = None, extr
 
     from mlflow import MlflowClient
 
+    from analysis import record
     from study.tracking import MlflowTrialLogger
     from trainables.data import load_study_data
 
     opts = prep.options
+    if opts.resume and extra_callbacks:
+        raise ValueError("extra callbacks cannot be added to a restored sweep (Tune restores its own)")
+    preflight.bound_mlflow_http()
     # Decoding errors (a truncated image) surface here, before Ray or MLflow is touched.
     data = load_study_data(prep.data)
     if opts.address in (None, "local"):
         # A fresh local Ray (~5 s, mostly waiting on its processes) overlaps with creating the
         # MLflow store (~3 s of schema migrations when it is new).
         with ThreadPoolExecutor(max_workers=1) as pool:
-            ready = pool.submit(lambda: store.ensure_experiment(MlflowClient(prep.tracking_uri), prep.experiment))
+            ready = pool.submit(lambda: record.ensure_experiment(MlflowClient(prep.tracking_uri), prep.experiment))
             ray = connect_ray(opts.address)
             ready.result()
     else:
         # On a cluster, nothing is written to MLflow before the cluster passed its checks.
         ray = connect_ray(opts.address)
-    cluster = check_cluster(prep, ray)
+    cluster = preflight.check_cluster(ray, prep.tracking_uri, prep.storage_path, opts.storage_path is not None)
     flags = {**{k: v for k, v in asdict(opts).items() if k != "objectives"},
              "objectives": ",".join(opts.objectives), "tracking_uri": prep.tracking_uri,
              "storage_path": prep.storage_path, "data_root": prep.data.root, "classes": ",".join(prep.data.classes),
@@ -334,21 +295,22 @@ def run_sweep(prep: Prepared, points_to_evaluate: list[dict] | None = None, extr
         prep.tracking_uri, prep.experiment, opts.name, parent_params=flags,
         parent_artifacts={"search_space.json": prep.space.to_dict(), "data.json": data.summary(),
                           "cluster.json": cluster, "sweep.json": flags},
-        data_config=prep.data.to_dict())
-    tuner, concurrency = build_tuner(prep, data, callback, cluster, points_to_evaluate)
-    tuner._local_tuner.get_run_config().callbacks.extend(extra_callbacks)
-    # A restored Tuner carries its own callback, unpickled from the experiment state.
-    callback = tuner._local_tuner.get_run_config().callbacks[0]
+        data_config=prep.data.to_dict(), key=prep.path).activate()
     parent = callback.open_parent()  # before any trial starts: a tracking problem stops us here
+    if not opts.resume:
+        manifest.write(prep.path, manifest.Manifest(
+            kind="sweep", name=opts.name, experiment=prep.experiment, tracking_uri=prep.tracking_uri,
+            parent_run_id=parent, data=prep.data.to_dict(), space=prep.space.to_dict(), options=flags,
+            optuna_storage=opts.optuna_storage))
+    tuner, concurrency = build_tuner(prep, data, [callback, *extra_callbacks], cluster, points_to_evaluate)
     if opts.resume:
         # Trials that finished while the last driver's MLflow calls were lost (a SIGKILL, an
         # outage) get their runs completed from Ray's results before the sweep continues.
         from study.sync import replay
 
-        replay(callback, os.path.join(prep.storage_path, opts.name), resuming=True)
+        replay(callback, prep.path, resuming=True)
     results = tuner.fit()
-    summary = SweepSummary(opts.name, prep.experiment, prep.tracking_uri, os.path.join(prep.storage_path, opts.name),
-                           parent, undelivered=callback.last_undelivered, interrupted=callback.interrupted)
+    summary = SweepSummary(opts.name, prep.experiment, prep.tracking_uri, prep.path, parent, undelivered=callback.last_undelivered, interrupted=callback.interrupted)
     for result in results:
         m = result.metrics or {}
         train = (result.config or {}).get("train", {})

@@ -8,12 +8,13 @@ can leave finished trials whose MLflow runs were never closed).
 from __future__ import annotations
 
 import math
-import os
 
 from mlflow import MlflowClient
 
-from study import mlflow_store as store
-from study.errors import UsageError
+from analysis import record as store
+from analysis.runs import search_runs
+from study import manifest
+from study.preflight import bound_mlflow_http, check_tracking_uri, resolve_tracking_uri
 from study.tracking import MlflowTrialLogger
 
 
@@ -35,8 +36,6 @@ def replay(logger: MlflowTrialLogger, experiment_path: str, resuming: bool = Fal
     """
     from ray.tune import ExperimentAnalysis
 
-    if not os.path.exists(os.path.join(experiment_path, "tuner.pkl")) and "://" not in experiment_path:
-        raise UsageError(f"no sweep results at {experiment_path}")
     analysis = ExperimentAnalysis(experiment_path)
     frames = analysis.trial_dataframes
     counts = {"trials": 0, "closed": 0, "open": 0, "unchanged": 0}
@@ -56,7 +55,7 @@ def retire_orphans(client: MlflowClient, logger: MlflowTrialLogger, known: set[s
     outcome=orphaned, ended KILLED and soft-deleted (mlflow gc or the UI can restore them), so the
     study holds exactly one run per trial."""
     query = f"tags.`{store.TAG_PARENT}` = '{logger.parent_run_id}'"
-    runs = client.search_runs([logger.experiment_id], filter_string=query, max_results=10_000)
+    runs = search_runs(client, logger.experiment_id, query)
     orphans = [r for r in runs if r.data.tags.get(store.TAG_TRIAL) not in known]
     for run in orphans:
         store.set_tags(client, run.info.run_id, {store.TAG_OUTCOME: "orphaned"})
@@ -67,26 +66,17 @@ def retire_orphans(client: MlflowClient, logger: MlflowTrialLogger, known: set[s
 
 
 def load_logger(experiment_path: str, tracking_uri: str | None) -> MlflowTrialLogger:
-    """The sweep's own MLflow callback, as Tune saved it in tuner.pkl (a trusted, own folder)."""
-    import ray.cloudpickle as pickle
-
-    path = os.path.join(experiment_path, "tuner.pkl")
-    if not os.path.isfile(path):
-        raise UsageError(f"no sweep results at {experiment_path}")
-    with open(path, "rb") as f:
-        state = pickle.load(f)
-    loggers = [c for c in state["_run_config"].callbacks if isinstance(c, MlflowTrialLogger)]
-    if not loggers:
-        raise UsageError(f"{experiment_path} is not a birdplane sweep")
-    logger = loggers[0]
-    if tracking_uri:
-        logger.tracking_uri = store.resolve_tracking_uri(tracking_uri)
-    store.check_tracking_uri(logger.tracking_uri)
-    return logger
+    """A logger for the sweep at ``experiment_path``, rebuilt from birdplane's manifest there."""
+    record = manifest.read(experiment_path)
+    uri = resolve_tracking_uri(tracking_uri) if tracking_uri else record.tracking_uri
+    check_tracking_uri(uri)
+    return MlflowTrialLogger(uri, record.experiment, record.name, parent_params={}, parent_artifacts={},
+                             data_config=record.data, key=experiment_path)
 
 
 def sync_sweep(experiment_path: str, tracking_uri: str | None = None) -> dict:
     """`birdplane sync`: replay everything, then end the parent run as FINISHED or KILLED."""
+    bound_mlflow_http()
     logger = load_logger(experiment_path, tracking_uri)
     logger.open_parent()
     counts = replay(logger, experiment_path)

@@ -3,24 +3,23 @@
 A Ray Tune callback turns trial events into MLflow calls and hands them to a background thread,
 so Tune's event loop never waits on the tracking server. Calls run in order; a failed call (the
 server went away) is retried with back-off and never dropped. Trials need no MLflow access.
+How this stays consistent with Ray's own record is mapped in ``analysis/record.py``.
 """
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections import deque
 from typing import Callable
 
-import torch
 from mlflow import MlflowClient
 from ray import tune
 
-from study import mlflow_store as store
-from trainables.bundle import save_bundle
-from trainables.tune_adapter import STATE_FILE
+from analysis import record as store
+from trainables.checkpoint import TrainState
+from trainables.tune_adapter import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -77,28 +76,42 @@ class Outbox:
                 self._cv.notify_all()
 
 
-def read_trial_state(checkpoint: tune.Checkpoint | None) -> dict | None:
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as folder:
-        return torch.load(os.path.join(folder, STATE_FILE), weights_only=True, map_location="cpu")
-
-
-def trial_outcome(state: dict | None, last_result: dict, error: bool) -> str:
+def trial_outcome(state: TrainState | None, last_result: dict, error: bool) -> str:
     if error:
         return "failed"
     if last_result.get("status") == "diverged":
         return "diverged"
-    planned = (state or {}).get("config", {}).get("epochs")
+    planned = state.config.get("epochs") if state is not None else None
     epoch = last_result.get("epoch", 0)
     return "stopped_early" if planned is not None and epoch < planned else "completed"
 
 
+# The logger the driver holds for each experiment folder (see MlflowTrialLogger.__reduce__).
+_ACTIVE: dict[str, "MlflowTrialLogger"] = {}
+
+
+def _revive(key: str, state: dict) -> "MlflowTrialLogger":
+    active = _ACTIVE.get(key)
+    if active is not None:
+        return active
+    logger = MlflowTrialLogger.__new__(MlflowTrialLogger)
+    logger.__setstate__(state)
+    return logger
+
+
 class MlflowTrialLogger(tune.Callback):
-    """Parent run for the sweep, one child run per trial, per-epoch metrics in batches."""
+    """Parent run for the sweep, one child run per trial, per-epoch metrics in batches.
+
+    ``key`` names the experiment folder. Tune pickles its callbacks into the experiment state and
+    unpickles them on ``Tuner.restore``: a logger the driver ``activate``d for the same folder is
+    used in place of the unpickled copy, so the driver keeps a handle on the callback Tune calls
+    without reaching into Tune's private state.
+    """
 
     def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, parent_params: dict,
-                 parent_artifacts: dict[str, dict], data_config: dict, drain_timeout: float | None = None):
+                 parent_artifacts: dict[str, dict], data_config: dict, key: str = "",
+                 drain_timeout: float | None = None):
+        self.key = key
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.sweep_name = sweep_name
@@ -117,6 +130,13 @@ class MlflowTrialLogger(tune.Callback):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._init_runtime()
+
+    def __reduce__(self):
+        return _revive, (self.key, self.__getstate__())
+
+    def activate(self) -> "MlflowTrialLogger":
+        _ACTIVE[self.key] = self
+        return self
 
     def _init_runtime(self) -> None:
         self._client: MlflowClient | None = None
@@ -141,12 +161,12 @@ class MlflowTrialLogger(tune.Callback):
         if self.parent_run_id is None:
             self._client = MlflowClient(self.tracking_uri)
             self._experiment_id = store.ensure_experiment(self._client, self.experiment)
-            key = {store.TAG_SWEEP: self.sweep_name, store.TAG_ROLE: "sweep"}
+            key = {store.TAG_SWEEP: self.sweep_name, store.TAG_ROLE: store.ROLE_SWEEP}
             self.parent_run_id, created = store.ensure_run(self._client, self._experiment_id, key, self.sweep_name)
             store.log_params(self._client, self.parent_run_id, self.parent_params)
             if created:
                 for name, payload in self.parent_artifacts.items():
-                    store.log_json_artifact(self._client, self.parent_run_id, name, payload)
+                    store.log_dict(self._client, self.parent_run_id, payload, name)
             self._outbox = Outbox()
         return self.parent_run_id
 
@@ -221,7 +241,7 @@ class MlflowTrialLogger(tune.Callback):
         client = self._client
         key = {store.TAG_PARENT: self.parent_run_id, store.TAG_TRIAL: trial_id}
         run_id, _ = store.ensure_run(client, self._experiment_id, key, f"trial_{trial_id}",
-                                     {store.TAG_ROLE: "trial", store.TAG_SWEEP: self.sweep_name}, reopen=reopen)
+                                     {store.TAG_ROLE: store.ROLE_TRIAL, store.TAG_SWEEP: self.sweep_name}, reopen=reopen)
         if config is not None:
             train = dict(config.get("train", {}))
             searched = {k: v for k, v in config.items() if k != "train"}
@@ -267,25 +287,14 @@ class MlflowTrialLogger(tune.Callback):
         return "open"
 
     def _close_child(self, trial_id: str, config: dict, checkpoint, last: dict, error: bool) -> None:
-        client = self._client
         run_id = self._child_id(trial_id)
-        state = read_trial_state(checkpoint)
-        history = state["history"] if state else []
-        # Epochs that reached the checkpoint but not MLflow (e.g. reported before a driver crash).
-        self._last_step[trial_id] = store.log_epochs(client, run_id, history, self._last_step.get(trial_id, -1))
-        outcome = trial_outcome(state, last, error)
-        summary = store.best_of(history)
-        if "param_count" in last:
-            summary["param_count"] = last["param_count"]
-        summary["epochs_run"] = history[-1]["epoch"] if history else 0
-        store.log_metrics(client, run_id, summary, step=summary["epochs_run"])
-        store.set_tags(client, run_id, {store.TAG_OUTCOME: outcome})
+        state = read_checkpoint(checkpoint)
+        history = state.history if state else []
         resolved = {"train": config.get("train"), "search": {k: v for k, v in config.items() if k != "train"},
-                    "data": self.data_config, "normalisation": (state or {}).get("data")}
-        store.log_json_artifact(client, run_id, "config.json", resolved)
-        if state is not None:
-            with tempfile.TemporaryDirectory() as folder:
-                path = os.path.join(folder, "model.pt")
-                save_bundle(path, state["model"], state["config"], state.get("data"))
-                client.log_artifact(run_id, path)
-        store.finish_run(client, run_id, ok=not error)
+                    "data": self.data_config, "normalisation": state.data if state else None}
+        # Epochs that reached the checkpoint but not MLflow (e.g. reported before a driver crash)
+        # are logged here too.
+        self._last_step[trial_id] = store.write_finished_run(
+            self._client, run_id, history=history, after_step=self._last_step.get(trial_id, -1),
+            param_count=last.get("param_count"), outcome=trial_outcome(state, last, error), resolved_config=resolved,
+            model=(state.model, state.config, state.data) if state is not None else None, ok=not error)

@@ -22,6 +22,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def descendants(pid: int) -> dict[int, str]:
+    """{pid: command name} of every process below ``pid``, read from /proc."""
+    parents: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+        names[int(entry.name)] = name
+    found, frontier = {}, [pid]
+    while frontier:
+        current = frontier.pop()
+        for child, parent in parents.items():
+            if parent == current and child not in found:
+                found[child] = names[child]
+                frontier.append(child)
+    return found
+
+
 def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
     if proc.poll() is not None:
         return

@@ -6,7 +6,7 @@ import pytest
 
 from analysis.overfitting import (capacity_frontier, compare_by, edge_flags, gap_trend, importances,
                                   overfitting_onset, overfitting_summary, pareto_front)
-from analysis.runs import cast_params
+from analysis.record import PARAM_TYPES, cast_params
 
 
 def test_onset_is_where_val_turns_down_for_good_while_train_keeps_rising():
@@ -33,7 +33,7 @@ def test_onset_uses_the_given_epoch_numbers_and_tolerance():
 
 def test_single_epoch_and_mismatched_curves():
     assert overfitting_onset([0.9], [0.8]) is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="same length"):
         overfitting_onset([0.9, 0.8], [0.8])
 
 
@@ -86,7 +86,7 @@ def test_overfitting_summary_per_trial():
                               "val_acc": [0.6, 0.75, 0.7, 0.65, 0.6, 0.65, 0.7]})
     summary = overfitting_summary(TRIALS, histories).set_index("run_id")
     assert summary.loc["a", "onset"] == 2 and summary.loc["a", "best_epoch"] == 2
-    assert math.isnan(summary.loc["b", "onset"]) or summary.loc["b", "onset"] is None
+    assert math.isnan(summary.loc["b", "onset"])  # no onset: the column holds NaN
     assert summary.loc["a", "final_gap"] == pytest.approx(0.30)
 
 
@@ -100,6 +100,16 @@ def test_importances_rank_the_hyperparameter_that_drives_the_metric():
     space = {"lr": {"low": 1e-4, "high": 0.316, "log": True}, "depth": {"low": 1, "high": 4}}
     result = importances(frame, space)
     assert list(result)[0] == "lr" and result["lr"] > 0.8
+
+
+def test_parameter_types_come_from_train_config():
+    import dataclasses
+
+    from trainables.config import TrainConfig
+
+    assert {f.name for f in dataclasses.fields(TrainConfig)} | {"depth"} == set(PARAM_TYPES)
+    assert (PARAM_TYPES["lr"], PARAM_TYPES["batch_size"], PARAM_TYPES["loss"], PARAM_TYPES["hidden_sizes"]) == (
+        float, int, str, tuple)
 
 
 def test_params_are_cast_once():

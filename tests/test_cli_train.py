@@ -65,3 +65,35 @@ def test_missing_or_unrecognised_data_root_is_one_line_exit_2(tmp_path, root, ca
     assert main(["train", "--data-root", str(path)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and str(path) in err
+
+
+def test_train_predict_and_help_run_where_ray_optuna_and_mlflow_cannot_be_imported(image_tree, tmp_path):
+    import torch
+
+    from trainables.bundle import save_bundle
+    from trainables.config import TrainConfig
+    from trainables.model import build_model
+
+    model = tmp_path / "model.pt"
+    config = TrainConfig(hidden_sizes=(8,))
+    save_bundle(model, build_model(3072, (8,), 2).state_dict(), config.to_dict(),
+                {"classes": ["airplane", "bird"], "mean": [0.5] * 3, "std": [0.25] * 3})
+    image = sorted((image_tree / "test" / "bird").iterdir())[0]
+    script = f"""
+import sys
+for name in ("ray", "optuna", "mlflow"):
+    sys.modules[name] = None  # importing any of them now raises ImportError
+from study.cli import main
+try:
+    main(["--help"])
+except SystemExit as exit:
+    assert exit.code == 0
+assert main(["train", "--data-root", {str(image_tree)!r}, "--cache-dir", {str(tmp_path / "c")!r}, "--hidden", "8",
+             "--epochs", "1", "--batch-size", "16", "--threads", "1"]) == 0
+assert main(["train", "--data-root", {str(image_tree)!r}, "--cache-dir", {str(tmp_path / "c")!r}, "--epochs", "0"]) == 0
+assert main(["predict", "--model", {str(model)!r}, {str(image)!r}]) == 0
+print("LEAN-OK")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "LEAN-OK" in proc.stdout, proc.stderr[-2000:]
+    assert "usage: birdplane" in proc.stdout and "untrained: param_count 1,574,402" in proc.stdout

@@ -35,8 +35,10 @@ def test_from_dict_rejects_misspelled_keys():
 
 
 def test_config_is_frozen_and_round_trips():
+    import dataclasses
+
     c = TrainConfig(hidden_sizes=(64, 32), lr=0.1)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="lr"):
         c.lr = 1.0  # type: ignore[misc]
     assert TrainConfig.from_dict(c.to_dict()) == c
 

@@ -40,19 +40,28 @@ def test_unrecognised_roots_name_the_accepted_layouts(tmp_path, layout):
         check_data(_cfg(root, tmp_path / "cache"))
 
 
-def test_second_load_comes_from_the_cache_and_a_changed_source_is_decoded_again(tmp_path):
+def test_second_load_comes_from_the_cache_and_a_changed_source_is_decoded_again(tmp_path, monkeypatch):
+    import trainables.data
+
+    # Count the images torchvision decodes (the real decoder runs; the spy only counts).
+    decoded = []
+    real_decode = trainables.data._decode_folder
+    monkeypatch.setattr(trainables.data, "_decode_folder",
+                        lambda folder, classes: decoded.append(folder) or real_decode(folder, classes))
     root = make_image_tree(tmp_path / "imgs", per_class=6, test_per_class=2, classes=("airplane", "bird"))
     cache = tmp_path / "cache"
     first, _ = load_images(_cfg(root, cache))
     files = sorted(cache.glob("*.pt"))
-    assert len(files) == 1
+    assert len(files) == 1 and len(decoded) == 2  # train and test
     second, _ = load_images(_cfg(root, cache))
+    assert len(decoded) == 2, "a cache hit decodes nothing"
     assert torch.equal(first.x, second.x) and sorted(cache.glob("*.pt")) == files
     # Replace one image: a new cache entry holds the new pixels.
     victim = sorted((root / "train" / "bird").iterdir())[0]
     from PIL import Image
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(victim)
     third, _ = load_images(_cfg(root, cache))
+    assert len(decoded) == 4, "a changed source is decoded again"
     assert len(list(cache.glob("*.pt"))) == 2
     assert not torch.equal(first.x, third.x)
     assert not list(cache.glob("*.tmp")), "no temporary file is left behind"

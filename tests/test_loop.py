@@ -4,6 +4,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from trainables.checkpoint import TrainState
 from trainables.config import TrainConfig
 from trainables.loop import fit, make_loader, random_crop, random_flip
 
@@ -29,16 +30,14 @@ def test_same_config_and_seed_give_a_bit_identical_history(tiny_data):
         assert torch.equal(p, q)
 
 
-def test_resuming_from_a_snapshot_continues_exactly_where_it_stopped(tiny_data):
+def test_resuming_from_a_snapshot_continues_exactly_where_it_stopped(tiny_data, tmp_path):
     snapshots = {}
     config = TrainConfig(**{**FAST, "augment": "crop", "optimizer": "adam", "lr": 1e-3})
     full = fit(config, tiny_data, on_epoch_end=lambda m, snap: snapshots.__setitem__(m["epoch"], snap()))
-    # Round-trip through torch.save/load(weights_only=True), as a checkpoint on disk would.
-    import io
-    buf = io.BytesIO()
-    torch.save(snapshots[2], buf)
-    buf.seek(0)
-    resumed = fit(config, tiny_data, resume=torch.load(buf, weights_only=True))
+    # Round-trip through the file format (torch.load with weights_only=True), as a checkpoint on disk would.
+    path = tmp_path / "state.pt"
+    snapshots[2].save(path)
+    resumed = fit(config, tiny_data, resume=TrainState.load(path))
     strip = lambda h: [(r["epoch"], r["train_loss"], r["val_acc"]) for r in h]
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
     assert strip(resumed.history) == strip(full.history)
@@ -64,10 +63,14 @@ def test_train_acc_is_measured_on_the_whole_training_split_in_eval_mode(tiny_dat
     assert result.history[-1]["train_acc"] == expected["acc"]
 
 
-def test_zero_epochs_evaluates_the_untrained_net(tiny_data):
+def test_zero_epochs_train_nothing_and_the_untrained_net_is_evaluated_apart(tiny_data):
+    from trainables.loop import evaluate_untrained
+
     result = fit(TrainConfig(**{**FAST, "epochs": 0}), tiny_data)
-    assert len(result.history) == 1 and result.history[0]["epoch"] == 0
-    assert result.summary()["param_count"] == 3072 * 32 + 32 + 32 * 2 + 2
+    assert result.history == [] and result.summary()["epochs"] == 0
+    untrained = evaluate_untrained(TrainConfig(**FAST), tiny_data)
+    assert untrained["param_count"] == 3072 * 32 + 32 + 32 * 2 + 2
+    assert 0 <= untrained["val_acc"] <= 1 and "train_loss" not in untrained, "an eval loss is not a training loss"
 
 
 def test_a_nan_loss_ends_the_run_as_diverged_without_raising(tiny_data):

@@ -17,15 +17,23 @@ from trainables.tune_adapter import data_meta
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(420)
 def test_rerun_reproduces_the_same_seed_trial_exactly_and_adds_test_numbers(smoke_sweep):
     proc = run_birdplane("rerun", "--experiment", smoke_sweep["name"], "--tracking-uri", smoke_sweep["uri"],
                          "--seeds", 2, "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["reproduced"] is True
     best = max(smoke_sweep["summary"]["trials"], key=lambda t: (t["val_acc"], -t["param_count"]))
     assert summary["trial_metric"] == pytest.approx(best["val_acc"])
     client = MlflowClient(smoke_sweep["uri"])
+    # The same-seed rerun (the first seed is the trial's own) against the trial, compared here.
+    curves = lambda run_id: {key: [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key),  # noqa: E731
+                                                                        key=lambda m: m.step)]
+                             for key in ("train_loss", "train_acc", "val_loss", "val_acc")}
+    trial_curves, rerun_curves = curves(summary["trial_run_id"]), curves(summary["runs"][0]["run_id"])
+    assert trial_curves["val_acc"] and trial_curves == rerun_curves
+    assert summary["reproduced"] is True
+    assert curves(summary["runs"][1]["run_id"]) != trial_curves, "another seed gives another history"
     parent = client.get_run(summary["parent_run_id"])
     assert parent.data.tags["birdplane.role"] == "rerun" and parent.data.tags["rerun_of"] == summary["trial_run_id"]
     assert "test_acc_mean" in parent.data.metrics
@@ -90,3 +98,63 @@ def test_predict_refuses_a_model_file_that_would_unpickle_objects(tmp_path, caps
     torch.save({"model": {}, "config": TrainConfig().to_dict(), "data": {"classes": ["a", "b"]}, "f": pickle.dumps}, evil)
     assert main(["predict", "--model", str(evil), str(tmp_path)]) == 2
     assert "not a birdplane model file" in capsys.readouterr().err
+
+
+def _flat(colour, size=(32, 32)):
+    import numpy as np
+
+    return np.full((size[1], size[0], 3), colour, np.uint8)
+
+
+def test_predict_handles_every_image_kind_in_one_call_with_one_line_per_file(image_tree, tmp_path, capsys):
+    import numpy as np
+
+    from tests.conftest import CLASS_COLOURS
+
+    model = tmp_path / "model.pt"
+    _train_bundle(image_tree, tmp_path / "cache", model)
+    plane, bird = CLASS_COLOURS["airplane"], CLASS_COLOURS["bird"]
+    gray = lambda c: int(round(0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]))  # noqa: E731
+    d = tmp_path / "mixed"
+    d.mkdir()
+    Image.fromarray(np.full((32, 32), gray(plane) * 257, np.uint16)).save(d / "a_16bit.png")
+    Image.fromarray(_flat(bird)).convert("L").save(d / "b_gray.png")
+    Image.fromarray(_flat(plane)).convert("RGBA").save(d / "c_rgba.png")
+    Image.fromarray(_flat(bird)).convert("P").save(d / "d_palette.png")
+    Image.fromarray(_flat(plane)).save(d / "e.gif")
+    Image.fromarray(_flat(bird)).save(d / "f.webp", lossless=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(_flat(plane, (1600, 1200))).save(d / "g_large_rotated.jpg", exif=exif.tobytes(), quality=95)
+    (d / "h_empty.png").write_bytes(b"")
+    (d / "i_notes.txt").write_text("not an image")
+    expected = ["airplane", "bird", "airplane", "bird", "airplane", "bird", "airplane", None, None]
+
+    code = main(["predict", "--model", str(model), str(d)])
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert code == 1 and len(lines) == 9 and "Traceback" not in out + err, out + err
+    for line, want in zip(lines, expected):
+        fields = line.split("\t")
+        if want is None:
+            assert "error: not a readable image" in fields[1], line
+        else:
+            assert fields[1] == want and 0.5 <= float(fields[2]) <= 1, line
+
+
+def test_read_image_gives_uint8_rgb_with_the_exif_orientation_applied(tmp_path):
+    import numpy as np
+
+    from study.predict import read_image
+
+    pixels = np.zeros((300, 400, 3), np.uint8)
+    pixels[:, :200] = (255, 0, 0)  # left half red, right half blue
+    pixels[:, 200:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated 90 degrees clockwise: red on top, blue below
+    Image.fromarray(pixels).save(tmp_path / "r.jpg", exif=exif.tobytes(), quality=95)
+    image = read_image(tmp_path / "r.jpg")
+    assert image.dtype == torch.uint8 and image.shape == (3, 32, 32)
+    assert image[0, 2, 16] > 200 and image[2, 2, 16] < 50 and image[2, 29, 16] > 200 and image[0, 29, 16] < 50
+    Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(tmp_path / "w.png")
+    assert read_image(tmp_path / "w.png").unique().tolist() == [255], "16-bit white is 8-bit white"

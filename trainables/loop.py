@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from trainables.checkpoint import TrainState
 from trainables.config import TrainConfig
 from trainables.data import StudyData
 from trainables.losses import ChapterLoss, output_units
@@ -26,11 +27,10 @@ from trainables.model import build_model, param_count
 
 EVAL_BATCH = 4096
 CROP_PADDING = 4
-METRIC_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "gap", "epoch_seconds", "samples_per_second")
 
 # on_epoch_end(metrics, snapshot): metrics of the epoch just finished; snapshot() returns the
-# state to resume from (a dict of tensors and numbers, loadable with weights_only=True).
-EpochCallback = Callable[[dict, Callable[[], dict]], None]
+# TrainState to resume from (a deep copy, made only when the callback asks for it).
+EpochCallback = Callable[[dict, Callable[[], TrainState]], None]
 
 
 # ---------------------------------------------------------------- device and seeds
@@ -185,86 +185,117 @@ class FitResult:
         }
 
 
-def _epoch_metrics(epoch, train_loss, train_eval, val_eval, seconds, train_seconds, n_train) -> dict:
-    return {
+@dataclass
+class Run:
+    """Everything one training run works on, built once by ``setup_run``."""
+
+    config: TrainConfig
+    device: torch.device
+    model: nn.Module
+    loss_fn: ChapterLoss
+    optimizer: torch.optim.Optimizer
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    sampler_gen: torch.Generator
+    augment_gen: torch.Generator
+    loader: DataLoader
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def epoch(self) -> int:
+        return self.history[-1]["epoch"] if self.history else 0
+
+    def state(self) -> TrainState:
+        """A deep copy of the resumable state: the caller may keep it while training goes on."""
+        return TrainState(
+            epoch=self.epoch,
+            model=copy.deepcopy(self.model.state_dict()),
+            optimizer=copy.deepcopy(self.optimizer.state_dict()),
+            sampler_rng=self.sampler_gen.get_state(),
+            augment_rng=self.augment_gen.get_state(),
+            history=[dict(r) for r in self.history],
+            config=self.config.to_dict(),
+        )
+
+    def restore(self, state: TrainState) -> None:
+        self.model.load_state_dict(state.model)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.sampler_gen.set_state(state.sampler_rng)
+        self.augment_gen.set_state(state.augment_rng)
+        self.history = [dict(r) for r in state.history]
+
+
+def setup_run(config: TrainConfig, data: StudyData) -> Run:
+    """Seeded model, optimizer, loss and the normalised data on the run's device."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    seed_everything(config.seed)
+    n_classes = len(data.classes)
+    model = build_model(3 * 32 * 32, config.hidden_sizes, output_units(config.loss, n_classes), config.activation)
+    model.to(device)
+    train_x = normalise(data.train.x, data.mean, data.std, device)
+    train_y = data.train.y.to(device)
+    sampler_gen = torch.Generator(device=device).manual_seed(config.seed)
+    return Run(
+        config=config, device=device, model=model, loss_fn=ChapterLoss(config.loss, n_classes),
+        optimizer=make_optimizer(config, model.parameters()), train_x=train_x, train_y=train_y,
+        val_x=normalise(data.val.x, data.mean, data.std, device), val_y=data.val.y.to(device),
+        sampler_gen=sampler_gen, augment_gen=torch.Generator(device=device).manual_seed(config.seed + 1),
+        loader=make_loader(train_x, train_y, config.batch_size, sampler_gen))
+
+
+def run_epoch(run: Run, epoch: int) -> dict:
+    """Train one epoch, evaluate train and val in eval mode, append and return the record."""
+    started = time.perf_counter()
+    mean_loss = train_epoch(run.model, run.loader, run.loss_fn, run.optimizer, run.config.augment, run.augment_gen)
+    train_loss = mean_loss.item()  # also waits for the device, so the timing below is honest
+    train_seconds = time.perf_counter() - started
+    train_eval = evaluate(run.model, run.train_x, run.train_y, run.loss_fn)
+    val_eval = evaluate(run.model, run.val_x, run.val_y, run.loss_fn)
+    record = {
         "epoch": epoch,
         "train_loss": train_loss,
         "train_acc": train_eval["acc"],
         "val_loss": val_eval["loss"],
         "val_acc": val_eval["acc"],
         "gap": train_eval["acc"] - val_eval["acc"],
-        "epoch_seconds": seconds,
-        "samples_per_second": n_train / train_seconds if train_seconds > 0 else 0.0,
+        "epoch_seconds": time.perf_counter() - started,
+        "samples_per_second": len(run.train_y) / train_seconds if train_seconds > 0 else 0.0,
     }
+    run.history.append(record)
+    return record
 
 
 def fit(
     config: TrainConfig,
     data: StudyData,
     on_epoch_end: EpochCallback | None = None,
-    resume: dict | None = None,
+    resume: TrainState | None = None,
 ) -> FitResult:
-    """Train ``config`` on ``data``; ``resume`` is a snapshot handed to on_epoch_end earlier."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    device = pick_device(config.device)
-    seed_everything(config.seed)
-    n_classes = len(data.classes)
-    loss_fn = ChapterLoss(config.loss, n_classes)
-    model = build_model(3 * 32 * 32, config.hidden_sizes, output_units(config.loss, n_classes), config.activation)
-    model.to(device)
-    optimizer = make_optimizer(config, model.parameters())
-
-    train_x = normalise(data.train.x, data.mean, data.std, device)
-    val_x = normalise(data.val.x, data.mean, data.std, device)
-    train_y, val_y = data.train.y.to(device), data.val.y.to(device)
-    sampler_gen = torch.Generator(device=device).manual_seed(config.seed)
-    augment_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
-    loader = make_loader(train_x, train_y, config.batch_size, sampler_gen)
-
-    history: list[dict] = []
-    start_epoch = 1
+    """Train ``config`` on ``data`` for its epochs; ``resume`` is a state handed to on_epoch_end earlier."""
+    run = setup_run(config, data)
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        sampler_gen.set_state(resume["sampler_rng"])
-        augment_gen.set_state(resume["augment_rng"])
-        history = [dict(r) for r in resume["history"]]
-        start_epoch = int(resume["epoch"]) + 1
-
-    def snapshot() -> dict:
-        # Deep copies: the caller may keep the snapshot while training goes on.
-        return copy.deepcopy({
-            "epoch": history[-1]["epoch"] if history else 0,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "sampler_rng": sampler_gen.get_state(),
-            "augment_rng": augment_gen.get_state(),
-            "history": [dict(r) for r in history],
-            "config": config.to_dict(),
-        })
-
+        run.restore(resume)
+    count = param_count(run.model)
     status = "completed"
-    count = param_count(model)
-    if config.epochs == 0:
-        train_eval = evaluate(model, train_x, train_y, loss_fn)
-        val_eval = evaluate(model, val_x, val_y, loss_fn)
-        history.append(_epoch_metrics(0, train_eval["loss"], train_eval, val_eval, 0.0, 0.0, len(train_y)))
-    for epoch in range(start_epoch, config.epochs + 1):
-        started = time.perf_counter()
-        mean_loss = train_epoch(model, loader, loss_fn, optimizer, config.augment, augment_gen)
-        train_loss = mean_loss.item()  # also waits for the device, so the timing below is honest
-        train_seconds = time.perf_counter() - started
-        train_eval = evaluate(model, train_x, train_y, loss_fn)
-        val_eval = evaluate(model, val_x, val_y, loss_fn)
-        record = _epoch_metrics(
-            epoch, train_loss, train_eval, val_eval, time.perf_counter() - started, train_seconds, len(train_y)
-        )
-        history.append(record)
-        if not math.isfinite(train_loss):
+    for epoch in range(run.epoch + 1, config.epochs + 1):
+        record = run_epoch(run, epoch)
+        if not math.isfinite(record["train_loss"]):
             status = "diverged"
         if on_epoch_end is not None:
-            on_epoch_end({**record, "param_count": count, "status": status}, snapshot)
+            on_epoch_end({**record, "param_count": count, "status": status}, run.state)
         if status == "diverged":
             break
-    return FitResult(history, status, count, model)
+    return FitResult(run.history, status, count, run.model)
+
+
+def evaluate_untrained(config: TrainConfig, data: StudyData) -> dict:
+    """The seeded, untrained net of ``config``: its parameter count and its loss and accuracy on both splits."""
+    run = setup_run(config, data)
+    train_eval = evaluate(run.model, run.train_x, run.train_y, run.loss_fn)
+    val_eval = evaluate(run.model, run.val_x, run.val_y, run.loss_fn)
+    return {"param_count": param_count(run.model), "train_eval_loss": train_eval["loss"], "train_acc": train_eval["acc"],
+            "val_loss": val_eval["loss"], "val_acc": val_eval["acc"]}

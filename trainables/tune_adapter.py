@@ -9,15 +9,13 @@ import math
 import os
 import tempfile
 
-import torch
 import ray
 from ray import tune
 
+from trainables.checkpoint import STATE_FILE, TrainState
 from trainables.config import TrainConfig
 from trainables.data import StudyData
 from trainables.loop import fit
-
-STATE_FILE = "state.pt"
 
 
 def data_meta(data: StudyData) -> dict:
@@ -30,20 +28,23 @@ def reportable(metrics: dict) -> dict:
     return {k: (math.inf if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
 
 
+def read_checkpoint(checkpoint: tune.Checkpoint | None) -> TrainState | None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return TrainState.load(os.path.join(folder, STATE_FILE))
+
+
 def train_trial(config: dict, data: StudyData) -> None:
     train_config = TrainConfig.from_dict(config["train"])
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume = torch.load(os.path.join(folder, STATE_FILE), weights_only=True, map_location="cpu")
+    resume = read_checkpoint(tune.get_checkpoint())
     meta = data_meta(data)
-    node_id = ray.get_runtime_context().get_node_id()
+    # Where this trial runs: the node, and the process (what a fault test may kill, and nothing else).
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
     def report(metrics: dict, snapshot) -> None:
         with tempfile.TemporaryDirectory() as folder:
-            torch.save({**snapshot(), "data": meta}, os.path.join(folder, STATE_FILE))
-            tune.report({**reportable(metrics), "node_id": node_id},
-                        checkpoint=tune.Checkpoint.from_directory(folder))
+            snapshot().with_data(meta).save(os.path.join(folder, STATE_FILE))
+            tune.report({**reportable(metrics), **where}, checkpoint=tune.Checkpoint.from_directory(folder))
 
     fit(train_config, data, on_epoch_end=report, resume=resume)

@@ -1,0 +1,229 @@
+"""A birdplane run in MLflow: its tag and metric names, its parameter types, and how it is written.
+
+One module for both sides of the contract: `study/` writes runs through these functions and
+names, `analysis/` reads them back with the same names and types.
+
+How MLflow stays consistent with Ray (the path is spread over a few files; this is the map):
+  * Ray's experiment folder is the source of truth: per-epoch results, checkpoints, trial states,
+    and birdplane's own manifest (``study/manifest.py``) naming the tracking URI and parent run.
+  * Every write here is idempotent. A run is found by its key tags before one is created
+    (``ensure_run``), and an epoch already logged to a run (its step) is not logged again
+    (``log_epochs``). Repeating any call, in any order of crashes, cannot duplicate anything.
+  * During a sweep, ``study/tracking.py``'s Tune callback turns trial events into these calls and
+    queues them in an ordered ``Outbox`` on a background thread: a failed call (the server went
+    away) is retried with back-off, never dropped, and Tune's event loop never waits on MLflow.
+  * ``study/sync.py`` replays Ray's results through the same calls: after an outage
+    (``birdplane sync``) and at the start of every ``--resume``. Runs of unfinished trials are
+    adopted by the resumed trial; runs of trials Ray's snapshot never knew are retired as orphans.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import typing
+from typing import Iterable
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+from trainables.config import TrainConfig
+
+# ---------------------------------------------------------------- names
+
+TAG_PARENT = "mlflow.parentRunId"
+TAG_RUN_NAME = "mlflow.runName"
+TAG_ROLE = "birdplane.role"
+TAG_SWEEP = "birdplane.sweep"
+TAG_TRIAL = "ray_trial_id"
+TAG_OUTCOME = "outcome"
+TAG_RERUN_OF = "rerun_of"
+TAG_SEED = "seed"
+TAG_REPRODUCED = "reproduced"
+
+ROLE_SWEEP = "sweep"  # a sweep's parent run
+ROLE_TRIAL = "trial"  # one trial of a sweep
+ROLE_RERUN = "rerun"  # the parent of a rerun's seeds
+ROLE_RERUN_SEED = "rerun_seed"
+
+OUTCOMES = ("completed", "stopped_early", "diverged", "failed", "orphaned")
+
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "gap", "epoch_seconds", "samples_per_second")
+CURVE_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "gap")
+FINAL_METRICS = ("param_count", "train_loss", "train_acc", "val_loss", "val_acc", "gap", "best_val_acc",
+                 "best_epoch", "epochs_run", "test_acc", "test_loss")
+
+CONFIG_ARTIFACT = "config.json"
+MODEL_ARTIFACT = "model.pt"
+
+
+def _param_types() -> dict[str, type]:
+    """Each TrainConfig field's type as MLflow must cast it back (params are stored as strings)."""
+    hints = typing.get_type_hints(TrainConfig)
+    types = {}
+    for f in dataclasses.fields(TrainConfig):
+        hint = hints[f.name]
+        types[f.name] = hint if hint in (int, float, str, bool) else tuple
+    return types | {"depth": int}  # depth is logged beside hidden_sizes
+
+
+PARAM_TYPES = _param_types()
+
+
+def cast_params(params: dict[str, str]) -> dict:
+    """MLflow's string params with their real types; widths as ``width_i`` columns for analysis."""
+    out: dict = {}
+    for key, kind in PARAM_TYPES.items():
+        if key not in params:
+            continue
+        value = params[key]
+        if kind is tuple:
+            out[key] = tuple(int(v) for v in value.split(",")) if value else ()
+        elif kind is int:
+            out[key] = int(float(value))
+        elif kind is bool:
+            out[key] = value == "True"
+        else:
+            out[key] = kind(value)
+    if out.get("hidden_sizes"):
+        out["depth"] = len(out["hidden_sizes"])
+        out["max_width"] = max(out["hidden_sizes"])
+    for key, value in params.items():
+        if key.startswith("search.width_"):
+            out[key.removeprefix("search.")] = int(value)
+    return out
+
+
+def flat_params(values: dict) -> dict[str, str]:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        out[key] = str(value)
+    return out
+
+
+def best_of(history: list[dict]) -> dict:
+    finite = [r for r in history if isinstance(r.get("val_acc"), float) and math.isfinite(r["val_acc"])]
+    if not finite:
+        return {}
+    best = max(finite, key=lambda r: (r["val_acc"], -r["epoch"]))
+    return {"best_val_acc": best["val_acc"], "best_epoch": best["epoch"]}
+
+
+# ---------------------------------------------------------------- idempotent writes
+# synchronous=True everywhere: a user's MLFLOW_ENABLE_ASYNC_LOGGING=true would otherwise make
+# MLflow queue a write and drop it on failure, behind the back of the caller's retries.
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def find_experiment_id(client: MlflowClient, name: str) -> str | None:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp is not None else None
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    return find_experiment_id(client, name) or client.create_experiment(name)
+
+
+def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> str | None:
+    query = " and ".join(f"tags.`{k}` = {_quote(v)}" for k, v in tags.items())
+    runs = client.search_runs([experiment_id], filter_string=query, max_results=2, order_by=["attributes.start_time ASC"])
+    return runs[0].info.run_id if runs else None
+
+
+def ensure_run(client: MlflowClient, experiment_id: str, key_tags: dict[str, str], name: str,
+               extra_tags: dict[str, str] | None = None, reopen: bool = True) -> tuple[str, bool]:
+    """(run_id, created). A run carrying ``key_tags`` is adopted (and, with reopen, marked RUNNING again)."""
+    run_id = find_run(client, experiment_id, key_tags)
+    if run_id is not None:
+        if reopen and client.get_run(run_id).info.status != "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+        return run_id, False
+    run = client.create_run(experiment_id, tags={**key_tags, **(extra_tags or {})}, run_name=name)
+    return run.info.run_id, True
+
+
+def last_logged_step(client: MlflowClient, run_id: str, key: str = "val_acc") -> int:
+    history = client.get_metric_history(run_id, key)
+    return max((m.step for m in history), default=-1)
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
+    items = [Param(k, v[:6000]) for k, v in flat_params(params).items()]
+    existing = client.get_run(run_id).data.params
+    items = [p for p in items if p.key not in existing]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start:start + 100], synchronous=True)
+
+
+def log_metrics(client: MlflowClient, run_id: str, values: dict[str, float], step: int) -> None:
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, step) for k, v in values.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if metrics:
+        client.log_batch(run_id, metrics=metrics, synchronous=True)
+
+
+def log_epochs(client: MlflowClient, run_id: str, records: Iterable[dict], after_step: int) -> int:
+    """Log the per-epoch metrics of records whose epoch > after_step, in one batch; returns the new last step."""
+    now = int(time.time() * 1000)
+    metrics, last = [], after_step
+    for r in records:
+        if r["epoch"] <= after_step:
+            continue
+        metrics += [Metric(k, float(r[k]), now, int(r["epoch"])) for k in EPOCH_METRICS if k in r]
+        last = max(last, int(r["epoch"]))
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start:start + 1000], synchronous=True)
+    return last
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+
+
+def log_dict(client: MlflowClient, run_id: str, payload: dict, name: str) -> None:
+    """A JSON artifact (MLflow's own serialisation); values it cannot encode become strings first."""
+    import json
+
+    client.log_dict(run_id, json.loads(json.dumps(payload, default=str)), name)
+
+
+def finish_run(client: MlflowClient, run_id: str, ok: bool = True, status: str | None = None) -> None:
+    client.set_terminated(run_id, status=status or ("FINISHED" if ok else "FAILED"))
+
+
+def write_finished_run(client: MlflowClient, run_id: str, *, history: list[dict], after_step: int,
+                       param_count: int | None, outcome: str, resolved_config: dict,
+                       model: tuple[dict, dict, dict] | None, extra_metrics: dict | None = None,
+                       ok: bool = True) -> int:
+    """Close one run the same way wherever it was trained (a sweep's trial, a rerun's seed).
+
+    Logs the epochs not yet logged, the summary metrics (best epoch, epochs run, param_count and
+    ``extra_metrics``), the outcome tag, config.json and, given ``model`` = (state_dict, config,
+    normalisation), model.pt; then ends the run. Returns the last logged step.
+    """
+    import os
+    import tempfile
+
+    from trainables.bundle import save_bundle
+
+    last_step = log_epochs(client, run_id, history, after_step)
+    summary = best_of(history)
+    if param_count is not None:
+        summary["param_count"] = param_count
+    summary["epochs_run"] = history[-1]["epoch"] if history else 0
+    summary.update(extra_metrics or {})
+    log_metrics(client, run_id, summary, step=summary["epochs_run"])
+    set_tags(client, run_id, {TAG_OUTCOME: outcome})
+    log_dict(client, run_id, resolved_config, CONFIG_ARTIFACT)
+    if model is not None:
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, MODEL_ARTIFACT)
+            save_bundle(path, *model)
+            client.log_artifact(run_id, path)
+    finish_run(client, run_id, ok=ok)
+    return last_step

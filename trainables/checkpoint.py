@@ -1,0 +1,46 @@
+"""The state a run resumes from: one typed object, saved as plain tensors and numbers.
+
+``fit`` hands a ``TrainState`` to its epoch callback; the Ray adapter saves it as a Tune
+checkpoint, the MLflow logger reads the final one back to log the model. On disk it is a dict of
+tensors, numbers, strings and lists, loadable with ``torch.load(..., weights_only=True)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class TrainState:
+    epoch: int  # the last finished epoch (0: nothing trained yet)
+    model: dict  # state_dict of the net after ``epoch``
+    optimizer: dict
+    sampler_rng: torch.Tensor  # generator state of the batch order
+    augment_rng: torch.Tensor  # generator state of the augmentation
+    history: list[dict]  # one metrics record per finished epoch
+    config: dict  # TrainConfig.to_dict() of the run
+    data: dict | None = None  # classes, mean, std: what `predict` needs besides the weights
+    extra: dict = field(default_factory=dict)  # room for later fields without breaking old files
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, blob: dict) -> "TrainState":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in blob.items() if k in known})
+
+    def save(self, path: str | Path) -> None:
+        torch.save(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainState":
+        return cls.from_dict(torch.load(path, weights_only=True, map_location="cpu"))
+
+    def with_data(self, data: dict) -> "TrainState":
+        return dataclasses.replace(self, data=data)
