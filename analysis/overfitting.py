@@ -98,6 +98,7 @@ def edge_flags(trials: pd.DataFrame, space: dict, metric: str = "val_acc", top: 
                 at_high = sum(v == high for v in values)
             else:
                 low, high, log = spec["low"], spec["high"], spec.get("log", False)
+                values = [v for v in values if v > 0] if log else values  # or_zero's zeros sit on no edge
                 scale = (lambda v: math.log(v)) if log else (lambda v: v)
                 span = scale(high) - scale(low)
                 at_low = sum(scale(v) - scale(low) <= margin * span for v in values)
@@ -154,6 +155,8 @@ def importances(trials: pd.DataFrame, space: dict, metric: str = "val_acc", seed
             dists[column] = CategoricalDistribution(list(spec["choices"]))
         elif name in ("depth", "width", "batch_size", "epochs"):
             dists[column] = IntDistribution(int(spec["low"]), int(spec["high"]), log=spec.get("log", False))
+        elif spec.get("or_zero"):  # 0 or a value of the range: one linear axis from 0 holds both
+            dists[column] = FloatDistribution(0.0, float(spec["high"]))
         else:
             dists[column] = FloatDistribution(float(spec["low"]), float(spec["high"]), log=spec.get("log", False))
     if len(ok) < 2 or not dists:

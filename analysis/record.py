@@ -48,10 +48,10 @@ ROLE_RERUN_SEED = "rerun_seed"
 
 OUTCOMES = ("completed", "stopped_early", "diverged", "failed", "orphaned")
 
-EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "gap", "epoch_seconds", "samples_per_second")
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "gap", "epoch_seconds", "samples_per_second", "lr")
 CURVE_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "gap")
 FINAL_METRICS = ("param_count", "train_loss", "train_acc", "val_loss", "val_acc", "gap", "best_val_acc",
-                 "best_epoch", "epochs_run", "test_acc", "test_loss")
+                 "best_epoch", "epochs_run", "test_acc", "test_loss", "test_acc_last")
 
 CONFIG_ARTIFACT = "config.json"
 MODEL_ARTIFACT = "model.pt"
@@ -198,13 +198,14 @@ def finish_run(client: MlflowClient, run_id: str, ok: bool = True, status: str |
 
 def write_finished_run(client: MlflowClient, run_id: str, *, history: list[dict], after_step: int,
                        param_count: int | None, outcome: str, resolved_config: dict,
-                       model: tuple[dict, dict, dict] | None, extra_metrics: dict | None = None,
+                       model: dict | None, extra_metrics: dict | None = None,
                        ok: bool = True) -> int:
     """Close one run the same way wherever it was trained (a sweep's trial, a rerun's seed).
 
     Logs the epochs not yet logged, the summary metrics (best epoch, epochs run, param_count and
-    ``extra_metrics``), the outcome tag, config.json and, given ``model`` = (state_dict, config,
-    normalisation), model.pt; then ends the run. Returns the last logged step.
+    ``extra_metrics``), the outcome tag, config.json and, given ``model`` (save_bundle's
+    arguments: trainables.bundle.bundle_args), model.pt; then ends the run. Returns the last
+    logged step.
     """
     import os
     import tempfile
@@ -223,7 +224,7 @@ def write_finished_run(client: MlflowClient, run_id: str, *, history: list[dict]
     if model is not None:
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, MODEL_ARTIFACT)
-            save_bundle(path, *model)
+            save_bundle(path, **model)
             client.log_artifact(run_id, path)
     finish_run(client, run_id, ok=ok)
     return last_step

@@ -13,7 +13,8 @@ import sys
 from typing import Callable, Sequence
 
 from study.errors import UsageError
-from trainables.config import ACTIVATIONS, AUGMENTATIONS, DEVICES, LOSSES, OPTIMIZERS, ConfigError, DataConfig, TrainConfig
+from trainables.config import (ACTIVATIONS, AUGMENTATIONS, DEVICES, LOSSES, OPTIMIZERS, SCHEDULES, ConfigError, DataConfig,
+                                TrainConfig)
 from trainables.data import DataError
 
 
@@ -54,6 +55,10 @@ def _train_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--augment", default=d.augment, help=f"one of {', '.join(AUGMENTATIONS)}")
+    p.add_argument("--dropout", type=float, default=d.dropout, help="dropout after each hidden activation, [0, 0.9)")
+    p.add_argument("--schedule", default=d.schedule, help=f"learning rate per batch: one of {', '.join(SCHEDULES)}")
+    p.add_argument("--warmup", type=float, default=d.warmup,
+                   help="share of the steps spent warming up (cosine), or onecycle's rising share (0: 0.3)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help=f"one of {', '.join(DEVICES)}")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -65,7 +70,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(hidden_sizes=args.hidden, activation=args.activation, loss=args.loss,
                        optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
                        weight_decay=args.weight_decay, batch_size=args.batch_size, epochs=args.epochs,
-                       augment=args.augment, seed=args.seed, device=args.device, threads=args.threads)
+                       augment=args.augment, dropout=args.dropout, schedule=args.schedule, warmup=args.warmup,
+                       seed=args.seed, device=args.device, threads=args.threads)
 
 
 def json_safe(value):
@@ -300,8 +306,10 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         print(json.dumps(json_safe(asdict(summary))))
         return 0
     print(f"trial {summary.trial_id} (run {summary.trial_run_id}): {args.metric} {summary.trial_metric:.4f} in the sweep")
-    print(f"reruns, seeds {', '.join(map(str, summary.seeds))}: val_acc {_mean_std([r['val_acc'] for r in summary.runs])}, "
-          f"test_acc {_mean_std([r['test_acc'] for r in summary.runs])}")
+    print(f"reruns, seeds {', '.join(map(str, summary.seeds))}: best val_acc "
+          f"{_mean_std([r['best_val_acc'] for r in summary.runs])} (epochs {', '.join(str(r['best_epoch']) for r in summary.runs)} "
+          f"of {summary.runs[0]['last_epoch']}), test_acc {_mean_std([r['test_acc'] for r in summary.runs])} with those "
+          f"best-epoch weights (last epoch's: {_mean_std([r['test_acc_last'] for r in summary.runs])})")
     if summary.reproduced is not None:
         print(f"same-seed rerun reproduced the trial exactly: {'yes' if summary.reproduced else 'NO'}")
     print(f"MLflow: parent run {summary.parent_run_id}; model: {summary.model_uri}")
@@ -314,6 +322,8 @@ def _predict_parser(sub) -> None:
     p.add_argument("--model", required=True, help="model.pt path, or runs:/RUN_ID/model.pt")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--tracking-uri", default=None, help="for runs:/ URIs (default: MLflow's local store)")
+    p.add_argument("--weights", default="best", choices=("best", "last"),
+                   help="the best-val epoch's weights (default) or the last epoch's")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_predict)
 
@@ -323,7 +333,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from study.predict import expand, load_model, predict
 
-    bundle = load_model(args.model, args.tracking_uri)
+    bundle = load_model(args.model, args.tracking_uri, args.weights)
     results = predict(bundle, expand(args.images))
     if args.json:
         print(json.dumps([asdict(r) for r in results]))

@@ -42,10 +42,10 @@ def resolve_model(model: str, tracking_uri: str | None) -> Path:
     return path
 
 
-def load_model(model: str, tracking_uri: str | None = None) -> ModelBundle:
+def load_model(model: str, tracking_uri: str | None = None, weights: str = "best") -> ModelBundle:
     path = resolve_model(model, tracking_uri)
     try:
-        return load_bundle(path)
+        return load_bundle(path, weights)
     except Exception as err:  # not a bundle: a pickle with objects, a truncated file, another format
         raise UsageError(f"{model} is not a birdplane model file ({type(err).__name__})") from None
 

@@ -69,25 +69,33 @@ def trial_configs(client: MlflowClient, trial: pd.Series) -> tuple[TrainConfig, 
 
 
 def train_seed(config_dict: dict, data) -> dict:
-    """One rerun, in a Ray task: fit, then the official test split, touched here for the first time."""
+    """One rerun, in a Ray task: fit, then the official test split, touched here for the first time.
+
+    Test numbers come from the weights of the best-val epoch (chosen on validation only); the last
+    epoch's test numbers are reported beside them.
+    """
+    from trainables.bundle import bundle_args
+    from trainables.losses import ChapterLoss
     from trainables.loop import evaluate, fit, normalise, pick_device
     from trainables.tune_adapter import data_meta
 
     config = TrainConfig.from_dict(config_dict)
     result = fit(config, data)
     device = pick_device(config.device)
-    test = evaluate(result.model, normalise(data.test.x, data.mean, data.std, device), data.test.y.to(device),
-                    result_loss(config, data))
-    state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+    test_x, test_y = normalise(data.test.x, data.mean, data.std, device), data.test.y.to(device)
+    loss = ChapterLoss(config.loss, len(data.classes))
+    last_state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+    last = evaluate(result.model, test_x, test_y, loss)
+    best_state = {k: v.detach().cpu() for k, v in result.best_model.items()} if result.best_model else None
+    if best_state is not None:
+        result.model.load_state_dict(result.best_model)
+    test = evaluate(result.model, test_x, test_y, loss)
+    last_epoch = result.history[-1]["epoch"] if result.history else 0
     return {"history": result.history, "status": result.status, "param_count": result.param_count,
-            "test_acc": test["acc"], "test_loss": test["loss"], "state": state, "meta": data_meta(data),
-            "config": config.to_dict()}
-
-
-def result_loss(config: TrainConfig, data):
-    from trainables.losses import ChapterLoss
-
-    return ChapterLoss(config.loss, len(data.classes))
+            "test_acc": test["acc"], "test_loss": test["loss"], "test_acc_last": last["acc"],
+            "best_epoch": result.best_epoch, "meta": data_meta(data), "config": config.to_dict(),
+            "bundle": bundle_args(config.to_dict(), data_meta(data), last_state, last_epoch, best_state,
+                                  result.best_epoch)}
 
 
 def same_history(original: pd.DataFrame, rerun: list[dict]) -> bool:
@@ -109,8 +117,9 @@ def log_seed_run(client, experiment_id, parent_id, trial, seed, outcome, data_cf
         client, run_id, history=outcome["history"], after_step=-1, param_count=outcome["param_count"],
         outcome=outcome["status"],
         resolved_config={"train": outcome["config"], "data": data_cfg.to_dict(), "normalisation": outcome["meta"]},
-        model=(outcome["state"], outcome["config"], outcome["meta"]),
-        extra_metrics={"test_acc": outcome["test_acc"], "test_loss": outcome["test_loss"]})
+        model=outcome["bundle"],
+        extra_metrics={"test_acc": outcome["test_acc"], "test_loss": outcome["test_loss"],
+                       "test_acc_last": outcome["test_acc_last"]})
     return run_id
 
 
@@ -162,8 +171,11 @@ def run_rerun(opts: RerunOptions) -> RerunSummary:
     for seed, outcome in zip(seeds, outcomes):
         run_id = log_seed_run(client, study.experiment_id, parent_id, trial, seed, outcome, data_cfg)
         last = outcome["history"][-1]
+        best = store.best_of(outcome["history"])
         summary.runs.append({"run_id": run_id, "seed": seed, "val_acc": last["val_acc"], "val_loss": last["val_loss"],
-                             "test_acc": outcome["test_acc"], "test_loss": outcome["test_loss"],
+                             "best_val_acc": best.get("best_val_acc"), "best_epoch": outcome["best_epoch"],
+                             "last_epoch": last["epoch"], "test_acc": outcome["test_acc"],
+                             "test_loss": outcome["test_loss"], "test_acc_last": outcome["test_acc_last"],
                              "status": outcome["status"]})
     if epochs == int(trial["epochs_run"]):
         original = load_histories(client, [trial["run_id"]], COMPARED)

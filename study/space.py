@@ -2,7 +2,10 @@
 
 A dimension is a fixed value, ``{choices: [...]}`` or ``{low, high, log}``. ``depth`` and ``width``
 make the hidden sizes: ``width_0 .. width_{depth-1}`` are suggested only for the layers that exist
-(a define-by-run space). Every other dimension is a field of ``TrainConfig``.
+(a define-by-run space). ``or_zero: true`` on a range makes 0 reachable too (a log range cannot
+hold it): ``NAME_on`` decides whether the value is 0 or drawn from the range, so the searcher
+learns both whether and how much (e.g. weight decay). Every other dimension is a field of
+``TrainConfig``.
 """
 from __future__ import annotations
 
@@ -14,12 +17,14 @@ from typing import Any
 import yaml
 
 from study.errors import UsageError
-from trainables.config import ACTIVATIONS, AUGMENTATIONS, LOSSES, OPTIMIZERS, ConfigError, TrainConfig
+from trainables.config import (ACTIVATIONS, AUGMENTATIONS, LOSSES, OPTIMIZERS, SCHEDULES, ConfigError,
+                                TrainConfig)
 
 DEFAULT_SPACE = Path(__file__).parent / "spaces" / "default.yaml"
-CHOICES = {"loss": LOSSES, "activation": ACTIVATIONS, "optimizer": OPTIMIZERS, "augment": AUGMENTATIONS}
+CHOICES = {"loss": LOSSES, "activation": ACTIVATIONS, "optimizer": OPTIMIZERS, "augment": AUGMENTATIONS,
+           "schedule": SCHEDULES}
 INTEGER = {"depth", "width", "batch_size", "epochs"}
-FLOAT = {"lr", "momentum", "weight_decay"}
+FLOAT = {"lr", "momentum", "weight_decay", "dropout", "warmup"}
 KNOWN = INTEGER | FLOAT | set(CHOICES)
 REQUIRED = {"depth", "width"}
 
@@ -32,6 +37,7 @@ class Dimension:
     low: float | None = None
     high: float | None = None
     log: bool = False
+    or_zero: bool = False
 
     def suggest(self, trial, name: str | None = None):
         name = name or self.name
@@ -39,6 +45,8 @@ class Dimension:
             return self.fixed
         if self.choices is not None:
             return trial.suggest_categorical(name, list(self.choices))
+        if self.or_zero and not trial.suggest_categorical(f"{name}_on", [True, False]):
+            return 0.0
         if self.name in INTEGER:
             return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(name, float(self.low), float(self.high), log=self.log)
@@ -53,8 +61,9 @@ def _check_value(name: str, value: Any) -> Any:
     kind = "an integer" if name in INTEGER else "a number"
     if isinstance(value, bool) or not isinstance(value, numeric):
         raise UsageError(f"search space: {name}: {value!r} is not {kind}")
-    if not math.isfinite(value) or abs(value) >= 2**31:
-        raise UsageError(f"search space: {name}: {value!r} is not a finite {kind} of sensible size")
+    if not math.isfinite(value) or (name in INTEGER and abs(value) >= 2**31):
+        raise UsageError(f"search space: {name}: {value!r} is not a finite {kind}" +
+                         (" below 2**31" if name in INTEGER else ""))
     return value
 
 
@@ -69,17 +78,20 @@ def _dimension(name: str, spec: Any) -> Dimension:
         return Dimension(name, choices=tuple(_check_value(name, c) for c in choices))
     if name in CHOICES:
         raise UsageError(f"search space: {name}: give a value or {{choices: [...]}}")
-    if not {"low", "high"} <= keys or keys - {"low", "high", "log"}:
-        raise UsageError(f"search space: {name}: expected {{low, high[, log]}} or {{choices}}, got keys {sorted(keys)}")
+    if not {"low", "high"} <= keys or keys - {"low", "high", "log", "or_zero"}:
+        raise UsageError(f"search space: {name}: expected {{low, high[, log, or_zero]}} or {{choices}}, "
+                         f"got keys {sorted(map(str, keys))}")
     low, high = _check_value(name, spec["low"]), _check_value(name, spec["high"])
-    log = spec.get("log", False)
-    if not isinstance(log, bool):
-        raise UsageError(f"search space: {name}: log must be true or false")
+    log, or_zero = spec.get("log", False), spec.get("or_zero", False)
+    if not isinstance(log, bool) or not isinstance(or_zero, bool):
+        raise UsageError(f"search space: {name}: log and or_zero must be true or false")
+    if or_zero and name in INTEGER:
+        raise UsageError(f"search space: {name}: or_zero is for real-valued ranges")
     if low >= high:
         raise UsageError(f"search space: {name}: low ({low}) must be < high ({high})")
     if (log or name in ("lr", "width", "depth", "batch_size")) and low <= 0:
         raise UsageError(f"search space: {name}: low must be > 0, got {low}")
-    return Dimension(name, low=low, high=high, log=log)
+    return Dimension(name, low=low, high=high, log=log, or_zero=or_zero)
 
 
 @dataclass(frozen=True)
@@ -106,6 +118,8 @@ class SearchSpace:
             names = [f"width_{i}" for i in range(self.max_depth())] if name == "width" else [name]
             for key in names:
                 space[key] = dim.fixed if dim.fixed is not None else _tune_domain(dim)
+            if dim.or_zero:
+                space[f"{name}_on"] = tune.choice([True, False])
         space["seed"] = tune.randint(0, 2**31 - 1)
         space["train"] = tune.sample_from(TrainFromSample(self, seed, threads, device))
         return space
@@ -122,7 +136,7 @@ class SearchSpace:
             elif d.choices is not None:
                 out[name] = {"choices": list(d.choices)}
             else:
-                out[name] = {"low": d.low, "high": d.high, "log": d.log}
+                out[name] = {"low": d.low, "high": d.high, "log": d.log, **({"or_zero": True} if d.or_zero else {})}
         return out
 
 
@@ -173,9 +187,9 @@ class TrainFromSample:
         depth = int(c["depth"])
         values = {"hidden_sizes": [int(c[f"width_{i}"]) for i in range(depth)], "seed": self.seed + int(c["seed"]),
                   "threads": self.threads, "device": self.device}
-        for name in self.space.dimensions:
+        for name, dim in self.space.dimensions.items():
             if name not in ("depth", "width"):
-                values[name] = c[name]
+                values[name] = 0.0 if dim.or_zero and not c[f"{name}_on"] else c[name]
         return TrainConfig.from_dict(values).to_dict()
 
 
@@ -203,11 +217,19 @@ def load_space(path: str | Path | None = None) -> SearchSpace:
     depth = dims["depth"]
     if (depth.fixed if depth.fixed is not None else depth.low or min(depth.choices or [1])) < 1:
         raise UsageError("search space: depth: must be >= 1")
-    # A fixed point of the space must be a valid TrainConfig (e.g. momentum in [0, 1)).
-    probe = {n: (d.fixed if d.fixed is not None else d.choices[0] if d.choices else d.low)
-             for n, d in dims.items() if n not in ("depth", "width")}
-    try:
-        TrainConfig.from_dict(probe)
-    except ConfigError as err:
-        raise UsageError(f"search space: {err}") from None
+    # Both corners of the space must be valid TrainConfigs (e.g. momentum in [0, 1), dropout < 0.9).
+    for corner in ("low", "high"):
+        probe = {n: (d.fixed if d.fixed is not None else d.choices[0] if d.choices else getattr(d, corner))
+                 for n, d in dims.items() if n not in ("depth", "width")}
+        try:
+            TrainConfig.from_dict(probe)
+        except ConfigError as err:
+            raise UsageError(f"search space: {err}") from None
+    for name, d in dims.items():  # and every choice
+        for choice in d.choices or ():
+            if name not in ("depth", "width", "epochs", "batch_size"):
+                try:
+                    TrainConfig.from_dict({name: choice})
+                except ConfigError as err:
+                    raise UsageError(f"search space: {err}") from None
     return SearchSpace(dims, str(path))

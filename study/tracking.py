@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from ray import tune
 
 from analysis import record as store
+from trainables.bundle import bundle_args
 from trainables.checkpoint import TrainState
 from trainables.tune_adapter import read_checkpoint
 
@@ -297,4 +298,5 @@ class MlflowTrialLogger(tune.Callback):
         self._last_step[trial_id] = store.write_finished_run(
             self._client, run_id, history=history, after_step=self._last_step.get(trial_id, -1),
             param_count=last.get("param_count"), outcome=trial_outcome(state, last, error), resolved_config=resolved,
-            model=(state.model, state.config, state.data) if state is not None else None, ok=not error)
+            model=bundle_args(state.config, state.data, state.model, state.epoch, state.best_model, state.best_epoch)
+            if state is not None else None, ok=not error)

@@ -45,6 +45,21 @@ def test_rerun_reproduces_the_same_seed_trial_exactly_and_adds_test_numbers(smok
         assert {a.path for a in client.list_artifacts(run["run_id"])} == {"config.json", "model.pt"}
         assert [m.step for m in client.get_metric_history(run["run_id"], "val_acc")] == list(
             range(1, int(child.data.metrics["epochs_run"]) + 1))
+    # The saved model holds the best-val epoch's weights: they give exactly the logged test_acc.
+    import mlflow.artifacts
+
+    from trainables.bundle import load_bundle
+    from trainables.config import DataConfig as _DataConfig
+
+    first = client.get_run(summary["runs"][0]["run_id"])
+    path = mlflow.artifacts.download_artifacts(summary["model_uri"], tracking_uri=smoke_sweep["uri"])
+    bundle = load_bundle(path)
+    assert bundle.epoch == int(first.data.metrics["best_epoch"]) == summary["runs"][0]["best_epoch"]
+    cfg = _DataConfig.from_dict(json.loads(open(mlflow.artifacts.download_artifacts(
+        f"runs:/{first.info.run_id}/config.json", tracking_uri=smoke_sweep["uri"])).read())["data"])
+    data = load_study_data(cfg, include_test=True)
+    x = normalise(data.test.x, bundle.mean, bundle.std, torch.device("cpu"))
+    assert evaluate(bundle.model, x, data.test.y, bundle.loss)["acc"] == first.data.metrics["test_acc"]
     # The model URI it prints works with predict.
     tree = smoke_sweep["data_root"]
     out = run_birdplane("predict", "--model", summary["model_uri"], "--tracking-uri", smoke_sweep["uri"],

@@ -16,15 +16,40 @@ def write(tmp_path, data) -> str:
 BASE = {"depth": {"low": 1, "high": 3}, "width": {"low": 32, "high": 256, "log": True}, "epochs": 2}
 
 
-def test_default_space_has_the_issue_dimensions():
+def test_default_space_has_the_chapter_axes_and_the_generalisation_levers():
     space = load_space()
     dims = space.dimensions
-    assert (dims["depth"].low, dims["depth"].high) == (1, 4)
-    assert (dims["width"].low, dims["width"].high, dims["width"].log) == (32, 4096, True)
-    assert dims["batch_size"].choices == (16, 32, 64, 128, 256, 512)
-    assert (dims["lr"].low, dims["lr"].high, dims["lr"].log) == (1e-4, 3e-1, True)
+    assert (dims["depth"].low, dims["depth"].high) == (1, 3)
+    assert (dims["width"].low, dims["width"].high, dims["width"].log) == (64, 2048, True)
+    assert dims["batch_size"].choices == (32, 64, 128, 256)
+    assert (dims["lr"].low, dims["lr"].high, dims["lr"].log) == (1e-4, 1e-1, True)
     assert set(dims["loss"].choices) == {"nll", "ce", "mse", "bce"}
+    assert set(dims["optimizer"].choices) == {"sgd", "adam", "adamw"}
+    wd = dims["weight_decay"]
+    assert (wd.low, wd.high, wd.log, wd.or_zero) == (1e-5, 1e-1, True, True)
+    assert (dims["dropout"].low, dims["dropout"].high) == (0.0, 0.5)
+    assert set(dims["augment"].choices) == {"none", "flip", "crop", "crop+flip"}
+    assert set(dims["schedule"].choices) == {"constant", "cosine", "onecycle"}
+    assert dims["epochs"].fixed == 40
     assert space.source == str(DEFAULT_SPACE)
+
+
+def test_or_zero_reaches_zero_and_the_log_range_and_every_lever_builds_a_config():
+    space = load_space()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    decays, seen = set(), {"schedule": set(), "augment": set(), "optimizer": set()}
+    for _ in range(60):
+        trial = study.ask()
+        config = TrainConfig.from_dict(space.define_by_run(seed=0)(trial)["train"])
+        decays.add(config.weight_decay == 0.0)
+        assert config.weight_decay == 0.0 or 1e-5 <= config.weight_decay <= 1e-1
+        assert ("weight_decay" in trial.params) == trial.params["weight_decay_on"]
+        for key in seen:
+            seen[key].add(getattr(config, key))
+        study.tell(trial, 0.5)
+    assert decays == {True, False}
+    assert seen == {"schedule": {"constant", "cosine", "onecycle"}, "augment": {"none", "flip", "crop", "crop+flip"},
+                    "optimizer": {"sgd", "adam", "adamw"}}
 
 
 def test_define_by_run_suggests_one_width_per_layer_and_builds_a_valid_config(tmp_path):
@@ -57,6 +82,12 @@ BAD = [
     ({"width": {"low": 32, "high": 64}}, "depth"),
     ({**BASE, "momentum": 1.5}, "momentum"),
     ({**BASE, "depth": {"low": 1, "high": 3, "step": 2}}, "depth"),
+    ({**BASE, "dropout": 1.0}, "dropout"),
+    ({**BASE, "dropout": {"low": 0.0, "high": 0.95}}, "dropout"),
+    ({**BASE, "schedule": "linear"}, "schedule"),
+    ({**BASE, "weight_decay": -0.1}, "weight_decay"),
+    ({**BASE, "weight_decay": {"low": 1e-5, "high": 0.1, "log": True, "or_zero": "yes"}}, "or_zero"),
+    ({**BASE, "width": {"low": 8, "high": 64, "or_zero": True}}, "or_zero"),
     ("depth: [1, 2\n", "YAML"),
     ("- just\n- a list\n", "mapping"),
 ]

@@ -7,7 +7,7 @@ tensors, numbers, strings and lists, loadable with ``torch.load(..., weights_onl
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,8 +24,11 @@ class TrainState:
     augment_rng: torch.Tensor  # generator state of the augmentation
     history: list[dict]  # one metrics record per finished epoch
     config: dict  # TrainConfig.to_dict() of the run
+    global_rng: torch.Tensor | None = None  # torch's default generator on the run's device (dropout masks)
     data: dict | None = None  # classes, mean, std: what `predict` needs besides the weights
-    extra: dict = field(default_factory=dict)  # room for later fields without breaking old files
+    scheduler: dict | None = None  # the learning-rate schedule's state (None: constant rate)
+    best_epoch: int = 0  # the epoch with the best val_acc so far (0: none)
+    best_model: dict | None = None  # its weights
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

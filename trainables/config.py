@@ -8,7 +8,8 @@ from typing import Any, Mapping
 
 ACTIVATIONS = ("tanh", "relu")
 LOSSES = ("nll", "ce", "mse", "bce")
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "onecycle")
 AUGMENTATIONS = ("none", "crop", "flip", "crop+flip")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -62,10 +63,13 @@ class TrainConfig:
     optimizer: str = "sgd"
     lr: float = 1e-2
     momentum: float = 0.0
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # sgd, adam: L2 added to the gradient; adamw: decoupled decay
     batch_size: int = 64
     epochs: int = 100
     augment: str = "none"
+    dropout: float = 0.0  # after each hidden activation; 0: no Dropout layer at all
+    schedule: str = "constant"  # learning rate per batch: constant, cosine (to 0), onecycle
+    warmup: float = 0.0  # share of all steps spent rising to lr (cosine); onecycle's rising share, 0: torch's 0.3
     seed: int = 0
     device: str = "auto"
     threads: int = 0  # 0: leave torch's default (all CPUs the process may use)
@@ -76,8 +80,9 @@ class TrainConfig:
         _choice("loss", self.loss, LOSSES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("augment", self.augment, AUGMENTATIONS)
+        _choice("schedule", self.schedule, SCHEDULES)
         _choice("device", self.device, DEVICES)
-        for name in ("lr", "momentum", "weight_decay"):
+        for name in ("lr", "momentum", "weight_decay", "dropout", "warmup"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{name}: {value!r} is not a finite number")
@@ -88,6 +93,10 @@ class TrainConfig:
             raise ConfigError(f"momentum: must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay: must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.dropout < 0.9:
+            raise ConfigError(f"dropout: must be in [0, 0.9), got {self.dropout}")
+        if not 0 <= self.warmup < 1:
+            raise ConfigError(f"warmup: must be in [0, 1), got {self.warmup}")
         for name, low in (("batch_size", 1), ("epochs", 0), ("seed", 0), ("threads", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

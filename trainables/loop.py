@@ -122,10 +122,38 @@ def augment(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Ten
 def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":  # decoupled weight decay (Loshchilov & Hutter)
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def train_epoch(model, loader, loss_fn, optimizer, augment_mode: str, augment_gen) -> torch.Tensor:
+class WarmupCosine:
+    """The cosine schedule's factor at step t of ``total``: a linear rise to 1 over the first
+    ``warmup_steps`` steps, then half a cosine down to 0 at the last step. A callable object, so
+    LambdaLR keeps its numbers in its state_dict."""
+
+    def __init__(self, total: int, warmup_steps: int):
+        self.total, self.warmup_steps = total, warmup_steps
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.total - 1 - self.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
+    """Per-batch learning-rate schedule over the whole run; None for the chapter's constant rate."""
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total, int(config.warmup * total)))
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total,
+                                                   pct_start=config.warmup or 0.3, cycle_momentum=False)
+    return None
+
+
+def train_epoch(model, loader, loss_fn, optimizer, augment_mode: str, augment_gen, scheduler=None) -> torch.Tensor:
     """One pass over the loader; returns the mean training loss (a device tensor, not synced)."""
     model.train()
     total = torch.zeros((), device=next(model.parameters()).device)
@@ -137,6 +165,8 @@ def train_epoch(model, loader, loss_fn, optimizer, augment_mode: str, augment_ge
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         total += loss.detach() * len(yb)
         count += len(yb)
     return total / max(count, 1)
@@ -164,7 +194,9 @@ class FitResult:
     history: list[dict]
     status: str  # "completed" or "diverged"
     param_count: int
-    model: nn.Module = field(repr=False)
+    model: nn.Module = field(repr=False)  # the weights after the last epoch
+    best_model: dict | None = field(default=None, repr=False)  # state_dict of the best-val epoch
+    best_epoch: int = 0
 
     def summary(self) -> dict:
         last = self.history[-1] if self.history else {}
@@ -201,7 +233,20 @@ class Run:
     sampler_gen: torch.Generator
     augment_gen: torch.Generator
     loader: DataLoader
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0  # the epoch of the best val_acc so far (earliest among ties); 0: none yet
+    best_model: dict | None = None  # its weights, kept apart from the training weights
+
+    @property
+    def best_val_acc(self) -> float:
+        return next((r["val_acc"] for r in self.history if r["epoch"] == self.best_epoch), -math.inf)
+
+    def note_best(self, record: dict) -> None:
+        """Keep the weights of an epoch whose val_acc beats every earlier one (selection on validation only)."""
+        if math.isfinite(record["val_acc"]) and record["val_acc"] > self.best_val_acc:
+            self.best_epoch = record["epoch"]
+            self.best_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     @property
     def epoch(self) -> int:
@@ -217,6 +262,10 @@ class Run:
             augment_rng=self.augment_gen.get_state(),
             history=[dict(r) for r in self.history],
             config=self.config.to_dict(),
+            scheduler=copy.deepcopy(self.scheduler.state_dict()) if self.scheduler is not None else None,
+            best_epoch=self.best_epoch,
+            best_model=self.best_model,  # replaced, never changed in place: no copy needed
+            global_rng=(torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.get_rng_state()),
         )
 
     def restore(self, state: TrainState) -> None:
@@ -224,7 +273,17 @@ class Run:
         self.optimizer.load_state_dict(state.optimizer)
         self.sampler_gen.set_state(state.sampler_rng)
         self.augment_gen.set_state(state.augment_rng)
+        if state.global_rng is not None:
+            if self.device.type == "cuda":
+                torch.cuda.set_rng_state(state.global_rng, self.device)
+            else:
+                torch.set_rng_state(state.global_rng)
+        if self.scheduler is not None and state.scheduler is not None:
+            self.scheduler.load_state_dict(state.scheduler)
         self.history = [dict(r) for r in state.history]
+        self.best_epoch = state.best_epoch
+        self.best_model = ({k: v.to(self.device) for k, v in state.best_model.items()}
+                           if state.best_model is not None else None)
 
 
 def setup_run(config: TrainConfig, data: StudyData) -> Run:
@@ -234,23 +293,27 @@ def setup_run(config: TrainConfig, data: StudyData) -> Run:
     device = pick_device(config.device)
     seed_everything(config.seed)
     n_classes = len(data.classes)
-    model = build_model(3 * 32 * 32, config.hidden_sizes, output_units(config.loss, n_classes), config.activation)
+    model = build_model(3 * 32 * 32, config.hidden_sizes, output_units(config.loss, n_classes), config.activation,
+                        config.dropout)
     model.to(device)
     train_x = normalise(data.train.x, data.mean, data.std, device)
     train_y = data.train.y.to(device)
     sampler_gen = torch.Generator(device=device).manual_seed(config.seed)
+    optimizer = make_optimizer(config, model.parameters())
+    loader = make_loader(train_x, train_y, config.batch_size, sampler_gen)
     return Run(
         config=config, device=device, model=model, loss_fn=ChapterLoss(config.loss, n_classes),
-        optimizer=make_optimizer(config, model.parameters()), train_x=train_x, train_y=train_y,
+        optimizer=optimizer, train_x=train_x, train_y=train_y,
         val_x=normalise(data.val.x, data.mean, data.std, device), val_y=data.val.y.to(device),
         sampler_gen=sampler_gen, augment_gen=torch.Generator(device=device).manual_seed(config.seed + 1),
-        loader=make_loader(train_x, train_y, config.batch_size, sampler_gen))
+        loader=loader, scheduler=make_scheduler(config, optimizer, len(loader)))
 
 
 def run_epoch(run: Run, epoch: int) -> dict:
     """Train one epoch, evaluate train and val in eval mode, append and return the record."""
     started = time.perf_counter()
-    mean_loss = train_epoch(run.model, run.loader, run.loss_fn, run.optimizer, run.config.augment, run.augment_gen)
+    mean_loss = train_epoch(run.model, run.loader, run.loss_fn, run.optimizer, run.config.augment, run.augment_gen,
+                            run.scheduler)
     train_loss = mean_loss.item()  # also waits for the device, so the timing below is honest
     train_seconds = time.perf_counter() - started
     train_eval = evaluate(run.model, run.train_x, run.train_y, run.loss_fn)
@@ -264,8 +327,10 @@ def run_epoch(run: Run, epoch: int) -> dict:
         "gap": train_eval["acc"] - val_eval["acc"],
         "epoch_seconds": time.perf_counter() - started,
         "samples_per_second": len(run.train_y) / train_seconds if train_seconds > 0 else 0.0,
+        "lr": run.optimizer.param_groups[0]["lr"],  # the rate the next step will use
     }
     run.history.append(record)
+    run.note_best(record)
     return record
 
 
@@ -289,7 +354,7 @@ def fit(
             on_epoch_end({**record, "param_count": count, "status": status}, run.state)
         if status == "diverged":
             break
-    return FitResult(run.history, status, count, run.model)
+    return FitResult(run.history, status, count, run.model, run.best_model, run.best_epoch)
 
 
 def evaluate_untrained(config: TrainConfig, data: StudyData) -> dict:

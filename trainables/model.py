@@ -9,17 +9,21 @@ _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
 def build_model(
-    in_features: int, hidden_sizes: Sequence[int], out_features: int, activation: str = "tanh"
+    in_features: int, hidden_sizes: Sequence[int], out_features: int, activation: str = "tanh",
+    dropout: float = 0.0,
 ) -> nn.Sequential:
-    """Flatten -> [Linear -> activation] * depth -> Linear. Outputs logits.
+    """Flatten -> [Linear -> activation (-> Dropout)] * depth -> Linear. Outputs logits.
 
     With hidden_sizes=[512] and two outputs this is the chapter's net (its LogSoftmax lives in
-    the ``nll`` loss, so every loss can share one model).
+    the ``nll`` loss, so every loss can share one model). Dropout layers exist only when
+    ``dropout`` > 0; they have no parameters.
     """
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
     for size in hidden_sizes:
         layers += [nn.Linear(width, size), _ACTIVATIONS[activation]()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
         width = size
     layers.append(nn.Linear(width, out_features))
     return nn.Sequential(*layers)
