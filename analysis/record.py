@@ -42,9 +42,17 @@ TAG_SEED = "seed"
 TAG_REPRODUCED = "reproduced"
 
 ROLE_SWEEP = "sweep"  # a sweep's parent run
+ROLE_CAPACITY = "capacity"  # a capacity study's parent run
+STUDY_ROLES = (ROLE_SWEEP, ROLE_CAPACITY)
 ROLE_TRIAL = "trial"  # one trial of a sweep
 ROLE_RERUN = "rerun"  # the parent of a rerun's seeds
 ROLE_RERUN_SEED = "rerun_seed"
+ROLE_CONFIRM = "confirm"  # a full-budget retraining of a sweep's trial, under the sweep's parent run
+
+TAG_DESIGN = "birdplane.design"  # a capacity study's design: its grid, seeds, epochs and regulariser
+TAG_CELL = "birdplane.cell"  # the cell of the grid: "[256,256]"
+TAG_REGULARISER = "birdplane.regulariser"  # "augment=crop+flip" (or "none")
+TAG_CONFIRMS = "confirms"  # the run id of the trial a confirmation run retrains
 
 OUTCOMES = ("completed", "stopped_early", "diverged", "failed", "orphaned")
 

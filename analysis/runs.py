@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import pandas as pd
 from mlflow import MlflowClient
 
-from analysis.record import (CURVE_METRICS, FINAL_METRICS, ROLE_SWEEP, TAG_OUTCOME, TAG_PARENT, TAG_ROLE, TAG_TRIAL,
+from analysis.record import (CURVE_METRICS, FINAL_METRICS, ROLE_CONFIRM, ROLE_TRIAL, STUDY_ROLES, TAG_CELL, TAG_OUTCOME,
+                             TAG_CONFIRMS, TAG_PARENT, TAG_REGULARISER, TAG_ROLE, TAG_SEED, TAG_TRIAL,
                              cast_params)
 
 
@@ -23,6 +24,8 @@ class Study:
     parent_run_id: str
     space: dict
     trials: pd.DataFrame
+    kind: str = "sweep"  # or "capacity"
+    confirmations: pd.DataFrame | None = None  # full-budget retrainings of trials (rerun --pareto/--top)
 
 
 def trials_frame(runs) -> pd.DataFrame:
@@ -30,6 +33,8 @@ def trials_frame(runs) -> pd.DataFrame:
     for run in runs:
         row = {"run_id": run.info.run_id, "trial_id": run.data.tags.get(TAG_TRIAL),
                "run_status": run.info.status, "outcome": run.data.tags.get(TAG_OUTCOME),
+               "cell": run.data.tags.get(TAG_CELL), "regulariser": run.data.tags.get(TAG_REGULARISER),
+               "seed_tag": run.data.tags.get(TAG_SEED), "confirms": run.data.tags.get(TAG_CONFIRMS),
                "start_time": run.info.start_time}
         row.update(cast_params(run.data.params))
         row.update({k: run.data.metrics.get(k) for k in FINAL_METRICS})
@@ -70,15 +75,19 @@ def read_json_artifact(client: MlflowClient, run_id: str, name: str) -> dict | N
 
 
 def load_study(client: MlflowClient, experiment: str) -> Study:
-    """The most recent sweep of ``experiment``: its parent run, search space and trial runs."""
+    """The most recent study (sweep or capacity grid) of ``experiment``: its parent run, search
+    space, trial runs and any confirmation runs."""
     experiment_id = find_experiment(client, experiment)
-    parents = search_runs(client, experiment_id, f"tags.`{TAG_ROLE}` = '{ROLE_SWEEP}'")
+    parents = [r for role in STUDY_ROLES for r in search_runs(client, experiment_id, f"tags.`{TAG_ROLE}` = '{role}'")]
     if not parents:
         raise StudyNotFound(f"experiment {experiment!r} holds no birdplane sweep")
     parent = max(parents, key=lambda r: r.info.start_time)
     children = search_runs(client, experiment_id, f"tags.`{TAG_PARENT}` = '{parent.info.run_id}'")
+    trials = [r for r in children if r.data.tags.get(TAG_ROLE) == ROLE_TRIAL]
+    confirmations = [r for r in children if r.data.tags.get(TAG_ROLE) == ROLE_CONFIRM]
     space = read_json_artifact(client, parent.info.run_id, "search_space.json") or {}
-    return Study(experiment_id, experiment, parent.info.run_id, space, trials_frame(children))
+    return Study(experiment_id, experiment, parent.info.run_id, space, trials_frame(trials),
+                 kind=parent.data.tags.get(TAG_ROLE, "sweep"), confirmations=trials_frame(confirmations))
 
 
 def finished(trials: pd.DataFrame) -> pd.DataFrame:

@@ -365,7 +365,106 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable] = [_train_parser, _sweep_parser, _report_parser, _rerun_parser, _predict_parser, _sync_parser]
+def _capacity_parser(sub) -> None:
+    from study.capacity import DEFAULT_DEPTHS, DEFAULT_EPOCHS, DEFAULT_SEEDS, DEFAULT_WIDTHS
+
+    p = sub.add_parser("capacity", help="a controlled capacity study: widths x depths x seeds, one fixed recipe, "
+                                        "equal budgets, on Ray Tune, every run in MLflow")
+    p.add_argument("--widths", default=None, help=f"hidden widths (default {','.join(map(str, DEFAULT_WIDTHS))})")
+    p.add_argument("--depths", default=None, help=f"hidden layers (default {','.join(map(str, DEFAULT_DEPTHS))})")
+    p.add_argument("--seeds", type=int, default=None, help=f"seeds per cell (default {DEFAULT_SEEDS})")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"epochs of every cell, no early stopping (default {DEFAULT_EPOCHS})")
+    p.add_argument("--regulariser", default=None,
+                   help="a second axis: FIELD=V1,V2,... e.g. augment=none,crop+flip or weight_decay=0,5e-4; "
+                        "one capacity curve per value")
+    p.add_argument("--design", default=None, help="design YAML: widths, depths, seeds, epochs, regulariser "
+                                                  "(flags override it)")
+    p.add_argument("--recipe", default="chapter",
+                   help="everything but size: chapter (default), or a recipe YAML of TrainConfig fields")
+    p.add_argument("--from-run", default=None, help="take the recipe from a trial's run (its non-size hyperparameters)")
+    p.add_argument("--seed", type=int, default=0, help="the first seed (cells use seed, seed+1, ...)")
+    p.add_argument("--cpus-per-trial", type=int, default=1)
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="default 0.25 when the cluster has GPUs, else 0")
+    p.add_argument("--max-concurrent", type=int, default=None, help="default: as many as the resources hold")
+    p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: local)")
+    p.add_argument("--storage-path", default=None, help="Tune results and checkpoints (default ~/ray_results)")
+    p.add_argument("--name", default=None, help="study name (default capacity-<timestamp>); --resume needs it")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted study --name")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's local sqlite:///mlflow.db)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: the study name)")
+    p.add_argument("--smoke", action="store_true", help="a tiny study: widths 16,32, depth 1, 2 seeds, 2 epochs, "
+                                                        "100 images per class")
+    p.add_argument("--check", action="store_true", help="validate everything, print the plan, and stop")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    add_data_flags(p)
+    p.set_defaults(handler=cmd_capacity)
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    import datetime
+
+    from study.capacity import SMOKE_SUBSET, CapacityOptions, make_design, prepare_capacity, run_capacity
+
+    if args.resume and not args.name:
+        raise UsageError("--resume needs --name of the study to continue")
+    design = make_design(args.widths, args.depths, args.seeds, args.epochs, args.regulariser, args.design, args.smoke)
+    name = args.name or "capacity-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    opts = CapacityOptions(design=design, recipe=args.recipe, from_run=args.from_run, cpus_per_trial=args.cpus_per_trial,
+                           gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, address=args.address,
+                           storage_path=args.storage_path, name=name, resume=args.resume, seed=args.seed,
+                           tracking_uri=args.tracking_uri, experiment=args.experiment, smoke=args.smoke)
+    prep = prepare_capacity(opts, data_config(args, subset=SMOKE_SUBSET if args.smoke else 0))
+    if args.check:
+        plan = {"name": name, "design": design.to_dict(), "runs": design.runs(), "recipe": prep.space.recipe,
+                "recipe_source": prep.space.recipe_source, "experiment_path": prep.path, "tracking_uri": prep.tracking_uri}
+        print(json.dumps(json_safe(plan)) if args.json else
+              f"ok: capacity study {name!r}: {design.label()} = {design.runs()} runs, recipe "
+              f"{prep.space.recipe_source}; results in {prep.path}, MLflow {prep.tracking_uri}")
+        return 0
+    quiet_libraries()
+    summary = run_capacity(prep)
+    code = 130 if summary.interrupted else 0
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps(json_safe(asdict(summary)), default=str))
+        return code
+    print(f"\ncapacity study {summary.name}: {design.label()}; {len(summary.trials)} runs; results in "
+          f"{summary.experiment_path}")
+    if summary.interrupted:
+        print(f"interrupted: continue with `birdplane capacity --name {summary.name} --resume` (and the same flags)")
+    print(capacity_table(summary.trials))
+    print(f"MLflow: experiment {summary.experiment!r}, parent run {summary.parent_run_id} at {summary.tracking_uri}")
+    print(f"analyse: birdplane report --experiment {summary.experiment}"
+          + (f" --tracking-uri {summary.tracking_uri}" if not store_is_local(summary.tracking_uri) else ""))
+    return code
+
+
+def capacity_table(trials: list[dict]) -> str:
+    """Final val_acc and train_acc per cell (and regulariser value), mean ± sd over seeds."""
+    import statistics
+
+    from analysis import record
+
+    cells: dict[tuple, list[dict]] = {}
+    for t in trials:
+        tags = t.get("tags") or {}
+        key = (tags.get(record.TAG_REGULARISER, "none"), t.get("param_count") or 0, tags.get(record.TAG_CELL, "?"))
+        cells.setdefault(key, []).append(t)
+    lines = [f"  {'regulariser':<22} {'cell':<14} {'params':>11} {'seeds':>5} {'val_acc':>15} {'train_acc':>15}"]
+    for (reg, count, cell), runs in sorted(cells.items()):
+        def ms(key):
+            values = [r[key] for r in runs if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+            if not values:
+                return "—"
+            return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0:.3f}"
+        lines.append(f"  {reg:<22} {cell:<14} {count:>11,} {len(runs):>5} {ms('val_acc'):>15} {ms('train_acc'):>15}")
+    return "final epoch, mean ± sd over seeds:\n" + "\n".join(lines)
+
+
+COMMANDS: list[Callable] = [_train_parser, _sweep_parser, _capacity_parser, _report_parser, _rerun_parser,
+                            _predict_parser, _sync_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -119,17 +119,26 @@ def prepare(opts: SweepOptions, data: DataConfig) -> Prepared:
     check_data(data)
     uri = preflight.resolve_tracking_uri(opts.tracking_uri)
     preflight.check_tracking_uri(uri)
-    storage = opts.storage_path or os.path.expanduser("~/ray_results")
+    storage = check_study_path(opts.storage_path, opts.name, opts.resume, "sweep")
+    return Prepared(opts, space, data, uri, opts.experiment or opts.name, storage, int(epochs.fixed))
+
+
+def check_study_path(storage_path: str | None, name: str, resume: bool, kind: str) -> str:
+    """The resolved storage path, once it is clear that a new study ``name`` may start there, or
+    that ``--resume`` finds a birdplane study of this kind there."""
+    storage = storage_path or os.path.expanduser("~/ray_results")
     if "://" not in storage:
         storage = os.path.abspath(storage)
-    path = manifest.experiment_path(storage, opts.name)
-    if opts.resume:
+    path = manifest.experiment_path(storage, name)
+    if resume:
         if not manifest.exists(path):
-            raise UsageError(f"--resume: no sweep named {opts.name!r} under {storage}")
-        manifest.read(path)  # and it must be birdplane's
+            raise UsageError(f"--resume: no {kind} named {name!r} under {storage}")
+        found = manifest.read(path).kind
+        if found != kind:
+            raise UsageError(f"--resume: {name!r} under {storage} is a {found} study, not a {kind}")
     elif manifest.exists(path):
-        raise UsageError(f"a sweep named {opts.name!r} already exists under {storage}: pass --resume or another --name")
-    return Prepared(opts, space, data, uri, opts.experiment or opts.name, storage, int(epochs.fixed))
+        raise UsageError(f"a study named {name!r} already exists under {storage}: pass --resume or another --name")
+    return storage
 
 
 def check_optuna_storage(url: str) -> None:
@@ -203,23 +212,45 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def trial_resources(opts, cluster: dict) -> tuple[dict, str, int]:
+    """({"cpu", "gpu"} per trial, the trials' device, how many run at once): every CPU of the
+    machine or cluster busy, GPUs shared in fractions."""
+    gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else (0.25 if cluster["gpus"] > 0 else 0.0)
+    slots = max(1, cluster["cpus"] // opts.cpus_per_trial)
+    if gpus > 0:
+        slots = min(slots, int(cluster["gpus"] / gpus))
+    return {"cpu": opts.cpus_per_trial, "gpu": gpus}, ("cuda" if gpus > 0 else "cpu"), opts.max_concurrent or slots
+
+
+def tuner_for(prep, data, resources: dict, callbacks: list, tune_config=None, param_space=None):
+    """The Tuner of a new study, or on --resume the restored one; shared by every kind of study."""
+    from ray import tune
+
+    from trainables.tune_adapter import train_trial
+
+    opts = prep.options
+    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data), resources)
+    if opts.resume:
+        # The restored experiment brings its own callbacks; the driver's active logger stands in
+        # for the unpickled one (MlflowTrialLogger.activate).
+        return tune.Tuner.restore(prep.path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    run_config = tune.RunConfig(
+        name=opts.name, storage_path=prep.storage_path, callbacks=callbacks,
+        failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=4), verbose=1)
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
 def build_tuner(prep: Prepared, data, callbacks: list, cluster: dict, points_to_evaluate: list[dict] | None = None):
+    """The sweep's Tuner: Optuna TPE (or Ray's random search) and ASHA."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from trainables.tune_adapter import train_trial
-
     opts = prep.options
-    gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else (0.25 if cluster["gpus"] > 0 else 0.0)
-    device = "cuda" if gpus > 0 else "cpu"
-    slots = max(1, cluster["cpus"] // opts.cpus_per_trial)
-    if gpus > 0:
-        slots = min(slots, int(cluster["gpus"] / gpus))
-    concurrency = opts.max_concurrent or slots
-    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data), {"cpu": opts.cpus_per_trial, "gpu": gpus})
+    resources, device, concurrency = trial_resources(opts, cluster)
     space_fn = prep.space.define_by_run(seed=opts.seed * 100_000, threads=opts.cpus_per_trial, device=device)
     # TPE: seeded; multivariate + group model the joint, conditional (depth -> widths) space;
     # constant_liar keeps concurrent trials from piling onto one point; enough random start-up
@@ -246,21 +277,23 @@ def build_tuner(prep: Prepared, data, callbacks: list, cluster: dict, points_to_
     if opts.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="epoch", metric=opts.metric, mode=opts.mode, max_t=prep.max_epochs,
                                   grace_period=opts.grace_epochs, reduction_factor=3)
-    run_config = tune.RunConfig(
-        name=opts.name, storage_path=prep.storage_path, callbacks=callbacks,
-        failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=4), verbose=1)
-    if opts.resume:
-        # The restored experiment brings its own callbacks; the driver's active logger stands in
-        # for the unpickled one (MlflowTrialLogger.activate).
-        return tune.Tuner.restore(prep.path, trainable=trainable, resume_unfinished=True,
-                                  resume_errored=True), concurrency
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=opts.num_samples,
                                   reuse_actors=True, trial_dirname_creator=trial_dirname)
-    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config), concurrency
+    return tuner_for(prep, data, resources, callbacks, tune_config, param_space), concurrency
 
 
 def run_sweep(prep: Prepared, points_to_evaluate: list[dict] | None = None, extra_callbacks: list = ()) -> SweepSummary:
+    return run_study(prep, "sweep", lambda data, callbacks, cluster: build_tuner(
+        prep, data, callbacks, cluster, points_to_evaluate), extra_callbacks=extra_callbacks)
+
+
+def run_study(prep, kind: str, make_tuner, artifacts: dict | None = None, extra_callbacks: list = ()) -> SweepSummary:
+    """Run a study of any kind (a sweep, a capacity grid) on Ray Tune, every trial a child run.
+
+    Starts or joins Ray, checks the cluster, opens (or adopts) the MLflow parent run, writes
+    birdplane's manifest, builds the Tuner with ``make_tuner(data, callbacks, cluster)`` (or
+    restores it), replays what a killed driver left undelivered, runs it and summarises.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     from mlflow import MlflowClient
@@ -271,7 +304,7 @@ def run_sweep(prep: Prepared, points_to_evaluate: list[dict] | None = None, extr
 
     opts = prep.options
     if opts.resume and extra_callbacks:
-        raise ValueError("extra callbacks cannot be added to a restored sweep (Tune restores its own)")
+        raise ValueError("extra callbacks cannot be added to a restored study (Tune restores its own)")
     preflight.bound_mlflow_http()
     # Decoding errors (a truncated image) surface here, before Ray or MLflow is touched.
     data = load_study_data(prep.data)
@@ -286,42 +319,43 @@ def run_sweep(prep: Prepared, points_to_evaluate: list[dict] | None = None, extr
         # On a cluster, nothing is written to MLflow before the cluster passed its checks.
         ray = connect_ray(opts.address)
     cluster = preflight.check_cluster(ray, prep.tracking_uri, prep.storage_path, opts.storage_path is not None)
-    flags = {**{k: v for k, v in asdict(opts).items() if k != "objectives"},
-             "objectives": ",".join(opts.objectives), "tracking_uri": prep.tracking_uri,
-             "storage_path": prep.storage_path, "data_root": prep.data.root, "classes": ",".join(prep.data.classes),
-             "val_split": prep.data.val_split, "split_seed": prep.data.split_seed, "subset": prep.data.subset,
-             "git_commit": git_commit()}
+    flags = {**{k: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
+             "kind": kind, "tracking_uri": prep.tracking_uri, "storage_path": prep.storage_path,
+             "data_root": prep.data.root, "classes": ",".join(prep.data.classes), "val_split": prep.data.val_split,
+             "split_seed": prep.data.split_seed, "subset": prep.data.subset, "git_commit": git_commit()}
     callback = MlflowTrialLogger(
         prep.tracking_uri, prep.experiment, opts.name, parent_params=flags,
         parent_artifacts={"search_space.json": prep.space.to_dict(), "data.json": data.summary(),
-                          "cluster.json": cluster, "sweep.json": flags},
-        data_config=prep.data.to_dict(), key=prep.path).activate()
+                          "cluster.json": cluster, f"{kind}.json": flags, **(artifacts or {})},
+        data_config=prep.data.to_dict(), key=prep.path, role=kind).activate()
     parent = callback.open_parent()  # before any trial starts: a tracking problem stops us here
     if not opts.resume:
         manifest.write(prep.path, manifest.Manifest(
-            kind="sweep", name=opts.name, experiment=prep.experiment, tracking_uri=prep.tracking_uri,
+            kind=kind, name=opts.name, experiment=prep.experiment, tracking_uri=prep.tracking_uri,
             parent_run_id=parent, data=prep.data.to_dict(), space=prep.space.to_dict(), options=flags,
-            optuna_storage=opts.optuna_storage))
-    tuner, concurrency = build_tuner(prep, data, [callback, *extra_callbacks], cluster, points_to_evaluate)
+            optuna_storage=getattr(opts, "optuna_storage", None)))
+    tuner, _ = make_tuner(data, [callback, *extra_callbacks], cluster)
     if opts.resume:
         # Trials that finished while the last driver's MLflow calls were lost (a SIGKILL, an
-        # outage) get their runs completed from Ray's results before the sweep continues.
+        # outage) get their runs completed from Ray's results before the study continues.
         from study.sync import replay
 
         replay(callback, prep.path, resuming=True)
     results = tuner.fit()
-    summary = SweepSummary(opts.name, prep.experiment, prep.tracking_uri, prep.path, parent, undelivered=callback.last_undelivered, interrupted=callback.interrupted)
+    summary = SweepSummary(opts.name, prep.experiment, prep.tracking_uri, prep.path, parent,
+                           undelivered=callback.last_undelivered, interrupted=callback.interrupted)
     for result in results:
         m = result.metrics or {}
-        train = (result.config or {}).get("train", {})
+        config = result.config or {}
         summary.trials.append({
             "trial_id": m.get("trial_id"), "val_acc": m.get("val_acc"), "train_acc": m.get("train_acc"),
             "val_loss": m.get("val_loss"), "param_count": m.get("param_count"), "epochs": m.get("epoch"),
-            "status": m.get("status"), "config": train, "path": result.path, "node_id": m.get("node_id"),
-            "run_id": callback.runs.get(m.get("trial_id")), "error": str(result.error).splitlines()[0] if result.error else None})
+            "status": m.get("status"), "config": config.get("train", {}), "tags": config.get("tags", {}),
+            "path": result.path, "node_id": m.get("node_id"), "run_id": callback.runs.get(m.get("trial_id")),
+            "error": str(result.error).splitlines()[0] if result.error else None})
     finished = [t for t in summary.trials if isinstance(t["val_acc"], (int, float)) and math.isfinite(t["val_acc"])]
+    metric, mode = getattr(opts, "metric", "val_acc"), getattr(opts, "mode", "max")
     if finished:
-        pick = max if opts.mode == "max" else min
-        summary.best = pick(finished, key=lambda t: t[opts.metric])
+        summary.best = (max if mode == "max" else min)(finished, key=lambda t: t[metric])
     summary.pareto = pareto_set([t for t in finished if t["param_count"] is not None])
     return summary

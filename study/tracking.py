@@ -111,8 +111,9 @@ class MlflowTrialLogger(tune.Callback):
 
     def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, parent_params: dict,
                  parent_artifacts: dict[str, dict], data_config: dict, key: str = "",
-                 drain_timeout: float | None = None):
+                 drain_timeout: float | None = None, role: str = store.ROLE_SWEEP):
         self.key = key
+        self.role = role  # the parent run's role: a sweep or a capacity study
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.sweep_name = sweep_name
@@ -162,7 +163,7 @@ class MlflowTrialLogger(tune.Callback):
         if self.parent_run_id is None:
             self._client = MlflowClient(self.tracking_uri)
             self._experiment_id = store.ensure_experiment(self._client, self.experiment)
-            key = {store.TAG_SWEEP: self.sweep_name, store.TAG_ROLE: store.ROLE_SWEEP}
+            key = {store.TAG_SWEEP: self.sweep_name, store.TAG_ROLE: getattr(self, "role", store.ROLE_SWEEP)}
             self.parent_run_id, created = store.ensure_run(self._client, self._experiment_id, key, self.sweep_name)
             store.log_params(self._client, self.parent_run_id, self.parent_params)
             if created:
@@ -241,11 +242,11 @@ class MlflowTrialLogger(tune.Callback):
     def _open_child(self, trial_id: str, config: dict | None, reopen: bool = True) -> None:
         client = self._client
         key = {store.TAG_PARENT: self.parent_run_id, store.TAG_TRIAL: trial_id}
-        run_id, _ = store.ensure_run(client, self._experiment_id, key, f"trial_{trial_id}",
-                                     {store.TAG_ROLE: store.ROLE_TRIAL, store.TAG_SWEEP: self.sweep_name}, reopen=reopen)
+        tags = {store.TAG_ROLE: store.ROLE_TRIAL, store.TAG_SWEEP: self.sweep_name, **(config or {}).get("tags", {})}
+        run_id, _ = store.ensure_run(client, self._experiment_id, key, f"trial_{trial_id}", tags, reopen=reopen)
         if config is not None:
             train = dict(config.get("train", {}))
-            searched = {k: v for k, v in config.items() if k != "train"}
+            searched = {k: v for k, v in config.items() if k not in ("train", "tags")}
             store.log_params(client, run_id, {**train, "depth": len(train.get("hidden_sizes", [])),
                                               **{f"search.{k}": v for k, v in searched.items()}})
         self._runs[trial_id] = run_id
@@ -291,7 +292,7 @@ class MlflowTrialLogger(tune.Callback):
         run_id = self._child_id(trial_id)
         state = read_checkpoint(checkpoint)
         history = state.history if state else []
-        resolved = {"train": config.get("train"), "search": {k: v for k, v in config.items() if k != "train"},
+        resolved = {"train": config.get("train"), "search": {k: v for k, v in config.items() if k not in ("train", "tags")},
                     "data": self.data_config, "normalisation": state.data if state else None}
         # Epochs that reached the checkpoint but not MLflow (e.g. reported before a driver crash)
         # are logged here too.

@@ -112,10 +112,20 @@ def epochs_of(rows: list[dict]) -> list[int]:
 
 
 def kill_after_results(proc, experiment_dir: Path, count: int) -> None:
-    """SIGKILL the driver (its whole session) once Ray has recorded ``count`` results."""
-    wait_for(lambda: results_reported(experiment_dir) >= count, proc, what=f"{count} reported results", poll=0.05)
+    """SIGKILL the driver (its whole session) once Ray has recorded ``count`` results (its
+    result.json files are flushed at every experiment snapshot, which these tests make frequent)."""
+    kill_when(proc, lambda: results_reported(experiment_dir) >= count, f"{count} reported results")
+
+
+def kill_when(proc, predicate, what: str) -> None:
+    wait_for(predicate, proc, what=what, poll=0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def epochs_in_mlflow(uri, experiment) -> int:
+    client, runs = children(uri, experiment)
+    return sum(len(client.get_metric_history(r.info.run_id, "val_acc")) for r in runs)
 
 
 def test_sigkilled_driver_resumes_the_running_trial_from_its_checkpoint_in_the_same_run(slow_tree, mlflow_server, tmp_path):
@@ -155,11 +165,13 @@ def test_runs_of_trials_a_stale_snapshot_never_knew_are_retired_as_orphans(slow_
 
     # (3 epochs a trial: Tune also forces a snapshot once a trial has made num_to_keep=4 checkpoints.)
     env = {"TUNE_GLOBAL_CHECKPOINT_S": "3600"}
-    args = sweep_args(tmp_path, slow_tree, mlflow_server.url, "stale", 6, write_space(tmp_path, epochs=3),
-                      "--max-concurrent", 1)
+    args = sweep_args(tmp_path, slow_tree, mlflow_server.url, "stale", 6,
+                      write_space(tmp_path, epochs=3, width=2048, batch_size=16), "--max-concurrent", 1)
     experiment = tmp_path / "ray" / "stale"
     proc = start(args, env=env)
-    kill_after_results(proc, experiment, 7)  # trials 1 and 2 done, the third at epoch 1
+    # Ray's result.json files are flushed only with a snapshot here, so the kill point is counted
+    # in MLflow: trials 1 and 2 done, the third at epoch 1.
+    kill_when(proc, lambda: epochs_in_mlflow(mlflow_server.url, "stale") >= 7, "7 epochs in MLflow")
     known = {t.trial_id for t in ExperimentAnalysis(str(experiment)).trials}
     _, runs_before = children(mlflow_server.url, "stale")
     status_before = {r.info.run_id: r.info.status for r in runs_before}
