@@ -39,7 +39,7 @@ def split_by_budget(trials: pd.DataFrame, budget: int | None) -> tuple[pd.DataFr
     return trials[full].reset_index(drop=True), trials[~full].reset_index(drop=True)
 
 
-def _size_label(hidden) -> str:
+def size_label(hidden) -> str:
     return "[" + ",".join(str(h) for h in hidden) + "]" if isinstance(hidden, (tuple, list)) else str(hidden)
 
 
@@ -70,7 +70,7 @@ def per_size(trials: pd.DataFrame, histories: pd.DataFrame | None = None, group:
     frame["onset"] = pd.to_numeric(frame["onset"], errors="coerce")
     frame["val_loss_rise"] = frame["final_val_loss"] - frame["min_val_loss"]
     frame["group"] = frame[group].astype(str) if group and group in frame else "all"
-    frame["size"] = frame["hidden_sizes"].map(_size_label)
+    frame["size"] = frame["hidden_sizes"].map(size_label)
     rows = []
     for (grp, size), seeds in frame.groupby(["group", "size"], sort=False):
         sd = lambda column: float(seeds[column].std(ddof=1)) if len(seeds) > 1 else math.nan  # noqa: E731
@@ -165,7 +165,7 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
     for column in out.columns:
         if column in ("param_count", "trials", "seeds") or column.endswith("_count"):
             out[column] = out[column].map(fmt_count)
-        elif column in ("onset", "epochs", "best_epoch", "epochs_run"):
+        elif column in ("onset", "epochs", "best_epoch", "epochs_run", "sweep_epochs"):
             out[column] = out[column].map(lambda v: fmt_acc(v, 0))
         elif pd.api.types.is_float_dtype(out[column]):
             out[column] = out[column].map(fmt_acc)

@@ -30,26 +30,73 @@ def _finish(fig, ax, xlabel: str, ylabel: str, title: str, legend_size: int, log
     return fig
 
 
-def capacity_figure(trials: pd.DataFrame):
-    """val_acc (filled) and train_acc (hollow) against param_count, by loss, with the frontier."""
+def _group_colour(i: int, name) -> str:
+    return LOSS_COLOURS.get(name) or plt.cm.tab10(i % 10)
+
+
+def _aggregated(sizes: pd.DataFrame) -> bool:
+    return not sizes.empty and (sizes["seeds"] > 1).any()
+
+
+def capacity_figure(trials: pd.DataFrame, sizes: pd.DataFrame, short: pd.DataFrame, group: str | None):
+    """Accuracy against parameter count.
+
+    Several seeds per size: one curve per group (regulariser value, or loss) of the mean final
+    val_acc (solid) and train_acc (dashed), with +/- 1 sd bands. One seed per size (a sweep):
+    val (filled) and train (hollow) points per group, with the best-val-at-or-below-size frontier.
+    Trials below the study's budget are grey and hollow: drawn, but not part of any curve.
+    """
     fig, ax = plt.subplots(figsize=(8, 5))
-    for loss, group in trials.groupby("loss"):
-        ax.scatter(group["param_count"], group["val_acc"], color=_colour(loss), label=f"val ({loss})", s=28)
-        ax.scatter(group["param_count"], group["train_acc"], facecolors="none", edgecolors=_colour(loss),
-                   label=f"train ({loss})", s=28)
-    front = capacity_frontier(trials)
-    if not front.empty:
-        xs = list(front["param_count"]) + [trials["param_count"].max()]
-        ys = list(front["val_acc"]) + [front["val_acc"].iloc[-1]]
-        ax.step(xs, ys, where="post", color="black", lw=1.2, label="best val at or below size")
-    return _finish(fig, ax, "parameters", "accuracy", "Capacity: accuracy against parameter count", 7, log_x=True,
-                   legend_columns=2)
+    if _aggregated(sizes):
+        for i, (name, rows) in enumerate(sizes.groupby("group")):
+            rows = rows.sort_values("param_count")
+            colour = _group_colour(i, name)
+            label = "" if name == "all" else f" ({name})"
+            for column, style, what in (("final_val_acc", "-", "val"), ("train_acc", "--", "train")):
+                mean, sd = rows[column], rows[f"{column}_sd"].fillna(0)
+                ax.plot(rows["param_count"], mean, style, color=colour, marker="o", ms=4, label=f"{what}{label}")
+                ax.fill_between(rows["param_count"], mean - sd, mean + sd, color=colour, alpha=0.15, lw=0)
+    else:
+        for i, (name, rows) in enumerate(trials.groupby(group) if group else [("all", trials)]):
+            colour = _group_colour(i, name)
+            label = "" if name == "all" else f" ({name})"
+            ax.scatter(rows["param_count"], rows["val_acc"], color=colour, label=f"val{label}", s=28)
+            ax.scatter(rows["param_count"], rows["train_acc"], facecolors="none", edgecolors=colour,
+                       label=f"train{label}", s=28)
+        front = capacity_frontier(trials)
+        if not front.empty:
+            xs = list(front["param_count"]) + [trials["param_count"].max()]
+            ys = list(front["val_acc"]) + [front["val_acc"].iloc[-1]]
+            ax.step(xs, ys, where="post", color="black", lw=1.2, label="best val at or below size")
+    if short is not None and not short.empty:
+        ax.scatter(short["param_count"], short["val_acc"], facecolors="none", edgecolors="0.6", s=22,
+                   label=f"val, below the budget ({len(short)}, left out)")
+    title = "Capacity: accuracy against parameter count" + (" (mean ± sd over seeds)" if _aggregated(sizes) else "")
+    return _finish(fig, ax, "parameters", "accuracy", title, 7, log_x=True, legend_columns=2)
 
 
-def gap_figure(trials: pd.DataFrame):
+def gap_figure(trials: pd.DataFrame, sizes: pd.DataFrame, group: str | None, trend: dict | None = None):
+    """The final train - val gap against parameter count, per group, with the fitted trend."""
+    import numpy as np
+
     fig, ax = plt.subplots(figsize=(8, 4))
-    for loss, group in trials.groupby("loss"):
-        ax.scatter(group["param_count"], group["gap"], color=_colour(loss), label=loss, s=28)
+    if _aggregated(sizes):
+        for i, (name, rows) in enumerate(sizes.groupby("group")):
+            rows = rows.sort_values("param_count")
+            colour = _group_colour(i, name)
+            ax.plot(rows["param_count"], rows["gap"], "-o", color=colour, ms=4, label=str(name))
+            ax.fill_between(rows["param_count"], rows["gap"] - rows["gap_sd"].fillna(0),
+                            rows["gap"] + rows["gap_sd"].fillna(0), color=colour, alpha=0.15, lw=0)
+    else:
+        for i, (name, rows) in enumerate(trials.groupby(group) if group else [("all", trials)]):
+            ax.scatter(rows["param_count"], rows["gap"], color=_group_colour(i, name), label=str(name), s=28)
+    if trend and trend.get("slope_per_decade") is not None:
+        ok = trials.dropna(subset=["param_count", "gap"])
+        logp = np.log10(ok["param_count"].to_numpy(dtype=float))
+        intercept = float(np.mean(ok["gap"]) - trend["slope_per_decade"] * np.mean(logp))
+        xs = np.linspace(logp.min(), logp.max(), 20)
+        ax.plot(10 ** xs, intercept + trend["slope_per_decade"] * xs, color="black", lw=1, ls=":",
+                label=f"trend {trend['slope_per_decade']:+.3f}/decade [{trend['low']:+.3f}, {trend['high']:+.3f}]")
     ax.axhline(0, color="black", lw=0.8)
     return _finish(fig, ax, "parameters", "train_acc - val_acc (final)",
                    "Generalisation gap against parameter count", 8, log_x=True)

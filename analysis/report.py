@@ -1,4 +1,10 @@
-"""A study's report: figures as PNG files and one self-contained HTML page (figures inlined)."""
+"""A study's report: figures as PNG files, a CSV of the per-size table and one self-contained HTML
+page (figures inlined).
+
+Budgets are never mixed silently: trials that ran fewer epochs than the study's budget (stopped
+early by ASHA, diverged) are drawn apart and left out of the frontier, the trends and the per-size
+table, and the report says how many and why (unless ``include_short``).
+"""
 from __future__ import annotations
 
 import base64
@@ -11,10 +17,13 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from analysis import figures
-from analysis.overfitting import (compare_by, edge_flags, gap_trend, importances, overfitting_summary,
-                                  pareto_front)
+from analysis.capacity import (SIZE_TABLE_LEGEND, budget_of, curve_summary, memorisation, per_size, readable,
+                               size_label, split_by_budget, trend_with_interval)
+from analysis.overfitting import compare_by, edge_flags, importances, overfitting_summary, pareto_front
 
 FIGURE_FILES = ("capacity.png", "gap.png", "learning_curves.png", "hyperparameters.png", "importance.png")
+TABLE_FILE = "capacity_table.csv"
+LEFT_OUT_COLUMNS = ["run_id", "trial_id", "reason"]
 
 
 @dataclass
@@ -22,7 +31,7 @@ class StudyReport:
     """Everything the report shows, computed once; the CLI prints parts of it, files hold all."""
 
     experiment: str
-    trials: pd.DataFrame
+    trials: pd.DataFrame  # the trials the analysis uses: finished, at the full budget
     pareto: pd.DataFrame
     overfitting: pd.DataFrame
     by_loss: pd.DataFrame
@@ -30,58 +39,149 @@ class StudyReport:
     by_batch: pd.DataFrame
     edges: pd.DataFrame
     importances: dict
-    gap_trend: dict
+    gap_trend: dict  # gap per decade of parameters, with a bootstrap interval over seeds
+    loss_trend: dict  # (final - minimum val loss) per decade, likewise
+    sizes: pd.DataFrame  # per size (and group): means and spreads over seeds
+    group: str | None  # what separates the curves: the regulariser, the loss, or nothing
+    memorisation: dict  # per group: analysis.capacity.memorisation
+    budget: int | None
+    short: pd.DataFrame  # finished trials below the budget, drawn apart
     curve_runs: list = field(default_factory=list)
-    left_out: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["run_id", "trial_id", "reason"]))
+    left_out: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LEFT_OUT_COLUMNS))
+    confirmations: pd.DataFrame | None = None  # per confirmed trial: full-budget, multi-seed numbers
 
     def left_out_text(self) -> str:
-        """'2 trials left out: 1 run RUNNING, 1 run FAILED' (or that none were)."""
+        """'2 trials left out: 1 run RUNNING, 1 stopped at 4 of 40 epochs' (or that none were)."""
         if self.left_out.empty:
             return "no trial left out"
         counts = self.left_out["reason"].value_counts()
         return f"{len(self.left_out)} trials left out: " + ", ".join(f"{n} {reason}" for reason, n in counts.items())
 
 
+def _short_reasons(short: pd.DataFrame, budget: int | None) -> pd.DataFrame:
+    rows = [{"run_id": t["run_id"], "trial_id": t["trial_id"],
+             "reason": f"{'diverged' if t.get('outcome') == 'diverged' else 'stopped'} before the {budget}-epoch budget"}
+            for _, t in short.iterrows()]
+    return pd.DataFrame(rows, columns=LEFT_OUT_COLUMNS)
+
+
+def grouping(trials: pd.DataFrame, kind: str) -> str | None:
+    """The column whose values get one curve each: a capacity study's regulariser, else the loss
+    when a sweep varies it."""
+    for column in (("regulariser",) if kind == "capacity" else ("loss",)):
+        if column in trials and trials[column].nunique() > 1:
+            return column
+    return None
+
+
 def analyse(experiment: str, trials: pd.DataFrame, histories: pd.DataFrame, space: dict,
-            left_out: pd.DataFrame | None = None) -> StudyReport:
-    top = trials.sort_values("val_acc", ascending=False).head(5)["run_id"].tolist()
-    largest = trials.sort_values("param_count", ascending=False)["run_id"].iloc[0]
-    curve_runs = top + ([largest] if largest not in top else [])
+            left_out: pd.DataFrame | None = None, kind: str = "sweep", include_short: bool = False,
+            confirmations: pd.DataFrame | None = None) -> StudyReport:
+    budget = budget_of(space)
+    full, short = (trials, trials.iloc[0:0]) if include_short else split_by_budget(trials, budget)
+    left = pd.concat([left_out if left_out is not None else pd.DataFrame(columns=LEFT_OUT_COLUMNS),
+                      _short_reasons(short, budget)], ignore_index=True)
+    used = full if not full.empty else trials  # nothing reached the budget: analyse what there is, and say so
+    top = used.sort_values("val_acc", ascending=False).head(5)["run_id"].tolist()
+    largest = used.sort_values("param_count", ascending=False)["run_id"].iloc[0]
     try:
-        imp = importances(trials, space)
+        imp = importances(used, space)
     except (ValueError, RuntimeError):  # fANOVA needs some variety; the report stands without it
         imp = {}
+    group = grouping(used, kind)
+    curves = used.merge(curve_summary(histories), on="run_id", how="left")
+    curves["val_loss_rise"] = curves["final_val_loss"] - curves["min_val_loss"]
+    sizes = per_size(used, histories, group)
     return StudyReport(
-        experiment=experiment, trials=trials, pareto=pareto_front(trials),
-        overfitting=overfitting_summary(trials, histories), by_loss=compare_by(trials, "loss"),
-        by_depth=compare_by(trials, "depth"), by_batch=compare_by(trials, "batch_size"),
-        edges=edge_flags(trials, space), importances=imp, gap_trend=gap_trend(trials), curve_runs=curve_runs,
-        **({"left_out": left_out} if left_out is not None else {}))
+        experiment=experiment, trials=used, pareto=pareto_front(used),
+        overfitting=overfitting_summary(used, histories), by_loss=compare_by(used, "loss"),
+        by_depth=compare_by(used, "depth"), by_batch=compare_by(used, "batch_size"),
+        edges=edge_flags(used, space), importances=imp, gap_trend=trend_with_interval(used, "gap"),
+        loss_trend=trend_with_interval(curves, "val_loss_rise"), sizes=sizes, group=group,
+        memorisation={g: memorisation(t) for g, t in sizes.groupby("group")}, budget=budget, short=short,
+        curve_runs=top + ([largest] if largest not in top else []), left_out=left,
+        confirmations=confirmed(confirmations, trials) if confirmations is not None and not confirmations.empty else None)
+
+
+def confirmed(confirmations: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """Per confirmed trial: its single-seed sweep numbers beside the mean ± sd of its full-budget
+    retrainings (rerun --pareto / --top)."""
+    ok = confirmations[confirmations["run_status"] == "FINISHED"]
+    rows = []
+    for run_id, seeds in ok.groupby("confirms"):
+        original = trials[trials["run_id"] == run_id]
+        rows.append({"confirms": run_id, "param_count": int(seeds["param_count"].iloc[0]),
+                     "hidden_sizes": size_label(seeds["hidden_sizes"].iloc[0]), "seeds": len(seeds),
+                     "epochs": int(seeds["epochs_run"].max()),
+                     "sweep_val_acc": float(original["val_acc"].iloc[0]) if len(original) else float("nan"),
+                     "sweep_epochs": float(original["epochs_run"].iloc[0]) if len(original) else float("nan"),
+                     "best_val_acc": seeds["best_val_acc"].mean(),
+                     "best_val_acc_sd": seeds["best_val_acc"].std(ddof=1) if len(seeds) > 1 else float("nan"),
+                     "val_acc": seeds["val_acc"].mean(), "train_acc": seeds["train_acc"].mean(),
+                     "gap": seeds["gap"].mean()})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table = table.sort_values("param_count").reset_index(drop=True)
+    front = pareto_front(table.assign(val_acc=table["best_val_acc"]))
+    table["on_confirmed_frontier"] = table["confirms"].isin(front["confirms"])
+    return table
 
 
 def make_figures(report: StudyReport, histories: pd.DataFrame, space: dict) -> dict[str, "plt.Figure"]:
     return {
-        "capacity.png": figures.capacity_figure(report.trials),
-        "gap.png": figures.gap_figure(report.trials),
+        "capacity.png": figures.capacity_figure(report.trials, report.sizes, report.short, report.group),
+        "gap.png": figures.gap_figure(report.trials, report.sizes, report.group, report.gap_trend),
         "learning_curves.png": figures.learning_curves_figure(report.trials, histories, report.curve_runs),
         "hyperparameters.png": figures.hyperparameter_figure(report.trials, space),
         "importance.png": figures.importance_figure(report.importances),
     }
 
 
-def _table(frame: pd.DataFrame, columns: list[str] | None = None) -> str:
+def _table(frame: pd.DataFrame, columns: list[str] | None = None, legend: str = "") -> str:
     frame = frame if columns is None else frame[[c for c in columns if c in frame.columns]]
-    return frame.to_html(float_format=lambda v: f"{v:.4g}", border=0, classes="t", index=frame.index.name is not None)
+    body = readable(frame).to_html(border=0, classes="t", index=frame.index.name is not None, na_rep="—")
+    return (f"<p class='legend'>{html.escape(legend)}</p>" if legend else "") + body
 
 
 def config_label(row) -> str:
     hidden = ",".join(str(h) for h in row.get("hidden_sizes", ()) or ())
-    return (f"[{hidden}] {row.get('activation')} {row.get('loss')} {row.get('optimizer')} "
-            f"lr={row.get('lr', float('nan')):.2g} batch={row.get('batch_size')}")
+    extras = []
+    for key in ("optimizer", "schedule", "augment"):
+        value = row.get(key)
+        if isinstance(value, str) and value not in ("constant", "none"):
+            extras.append(value)
+    for key, short in (("weight_decay", "wd"), ("dropout", "drop")):
+        value = row.get(key)
+        if isinstance(value, float) and value > 0:
+            extras.append(f"{short}={value:.2g}")
+    return (f"[{hidden}] {row.get('activation')} {row.get('loss')} {' '.join(extras)} "
+            f"lr={row.get('lr', float('nan')):.2g} batch={row.get('batch_size')}").replace("  ", " ")
+
+
+def trend_text(t: dict, what: str) -> str:
+    if t["slope_per_decade"] is None:
+        return f"{what}: not enough sizes for a trend"
+    return (f"{what} changes by {t['slope_per_decade']:+.3f} per tenfold increase in parameters "
+            f"(95% bootstrap interval over seeds {t['low']:+.3f} .. {t['high']:+.3f}; {t['sizes']} sizes, "
+            f"{t['trials']} trials)")
+
+
+def memorisation_text(group: str, m: dict) -> str:
+    name = "" if group == "all" else f"{group}: "
+    if m["memorised_at"] is None:
+        return (f"{name}no size reaches train_acc 0.99 at the budget; val_acc peaks at {m['val_peak_size']} "
+                f"({m['val_peak_at']:,} parameters, {m['val_peak']:.3f})")
+    text = (f"{name}train_acc reaches 0.99 from {m['memorised_size']} ({m['memorised_at']:,} parameters); "
+            f"final val_acc peaks at {m['val_peak_size']} ({m['val_peak_at']:,}, {m['val_peak']:.3f}), "
+            f"{m['peak_vs_memorisation']} that point")
+    if m["second_rise"]:
+        return text + f"; beyond it val_acc dips and rises again up to {m['second_rise_at']:,} parameters (a second rise)"
+    return text + "; no second rise beyond it"
 
 
 def write_report(report: StudyReport, figs: dict, out: Path) -> list[Path]:
-    """Write the PNGs and report.html into ``out`` (created); returns the written paths."""
+    """Write the PNGs, the per-size CSV and report.html into ``out`` (created); returns the paths."""
     out.mkdir(parents=True, exist_ok=True)
     written, inline = [], {}
     for name, fig in figs.items():
@@ -92,36 +192,55 @@ def write_report(report: StudyReport, figs: dict, out: Path) -> list[Path]:
         plt.close(fig)
         inline[name] = base64.b64encode(buf.getvalue()).decode()
         written.append(path)
+    csv = out / TABLE_FILE
+    report.sizes.to_csv(csv, index=False)
+    written.append(csv)
     pareto = report.pareto.assign(config=[config_label(r) for _, r in report.pareto.iterrows()])
-    t = report.gap_trend
-    trend = ("not enough trials" if t["slope_per_decade"] is None else
-             f"the final gap changes by {t['slope_per_decade']:+.3f} per tenfold increase in parameters "
-             f"(correlation {t['correlation'] if t['correlation'] is not None else float('nan'):.2f}, {t['trials']} trials)")
     flagged = report.edges[report.edges["at_edge"]] if not report.edges.empty else report.edges
     edge_text = ("none" if flagged.empty else
                  "; ".join(f"{r.dimension} at its {r.edge} edge ({r.low}..{r.high})" for r in flagged.itertuples()))
+    budget = f"the {report.budget}-epoch budget" if report.budget else "an unknown budget"
     sections = [
         f"<h1>birdplane study: {html.escape(report.experiment)}</h1>",
-        f"<p>{len(report.trials)} finished trials ({html.escape(report.left_out_text())}). "
-        f"Best val_acc {report.trials['val_acc'].max():.4f}. "
-        f"Gap trend: {html.escape(trend)}. Searched ranges whose best trials sit at an edge: {html.escape(edge_text)}.</p>",
+        f"<p>{len(report.trials)} trials at {budget} ({html.escape(report.left_out_text())}). "
+        f"Best val_acc {report.trials['val_acc'].max():.3f}. Searched ranges whose best trials sit at an edge: "
+        f"{html.escape(edge_text)}.</p>",
         "<h2>Accuracy against parameter count</h2>", _img(inline, "capacity.png"),
-        "<h2>Pareto set (val_acc up, param_count down)</h2>",
-        _table(pareto, ["trial_id", "param_count", "val_acc", "train_acc", "gap", "config"]),
+        "<ul>" + "".join(f"<li>{html.escape(memorisation_text(g, m))}</li>" for g, m in report.memorisation.items())
+        + "</ul>",
+        "<h2>Per size, over seeds</h2>",
+        _table(report.sizes, legend=SIZE_TABLE_LEGEND + f" (also in {TABLE_FILE})"),
         "<h2>Generalisation gap</h2>", _img(inline, "gap.png"),
+        f"<p>{html.escape(trend_text(report.gap_trend, 'the final train-val gap'))}.<br>"
+        f"{html.escape(trend_text(report.loss_trend, 'final minus minimum val loss'))}.</p>",
+    ]
+    if report.confirmations is not None:
+        sections += ["<h2>Confirmed at the full budget</h2>",
+                     _table(report.confirmations, legend="one row per confirmed trial: sweep_* its single-seed sweep "
+                            "numbers (sweep_epochs as run), the rest means over its full-budget retrainings; "
+                            "on_confirmed_frontier: undominated by confirmed mean best_val_acc and param_count")]
+    sections += [
+        "<h2>Pareto set (val_acc up, param_count down)</h2>",
+        _table(pareto, ["trial_id", "param_count", "val_acc", "train_acc", "gap", "config"],
+               legend="trials no other beats on both val_acc (final epoch) and parameter count"),
         "<h2>Learning curves</h2>", _img(inline, "learning_curves.png"),
-        "<h2>Overfitting per trial</h2><p>onset: the first epoch after which val_acc never returns to its "
-        "level while train_acc stays above its level.</p>",
+        "<h2>Overfitting per trial</h2>",
         _table(report.overfitting.sort_values("param_count"),
-               ["trial_id", "param_count", "epochs", "best_epoch", "best_val_acc", "final_gap", "onset"]),
-        "<h2>Hyperparameters</h2>", _img(inline, "hyperparameters.png"), _table(report.edges),
-        "<h2>By loss</h2>", _table(report.by_loss), "<h2>By depth</h2>", _table(report.by_depth),
-        "<h2>By batch size</h2>", _table(report.by_batch),
+               ["trial_id", "param_count", "epochs", "best_epoch", "best_val_acc", "final_gap", "onset"],
+               legend="onset: the first epoch after which val_acc never returns to its level while train_acc "
+                      "stays above its level; final_gap: train_acc - val_acc at the last epoch"),
+        "<h2>Hyperparameters</h2>", _img(inline, "hyperparameters.png"),
+        _table(report.edges, legend="per searched dimension: the best trials' values and whether most sit at an edge"),
+        "<h2>By loss</h2>", _table(report.by_loss, legend="trials per value; mean, median and best final val_acc"),
+        "<h2>By depth</h2>", _table(report.by_depth, legend="trials per value; mean, median and best final val_acc"),
+        "<h2>By batch size</h2>", _table(report.by_batch, legend="trials per value; mean, median and best final val_acc"),
         "<h2>Importance</h2>", _img(inline, "importance.png"),
     ]
+    if not report.left_out.empty:
+        sections += ["<h2>Left out</h2>", _table(report.left_out, legend="trials not in the analysis, and why")]
     style = ("body{font-family:sans-serif;max-width:1000px;margin:auto}img{max-width:100%}"
              "table.t{border-collapse:collapse;font-size:13px}table.t td,table.t th{padding:2px 8px;"
-             "border-bottom:1px solid #ddd}")
+             "border-bottom:1px solid #ddd}p.legend{font-size:12px;color:#555}")
     page = out / "report.html"
     page.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report.experiment)}"
                     f"</title><style>{style}</style></head><body>{''.join(sections)}</body></html>")

@@ -62,6 +62,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help=f"one of {', '.join(DEVICES)}")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--graphs", default=d.graphs, choices=("auto", "off"),
+                   help="auto: CUDA-graphed steps on a GPU (eager elsewhere, said once); off: always eager")
     p.add_argument("--json", action="store_true", help="print one JSON object with the summary on stdout")
     p.set_defaults(handler=cmd_train)
 
@@ -71,7 +73,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
                        optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
                        weight_decay=args.weight_decay, batch_size=args.batch_size, epochs=args.epochs,
                        augment=args.augment, dropout=args.dropout, schedule=args.schedule, warmup=args.warmup,
-                       seed=args.seed, device=args.device, threads=args.threads)
+                       seed=args.seed, device=args.device, threads=args.threads, graphs=args.graphs)
 
 
 def json_safe(value):
@@ -111,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{summary['status']}: {summary['epochs']} epochs in {summary['seconds']:.1f}s, "
               f"param_count {summary['param_count']:,}, val_acc {summary['val_acc']:.4f} "
               f"(best {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}), "
-              f"train_acc {summary['train_acc']:.4f}")
+              f"train_acc {summary['train_acc']:.4f}; steps {summary['steps']}")
     return 0
 
 
@@ -182,11 +184,10 @@ def sweep_options(args: argparse.Namespace):
 
 
 def format_trial(t: dict) -> str:
-    c = t.get("config") or {}
-    hidden = ",".join(str(h) for h in c.get("hidden_sizes", []))
+    from analysis.report import config_label
+
     return (f"val_acc {t['val_acc']:.4f}  train_acc {t['train_acc']:.4f}  param_count {t['param_count']:>10,}  "
-            f"epochs {t['epochs']}  [{hidden}] {c.get('activation')} {c.get('loss')} {c.get('optimizer')} "
-            f"lr {c.get('lr', 0):.2e} batch {c.get('batch_size')}")
+            f"epochs {t['epochs']}  {config_label(t.get('config') or {})}")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -237,37 +238,51 @@ def store_is_local(uri: str) -> bool:
 
 def _report_parser(sub) -> None:
     p = sub.add_parser("report", help="figures + HTML of a study: accuracy against parameters, overfitting")
-    p.add_argument("--experiment", required=True, help="MLflow experiment of the study (the sweep name by default)")
+    p.add_argument("--experiment", required=True, help="MLflow experiment of the study (the study name by default)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's local sqlite:///mlflow.db)")
     p.add_argument("--out", default="report", help="folder for the PNG figures and report.html (default ./report)")
+    p.add_argument("--include-short", action="store_true",
+                   help="also analyse trials that ran fewer epochs than the budget (left out by default)")
     p.set_defaults(handler=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from analysis.report import config_label
+    from analysis.capacity import readable
+    from analysis.report import TABLE_FILE, config_label, memorisation_text, trend_text
     from study.reporting import build_report
 
     quiet_libraries()
-    report, paths, uri = build_report(args.tracking_uri, args.experiment, Path(args.out))
-    print(f"study {args.experiment}: {len(report.trials)} finished trials ({report.left_out_text()}), "
+    report, paths, uri = build_report(args.tracking_uri, args.experiment, Path(args.out), args.include_short)
+    budget = f"the {report.budget}-epoch budget" if report.budget else "an unknown budget"
+    if args.include_short:
+        budget = f"any budget (--include-short; the study's is {report.budget} epochs)"
+    print(f"study {args.experiment}: {len(report.trials)} trials at {budget} ({report.left_out_text()}), "
           f"best val_acc {report.trials['val_acc'].max():.4f}")
+    columns = ["group", "hidden_sizes", "param_count", "seeds", "final_val_acc", "final_val_acc_sd", "train_acc",
+               "gap", "val_loss_rise", "onset"]
+    print("\nper size (means over seeds; final_val_acc_sd their sd; val_loss_rise = final - minimum val loss; "
+          "onset = median overfitting-onset epoch):")
+    print(readable(report.sizes[columns]).to_string(index=False))
+    for group, m in report.memorisation.items():
+        print(memorisation_text(group, m))
+    print(trend_text(report.gap_trend, "the final train-val gap"))
+    print(trend_text(report.loss_trend, "final minus minimum val loss"))
+    if report.confirmations is not None:
+        print("\nconfirmed at the full budget (means over seeds):")
+        print(readable(report.confirmations[["param_count", "hidden_sizes", "seeds", "epochs", "sweep_val_acc",
+                                             "sweep_epochs", "best_val_acc", "best_val_acc_sd", "val_acc",
+                                             "on_confirmed_frontier"]]).to_string(index=False))
     print("\nPareto set (val_acc up, param_count down):")
     print(f"  {'param_count':>12} {'val_acc':>8} {'train_acc':>9} {'gap':>7}  config")
     for _, r in report.pareto.iterrows():
-        print(f"  {int(r['param_count']):>12,} {r['val_acc']:>8.4f} {r['train_acc']:>9.4f} {r['gap']:>+7.4f}  {config_label(r)}")
-    t = report.gap_trend
-    if t["slope_per_decade"] is not None:
-        print(f"\noverfitting: the final train-val gap changes by {t['slope_per_decade']:+.3f} per tenfold increase in "
-              f"parameters (correlation {t['correlation'] or float('nan'):.2f} over {t['trials']} trials)")
-    onsets = report.overfitting.dropna(subset=["onset"])
-    print(f"overfitting onset seen in {len(onsets)} of {len(report.overfitting)} trials"
-          + (f"; median onset epoch {onsets['onset'].median():.0f}" if len(onsets) else ""))
+        print(f"  {int(r['param_count']):>12,} {r['val_acc']:>8.3f} {r['train_acc']:>9.3f} {r['gap']:>+7.3f}  {config_label(r)}")
     flagged = report.edges[report.edges["at_edge"]] if not report.edges.empty else report.edges
     for r in flagged.itertuples():
         print(f"edge: the best trials' {r.dimension} sits at the {r.edge} edge of {r.low}..{r.high}; widen the range")
-    print(f"\nwrote {len(paths)} files to {args.out}/ (also logged to the parent run under report/)")
+    print(f"\nwrote {len(paths)} files to {args.out}/ ({TABLE_FILE} holds the per-size table; also logged to the "
+          f"parent run under report/)")
     print(f"review: mlflow ui --backend-store-uri {uri} --host 127.0.0.1" if store_is_local(uri)
           else f"review: open {uri}")
     return 0
@@ -277,9 +292,14 @@ def _rerun_parser(sub) -> None:
     p = sub.add_parser("rerun", help="retrain a study's best trial with several seeds; report test accuracy")
     p.add_argument("--experiment", required=True)
     p.add_argument("--rank", type=int, default=1, help="1 = the best trial")
+    p.add_argument("--pareto", action="store_true",
+                   help="confirm the study's Pareto set instead: retrain each at the full budget with --seeds seeds, "
+                        "as child runs of the study (validation only)")
+    p.add_argument("--top", type=int, default=None, help="confirm the top K trials by val_acc the same way")
     p.add_argument("--metric", default="val_acc", help="val_acc (max) or val_loss (min)")
     p.add_argument("--seeds", type=int, default=3, help="how many seeds; the trial's own seed first")
-    p.add_argument("--epochs", type=int, default=None, help="default: as many epochs as the trial ran")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="default: as many epochs as the trial ran (with --pareto/--top: the study's full budget)")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--address", default=None, help="Ray cluster to run the seeds on (default: local)")
     p.add_argument("--data-root", default=None, help="override the data root recorded with the study")
@@ -299,6 +319,8 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     from study.rerun import RerunOptions, run_rerun
 
     quiet_libraries()
+    if args.pareto or args.top is not None:
+        return confirm(args)
     summary = run_rerun(RerunOptions(experiment=args.experiment, rank=args.rank, metric=args.metric, seeds=args.seeds,
                                      epochs=args.epochs, tracking_uri=args.tracking_uri, address=args.address,
                                      data_root=args.data_root))
@@ -314,6 +336,27 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         print(f"same-seed rerun reproduced the trial exactly: {'yes' if summary.reproduced else 'NO'}")
     print(f"MLflow: parent run {summary.parent_run_id}; model: {summary.model_uri}")
     print(f"use it: birdplane predict --model {summary.model_uri} IMAGE_OR_DIR...")
+    return 0
+
+
+def confirm(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from study.rerun import ConfirmOptions, run_confirm
+
+    summary = run_confirm(ConfirmOptions(experiment=args.experiment, pareto=args.pareto, top=args.top, seeds=args.seeds,
+                                         epochs=args.epochs, tracking_uri=args.tracking_uri, address=args.address,
+                                         data_root=args.data_root))
+    if args.json:
+        print(json.dumps(json_safe(asdict(summary))))
+        return 0
+    print(f"confirmed {len(summary.trials)} trials at {summary.epochs} epochs x {summary.seeds} seeds "
+          f"(child runs of {summary.parent_run_id}, tagged confirms=<trial run>):")
+    print(f"  {'trial':<10} {'params':>11} {'sweep val_acc (epochs)':>24} {'best val_acc':>15} {'final val_acc':>15}")
+    for t in summary.trials:
+        print(f"  {t['trial_id']:<10} {t['param_count']:>11,} {t['sweep_val_acc']:>16.3f} ({t['sweep_epochs']:>3}) "
+              f"{t['best_val_acc_mean']:>8.3f} ± {t['best_val_acc_sd']:.3f} {t['val_acc_mean']:>8.3f} ± {t['val_acc_sd']:.3f}")
+    print(f"see them beside the sweep: birdplane report --experiment {args.experiment}")
     return 0
 
 

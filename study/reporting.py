@@ -11,7 +11,8 @@ from study import preflight
 from study.errors import UsageError
 
 
-def build_report(tracking_uri: str | None, experiment: str, out: Path) -> tuple[StudyReport, list[Path], str]:
+def build_report(tracking_uri: str | None, experiment: str, out: Path,
+                 include_short: bool = False) -> tuple[StudyReport, list[Path], str]:
     uri = preflight.resolve_tracking_uri(tracking_uri)
     preflight.check_tracking_uri(uri)
     preflight.check_store_exists(uri)
@@ -24,7 +25,9 @@ def build_report(tracking_uri: str | None, experiment: str, out: Path) -> tuple[
     if trials.empty:
         raise UsageError(f"experiment {experiment!r} has no finished trials yet")
     histories = load_histories(client, trials["run_id"])
-    report = analyse(experiment, trials, histories, study.space, left_out(study.trials))
+    confirmations = finished(study.confirmations) if study.confirmations is not None else None
+    report = analyse(experiment, trials, histories, study.space, left_out(study.trials), kind=study.kind,
+                     include_short=include_short, confirmations=confirmations)
     paths = write_report(report, make_figures(report, histories, study.space), out)
     for path in paths:
         client.log_artifact(study.parent_run_id, str(path), artifact_path="report")

@@ -68,11 +68,12 @@ def trial_configs(client: MlflowClient, trial: pd.Series) -> tuple[TrainConfig, 
     return config, DataConfig.from_dict(resolved["data"])
 
 
-def train_seed(config_dict: dict, data) -> dict:
+def train_seed(config_dict: dict, data, with_test: bool = True) -> dict:
     """One rerun, in a Ray task: fit, then the official test split, touched here for the first time.
 
     Test numbers come from the weights of the best-val epoch (chosen on validation only); the last
-    epoch's test numbers are reported beside them.
+    epoch's test numbers are reported beside them. A confirmation (``with_test=False``) trains
+    only: selection must not see the test split.
     """
     from trainables.bundle import bundle_args
     from trainables.losses import ChapterLoss
@@ -81,18 +82,20 @@ def train_seed(config_dict: dict, data) -> dict:
 
     config = TrainConfig.from_dict(config_dict)
     result = fit(config, data)
-    device = pick_device(config.device)
-    test_x, test_y = normalise(data.test.x, data.mean, data.std, device), data.test.y.to(device)
-    loss = ChapterLoss(config.loss, len(data.classes))
     last_state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
-    last = evaluate(result.model, test_x, test_y, loss)
     best_state = {k: v.detach().cpu() for k, v in result.best_model.items()} if result.best_model else None
-    if best_state is not None:
-        result.model.load_state_dict(result.best_model)
-    test = evaluate(result.model, test_x, test_y, loss)
+    tests = {}
+    if with_test:
+        device = pick_device(config.device)
+        test_x, test_y = normalise(data.test.x, data.mean, data.std, device), data.test.y.to(device)
+        loss = ChapterLoss(config.loss, len(data.classes))
+        last = evaluate(result.model, test_x, test_y, loss)
+        if best_state is not None:
+            result.model.load_state_dict(result.best_model)
+        test = evaluate(result.model, test_x, test_y, loss)
+        tests = {"test_acc": test["acc"], "test_loss": test["loss"], "test_acc_last": last["acc"]}
     last_epoch = result.history[-1]["epoch"] if result.history else 0
-    return {"history": result.history, "status": result.status, "param_count": result.param_count,
-            "test_acc": test["acc"], "test_loss": test["loss"], "test_acc_last": last["acc"],
+    return {"history": result.history, "status": result.status, "param_count": result.param_count, **tests,
             "best_epoch": result.best_epoch, "meta": data_meta(data), "config": config.to_dict(),
             "bundle": bundle_args(config.to_dict(), data_meta(data), last_state, last_epoch, best_state,
                                   result.best_epoch)}
@@ -107,10 +110,9 @@ def same_history(original: pd.DataFrame, rerun: list[dict]) -> bool:
         len({e for e, _ in theirs}) == len({e for e, _ in mine})
 
 
-def log_seed_run(client, experiment_id, parent_id, trial, seed, outcome, data_cfg) -> str:
-    run = client.create_run(experiment_id, run_name=f"rerun_{trial['trial_id']}_seed{seed}", tags={
-        store.TAG_PARENT: parent_id, store.TAG_ROLE: store.ROLE_RERUN_SEED, store.TAG_RERUN_OF: trial["run_id"],
-        store.TAG_SEED: str(seed)})
+def log_seed_run(client, experiment_id: str, run_name: str, tags: dict, outcome: dict, data_cfg) -> str:
+    """One retraining as a finished child run (``tags`` name its parent, role and seed)."""
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     run_id = run.info.run_id
     store.log_params(client, run_id, {**outcome["config"], "depth": len(outcome["config"]["hidden_sizes"])})
     store.write_finished_run(
@@ -118,8 +120,7 @@ def log_seed_run(client, experiment_id, parent_id, trial, seed, outcome, data_cf
         outcome=outcome["status"],
         resolved_config={"train": outcome["config"], "data": data_cfg.to_dict(), "normalisation": outcome["meta"]},
         model=outcome["bundle"],
-        extra_metrics={"test_acc": outcome["test_acc"], "test_loss": outcome["test_loss"],
-                       "test_acc_last": outcome["test_acc_last"]})
+        extra_metrics={k: outcome[k] for k in ("test_acc", "test_loss", "test_acc_last") if k in outcome})
     return run_id
 
 
@@ -169,7 +170,9 @@ def run_rerun(opts: RerunOptions) -> RerunSummary:
                                          "epochs": epochs, "trial_run_id": trial["run_id"]})
     summary = RerunSummary(trial["run_id"], trial["trial_id"], float(trial[opts.metric]), parent_id, seeds)
     for seed, outcome in zip(seeds, outcomes):
-        run_id = log_seed_run(client, study.experiment_id, parent_id, trial, seed, outcome, data_cfg)
+        run_id = log_seed_run(client, study.experiment_id, f"rerun_{trial['trial_id']}_seed{seed}", {
+            store.TAG_PARENT: parent_id, store.TAG_ROLE: store.ROLE_RERUN_SEED, store.TAG_RERUN_OF: trial["run_id"],
+            store.TAG_SEED: str(seed)}, outcome, data_cfg)
         last = outcome["history"][-1]
         best = store.best_of(outcome["history"])
         summary.runs.append({"run_id": run_id, "seed": seed, "val_acc": last["val_acc"], "val_loss": last["val_loss"],
@@ -189,4 +192,105 @@ def run_rerun(opts: RerunOptions) -> RerunSummary:
     store.set_tags(client, parent_id, {store.TAG_REPRODUCED: str(summary.reproduced)})
     store.finish_run(client, parent_id)
     summary.model_uri = f"runs:/{summary.runs[0]['run_id']}/model.pt"
+    return summary
+
+
+# ---------------------------------------------------------------- confirmation of a sweep
+
+@dataclass(frozen=True)
+class ConfirmOptions:
+    experiment: str
+    pareto: bool = False  # the Pareto set (val_acc up, param_count down) of every finished trial
+    top: int | None = None  # or the top K by val_acc
+    seeds: int = 3
+    epochs: int | None = None  # default: the study's full budget
+    tracking_uri: str | None = None
+    address: str | None = None
+    data_root: str | None = None
+
+
+@dataclass
+class ConfirmSummary:
+    parent_run_id: str
+    epochs: int
+    seeds: int
+    trials: list[dict] = field(default_factory=list)  # per confirmed trial: sweep numbers and the seeds' mean/sd
+
+
+def select_for_confirmation(trials: pd.DataFrame, pareto: bool, top: int | None) -> pd.DataFrame:
+    """Trials to retrain: the Pareto set of every finished trial (stopped early or not), or the top K
+    by final val_acc (ties: fewer parameters, then run id)."""
+    from analysis.overfitting import pareto_front
+
+    ok = trials.dropna(subset=["val_acc", "param_count"])
+    ok = ok[ok["outcome"].isin(["completed", "stopped_early"])]
+    if pareto:
+        return pareto_front(ok).reset_index(drop=True)
+    ordered = ok.sort_values(["val_acc", "param_count", "run_id"], ascending=[False, True, True])
+    return ordered.head(top).reset_index(drop=True)
+
+
+def run_confirm(opts: ConfirmOptions) -> ConfirmSummary:
+    """Retrain a sweep's Pareto set (or top K) at the full budget with several seeds.
+
+    Every (trial, seed) runs as a parallel Ray task; each becomes a child run of the study's parent
+    run, tagged ``confirms=<the trial's run id>``, so the report can rebuild the frontier from
+    equal-budget, multi-seed numbers. Validation only: the test split stays untouched.
+    """
+    from analysis.capacity import budget_of
+    from study.sweep import connect_ray
+    from trainables.data import check_data, load_study_data
+
+    if opts.pareto == (opts.top is not None):
+        raise UsageError("give exactly one of --pareto and --top K")
+    if (opts.top is not None and opts.top < 1) or opts.seeds < 1 or (opts.epochs is not None and opts.epochs < 1):
+        raise UsageError("--top, --seeds and --epochs must be >= 1")
+    uri = preflight.resolve_tracking_uri(opts.tracking_uri)
+    preflight.check_tracking_uri(uri)
+    preflight.check_store_exists(uri)
+    client = MlflowClient(uri)
+    try:
+        study = load_study(client, opts.experiment)
+    except StudyNotFound as err:
+        raise UsageError(str(err)) from None
+    trials = finished(study.trials)
+    if trials.empty:
+        raise UsageError(f"experiment {opts.experiment!r} has no finished trials")
+    chosen = select_for_confirmation(trials, opts.pareto, opts.top)
+    epochs = opts.epochs or budget_of(study.space)
+    if epochs is None:
+        raise UsageError("the study records no fixed epoch budget: give --epochs")
+    configs = [trial_configs(client, trial) for _, trial in chosen.iterrows()]
+    data_cfg = configs[0][1]
+    if opts.data_root:
+        data_cfg = DataConfig.from_dict({**data_cfg.to_dict(), "root": opts.data_root})
+    check_data(data_cfg)
+    data = load_study_data(data_cfg)  # no test split: confirmation is selection
+    ray = connect_ray(opts.address)
+    data_ref = ray.put(data)
+    jobs = []
+    for (_, trial), (config, _) in zip(chosen.iterrows(), configs):
+        task = ray.remote(num_cpus=max(1, config.threads))(train_seed)
+        for seed in range(config.seed, config.seed + opts.seeds):
+            jobs.append((trial, seed, task.remote(config.replace(seed=seed, epochs=epochs).to_dict(), data_ref, False)))
+    summary = ConfirmSummary(study.parent_run_id, epochs, opts.seeds)
+    by_trial: dict[str, list[dict]] = {}
+    for trial, seed, future in jobs:
+        outcome = ray.get(future)
+        run_id = log_seed_run(client, study.experiment_id, f"confirm_{trial['trial_id']}_seed{seed}", {
+            store.TAG_PARENT: study.parent_run_id, store.TAG_ROLE: store.ROLE_CONFIRM,
+            store.TAG_CONFIRMS: trial["run_id"], store.TAG_SEED: str(seed)}, outcome, data_cfg)
+        best = store.best_of(outcome["history"])
+        by_trial.setdefault(trial["run_id"], []).append(
+            {"run_id": run_id, "seed": seed, "best_val_acc": best.get("best_val_acc"),
+             "val_acc": outcome["history"][-1]["val_acc"], "train_acc": outcome["history"][-1]["train_acc"]})
+    for _, trial in chosen.iterrows():
+        runs = by_trial[trial["run_id"]]
+        entry = {"trial_id": trial["trial_id"], "run_id": trial["run_id"], "param_count": int(trial["param_count"]),
+                 "sweep_val_acc": float(trial["val_acc"]), "sweep_epochs": int(trial["epochs_run"]), "runs": runs}
+        for key in ("best_val_acc", "val_acc", "train_acc"):
+            values = [r[key] for r in runs if r[key] is not None]
+            entry[f"{key}_mean"] = statistics.fmean(values) if values else None
+            entry[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        summary.trials.append(entry)
     return summary

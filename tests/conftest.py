@@ -115,14 +115,15 @@ SMOKE_SPACE = {"depth": {"low": 1, "high": 2}, "width": {"low": 16, "high": 128,
 
 @pytest.fixture(scope="session")
 def smoke_sweep(mlflow_server, tmp_path_factory):
-    """One real smoke sweep (4 trials) logged to the session's mlflow server, shared by tests."""
+    """One real smoke sweep (5 trials, all at the full 2-epoch budget) logged to the session's mlflow
+    server, shared by tests."""
     import yaml
 
     folder = tmp_path_factory.mktemp("smoke-sweep")
     # Noisy enough that trials reach different accuracies (the report's importances need variation).
     tree = make_image_tree(folder / "images", per_class=40, test_per_class=10, classes=("airplane", "bird"), jitter=80)
     (folder / "space.yaml").write_text(yaml.safe_dump(SMOKE_SPACE))
-    proc = run_birdplane("sweep", "--smoke", "--num-samples", 4, "--space", folder / "space.yaml",
+    proc = run_birdplane("sweep", "--smoke", "--num-samples", 5, "--scheduler", "none", "--space", folder / "space.yaml",
                          "--data-root", tree, "--cache-dir", folder / "cache", "--name", "smoke",
                          "--storage-path", folder / "ray", "--tracking-uri", mlflow_server.url, "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -20,10 +20,15 @@ def test_report_writes_every_figure_and_the_html_and_logs_them_to_the_parent(smo
     assert html.count("data:image/png;base64,") == len(FIGURE_FILES), "self-contained: figures inlined"
     client = MlflowClient(smoke_sweep["uri"])
     logged = {a.path for a in client.list_artifacts(smoke_sweep["summary"]["parent_run_id"], "report")}
-    assert logged == {f"report/{n}" for n in (*FIGURE_FILES, "report.html")}
+    assert logged == {f"report/{n}" for n in (*FIGURE_FILES, "report.html", "capacity_table.csv")}
     assert "Pareto set" in printed and "param_count" in printed and f"review: open {smoke_sweep['uri']}" in printed
-    best = max(t["val_acc"] for t in smoke_sweep["summary"]["trials"])
-    assert f"best val_acc {best:.4f}" in printed and "no trial left out" in printed
+    # Trials ASHA stopped before the 2-epoch budget are left out, and counted.
+    trials = smoke_sweep["summary"]["trials"]
+    full = [t for t in trials if t["epochs"] == 2]
+    short = len(trials) - len(full)
+    assert f"best val_acc {max(t['val_acc'] for t in full):.4f}" in printed
+    assert (f"{short} trials left out: {short} stopped before the 2-epoch budget" if short else "no trial left out") in printed
+    assert (out / "capacity_table.csv").read_text().startswith("group,hidden_sizes,param_count,seeds,")
 
 
 def test_the_report_ranks_importances_and_draws_one_bar_each(smoke_sweep, tmp_path):
@@ -44,7 +49,8 @@ def _study_with(client, name: str, children: list[tuple[str, dict]]):
 
     experiment_id = client.create_experiment(name)
     parent = client.create_run(experiment_id, tags={record.TAG_ROLE: record.ROLE_SWEEP, record.TAG_SWEEP: name})
-    client.log_dict(parent.info.run_id, {"depth": 1, "width": {"low": 8, "high": 64, "log": True}}, "search_space.json")
+    client.log_dict(parent.info.run_id, {"depth": 1, "width": {"low": 8, "high": 64, "log": True}, "epochs": 2},
+                    "search_space.json")
     for i, (status, metrics) in enumerate(children):
         run = client.create_run(experiment_id, tags={record.TAG_ROLE: record.ROLE_TRIAL, record.TAG_TRIAL: f"t{i}",
                                                      record.TAG_PARENT: parent.info.run_id})
@@ -59,16 +65,23 @@ def _study_with(client, name: str, children: list[tuple[str, dict]]):
 
 def test_the_report_says_which_trials_it_left_out_and_why(mlflow_server, tmp_path, capsys):
     client = MlflowClient(mlflow_server.url)
-    done = {"val_acc": 0.7, "train_acc": 0.8, "gap": 0.1, "val_loss": 0.5, "train_loss": 0.4}
+    done = {"val_acc": 0.7, "train_acc": 0.8, "gap": 0.1, "val_loss": 0.5, "train_loss": 0.4, "epochs_run": 2}
     _study_with(client, "left-out", [("FINISHED", {**done, "param_count": 1000}),
                                      ("FINISHED", {**done, "val_acc": 0.75, "param_count": 2000}),
                                      ("FINISHED", {**done, "val_acc": 0.72, "param_count": 4000}),
+                                     # stopped by ASHA after 1 of 2 epochs, with a val_acc that would top the study
+                                     ("FINISHED", {**done, "val_acc": 0.9, "param_count": 500, "epochs_run": 1}),
                                      ("RUNNING", {}), ("FAILED", {})])
     out = tmp_path / "out"
     assert main(["report", "--experiment", "left-out", "--tracking-uri", mlflow_server.url, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "3 finished trials (2 trials left out: 1 run RUNNING, 1 run FAILED)" in printed
-    assert "2 trials left out" in (out / "report.html").read_text()
+    assert ("3 trials at the 2-epoch budget (3 trials left out: 1 run RUNNING, 1 run FAILED, "
+            "1 stopped before the 2-epoch budget), best val_acc 0.7500") in printed
+    assert "3 trials left out" in (out / "report.html").read_text()
+    assert "500" not in (out / "capacity_table.csv").read_text(), "the short trial is not in the per-size table"
+    assert main(["report", "--experiment", "left-out", "--tracking-uri", mlflow_server.url, "--out", str(out),
+                 "--include-short"]) == 0
+    assert "4 trials at any budget (--include-short" in capsys.readouterr().out
 
 
 REFUSALS = {

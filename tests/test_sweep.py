@@ -41,13 +41,13 @@ def study_runs(uri: str, experiment: str):
 
 def test_smoke_sweep_records_every_trial_as_a_nested_mlflow_run(smoke_sweep, mlflow_server):
     summary = smoke_sweep["summary"]
-    assert len(summary["trials"]) == 4 and summary["best"]["val_acc"] is not None
+    assert len(summary["trials"]) == 5 and summary["best"]["val_acc"] is not None
     client, parents, children = study_runs(mlflow_server.url, "smoke")
-    assert len(parents) == 1 and len(children) == 4
+    assert len(parents) == 1 and len(children) == 5
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.info.run_id == summary["parent_run_id"]
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"search_space.json", "data.json", "sweep.json"}
-    assert parent.data.params["num_samples"] == "4"
+    assert parent.data.params["num_samples"] == "5"
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.data.tags["outcome"] in ("completed", "stopped_early", "diverged")

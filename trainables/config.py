@@ -12,6 +12,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
 AUGMENTATIONS = ("none", "crop", "flip", "crop+flip")
 DEVICES = ("auto", "cpu", "cuda")
+GRAPHS = ("auto", "off")
 
 
 class ConfigError(ValueError):
@@ -73,6 +74,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 0  # 0: leave torch's default (all CPUs the process may use)
+    graphs: str = "auto"  # auto: CUDA-graphed steps on a CUDA device (eager elsewhere); off: always eager
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", parse_hidden(self.hidden_sizes))
@@ -82,6 +84,7 @@ class TrainConfig:
         _choice("augment", self.augment, AUGMENTATIONS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("device", self.device, DEVICES)
+        _choice("graphs", self.graphs, GRAPHS)
         for name in ("lr", "momentum", "weight_decay", "dropout", "warmup"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

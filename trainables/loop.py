@@ -119,12 +119,20 @@ def augment(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Ten
 
 # ---------------------------------------------------------------- one epoch, one evaluation
 
-def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+def make_optimizer(config: TrainConfig, params, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """The run's optimizer. On a CUDA device: torch's fused kernels, which CUDA graphs can capture,
+    and a learning rate held in a device tensor that a schedule fills in place between replays
+    (graphed and eager steps on a GPU then share the same kernels)."""
+    kwargs = {}
+    lr = config.lr
+    if device is not None and device.type == "cuda":
+        kwargs["fused"] = True
+        lr = torch.tensor(config.lr, device=device)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay, **kwargs)
     if config.optimizer == "adamw":  # decoupled weight decay (Loshchilov & Hutter)
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay, **kwargs)
+    return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay, **kwargs)
 
 
 class WarmupCosine:
@@ -173,16 +181,23 @@ def train_epoch(model, loader, loss_fn, optimizer, augment_mode: str, augment_ge
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: ChapterLoss) -> dict:
-    """Mean loss and accuracy over the whole split, in eval mode."""
+def evaluate_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: ChapterLoss,
+                  chunk: int = EVAL_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed loss, correct count) over the whole split in eval mode, as device tensors (no sync)."""
     model.eval()
     loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
-    for start in range(0, len(y), EVAL_BATCH):
-        xb, yb = x[start:start + EVAL_BATCH], y[start:start + EVAL_BATCH]
+    for start in range(0, len(y), chunk):
+        xb, yb = x[start:start + chunk], y[start:start + chunk]
         logits = model(xb)
         loss_sum += loss_fn(logits, yb).double() * len(yb)
         correct += (loss_fn.predict(logits) == yb).sum()
+    return loss_sum, correct
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: ChapterLoss) -> dict:
+    """Mean loss and accuracy over the whole split, in eval mode."""
+    loss_sum, correct = evaluate_sums(model, x, y, loss_fn)
     n = max(len(y), 1)
     return {"loss": loss_sum.item() / n, "acc": correct.item() / n}
 
@@ -197,6 +212,7 @@ class FitResult:
     model: nn.Module = field(repr=False)  # the weights after the last epoch
     best_model: dict | None = field(default=None, repr=False)  # state_dict of the best-val epoch
     best_epoch: int = 0
+    steps: str = "eager"  # how the steps ran, and why not graphed when they were not
 
     def summary(self) -> dict:
         last = self.history[-1] if self.history else {}
@@ -214,6 +230,7 @@ class FitResult:
             "best_epoch": best.get("epoch"),
             "status": self.status,
             "seconds": sum(r["epoch_seconds"] for r in self.history),
+            "steps": self.steps,
         }
 
 
@@ -235,6 +252,8 @@ class Run:
     loader: DataLoader
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     history: list[dict] = field(default_factory=list)
+    graphed: object | None = None  # trainables.graphed.GraphedSteps once captured
+    steps: str = "eager"  # how steps run: "graphed (CUDA graphs)" or "eager (the reason)"
     best_epoch: int = 0  # the epoch of the best val_acc so far (earliest among ties); 0: none yet
     best_model: dict | None = None  # its weights, kept apart from the training weights
 
@@ -287,7 +306,10 @@ class Run:
 
 
 def setup_run(config: TrainConfig, data: StudyData) -> Run:
-    """Seeded model, optimizer, loss and the normalised data on the run's device."""
+    """Seeded model, optimizer, loss and the normalised data on the run's device (steps eager
+    until ``capture_steps``)."""
+    from trainables.graphed import graphs_unavailable
+
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
@@ -299,35 +321,92 @@ def setup_run(config: TrainConfig, data: StudyData) -> Run:
     train_x = normalise(data.train.x, data.mean, data.std, device)
     train_y = data.train.y.to(device)
     sampler_gen = torch.Generator(device=device).manual_seed(config.seed)
-    optimizer = make_optimizer(config, model.parameters())
+    why_not = graphs_unavailable(device, config.graphs)
+    optimizer = make_optimizer(config, model.parameters(), device)
     loader = make_loader(train_x, train_y, config.batch_size, sampler_gen)
     return Run(
         config=config, device=device, model=model, loss_fn=ChapterLoss(config.loss, n_classes),
         optimizer=optimizer, train_x=train_x, train_y=train_y,
         val_x=normalise(data.val.x, data.mean, data.std, device), val_y=data.val.y.to(device),
         sampler_gen=sampler_gen, augment_gen=torch.Generator(device=device).manual_seed(config.seed + 1),
-        loader=loader, scheduler=make_scheduler(config, optimizer, len(loader)))
+        loader=loader, scheduler=make_scheduler(config, optimizer, len(loader)),
+        steps="eager" if why_not is None else f"eager ({why_not})")
+
+
+def capture_steps(run: Run) -> None:
+    """On a CUDA device, capture the run's step and evaluation as CUDA graphs (after any resume:
+    the graphs point at the state tensors as they are now). Falls back to eager steps, saying
+    why in ``run.steps``, wherever capture is not possible."""
+    from trainables.graphed import GraphedSteps, graphs_unavailable
+
+    why_not = graphs_unavailable(run.device, run.config.graphs)
+    if why_not is not None:
+        run.steps = f"eager ({why_not})"
+        return
+    for group in run.optimizer.param_groups:  # a resumed eager checkpoint brings a float rate
+        if not torch.is_tensor(group["lr"]):
+            group["lr"] = torch.tensor(group["lr"], device=run.device)
+    try:
+        run.graphed = GraphedSteps(run)
+        run.steps = "graphed (CUDA graphs)"
+    except Exception as err:  # capture is not possible here: keep training, eagerly
+        run.graphed = None
+        run.steps = f"eager (CUDA graph capture failed: {type(err).__name__}: {str(err).splitlines()[0][:120]})"
+
+
+class _Clock:
+    """Seconds from start to a mark, without a host sync on a GPU (CUDA events, read at the end)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.start, self.mark_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            self.t0 = time.perf_counter()
+
+    def mark(self) -> None:
+        if self.cuda:
+            self.mark_event.record()
+        else:
+            self.t1 = time.perf_counter()
+
+    def seconds(self) -> float:  # after the epoch's one sync
+        return self.start.elapsed_time(self.mark_event) / 1000 if self.cuda else self.t1 - self.t0
 
 
 def run_epoch(run: Run, epoch: int) -> dict:
-    """Train one epoch, evaluate train and val in eval mode, append and return the record."""
+    """Train one epoch, evaluate train and val in eval mode, append and return the record.
+
+    The loss and both evaluations stay on the device; their numbers come back in one host sync.
+    """
     started = time.perf_counter()
-    mean_loss = train_epoch(run.model, run.loader, run.loss_fn, run.optimizer, run.config.augment, run.augment_gen,
-                            run.scheduler)
-    train_loss = mean_loss.item()  # also waits for the device, so the timing below is honest
-    train_seconds = time.perf_counter() - started
-    train_eval = evaluate(run.model, run.train_x, run.train_y, run.loss_fn)
-    val_eval = evaluate(run.model, run.val_x, run.val_y, run.loss_fn)
+    clock = _Clock(run.device)
+    if run.graphed is not None:
+        mean_loss = run.graphed.train_epoch()
+        clock.mark()
+        sums = [*run.graphed.evaluate(run.train_x, run.train_y), *run.graphed.evaluate(run.val_x, run.val_y)]
+    else:
+        mean_loss = train_epoch(run.model, run.loader, run.loss_fn, run.optimizer, run.config.augment,
+                                run.augment_gen, run.scheduler)
+        clock.mark()
+        sums = [*evaluate_sums(run.model, run.train_x, run.train_y, run.loss_fn),
+                *evaluate_sums(run.model, run.val_x, run.val_y, run.loss_fn)]
+    train_loss, train_loss_sum, train_correct, val_loss_sum, val_correct = torch.stack(
+        [mean_loss.double(), *(v.double() for v in sums)]).tolist()  # the epoch's one host sync
+    n_train, n_val = max(len(run.train_y), 1), max(len(run.val_y), 1)
+    train_seconds = clock.seconds()
+    lr = run.optimizer.param_groups[0]["lr"]
     record = {
         "epoch": epoch,
         "train_loss": train_loss,
-        "train_acc": train_eval["acc"],
-        "val_loss": val_eval["loss"],
-        "val_acc": val_eval["acc"],
-        "gap": train_eval["acc"] - val_eval["acc"],
+        "train_acc": train_correct / n_train,
+        "val_loss": val_loss_sum / n_val,
+        "val_acc": val_correct / n_val,
+        "gap": train_correct / n_train - val_correct / n_val,
         "epoch_seconds": time.perf_counter() - started,
         "samples_per_second": len(run.train_y) / train_seconds if train_seconds > 0 else 0.0,
-        "lr": run.optimizer.param_groups[0]["lr"],  # the rate the next step will use
+        "lr": float(lr),  # the rate the next step will use
     }
     run.history.append(record)
     run.note_best(record)
@@ -344,6 +423,7 @@ def fit(
     run = setup_run(config, data)
     if resume is not None:
         run.restore(resume)
+    capture_steps(run)
     count = param_count(run.model)
     status = "completed"
     for epoch in range(run.epoch + 1, config.epochs + 1):
@@ -354,7 +434,7 @@ def fit(
             on_epoch_end({**record, "param_count": count, "status": status}, run.state)
         if status == "diverged":
             break
-    return FitResult(run.history, status, count, run.model, run.best_model, run.best_epoch)
+    return FitResult(run.history, status, count, run.model, run.best_model, run.best_epoch, run.steps)
 
 
 def evaluate_untrained(config: TrainConfig, data: StudyData) -> dict:

@@ -1,0 +1,160 @@
+"""`birdplane capacity` end to end: synthetic data, real Ray, a real mlflow server; and its bad inputs."""
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from study.cli import main
+from tests.conftest import last_json, make_image_tree, run_birdplane
+from tests.test_faults import epochs_of, ray_results, results_reported
+
+
+@pytest.fixture(scope="module")
+def capacity_tree(tmp_path_factory):
+    return make_image_tree(tmp_path_factory.mktemp("capacity-images"), per_class=40, test_per_class=5,
+                           classes=("airplane", "bird"), jitter=80)
+
+
+def runs_of(uri, experiment):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("birdplane.role") == "capacity"]
+    children = [r for r in runs if r.data.tags.get("birdplane.role") == "trial"]
+    return client, parents, children
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_a_capacity_study_runs_every_cell_seed_and_value_once_with_its_tags(capacity_tree, mlflow_server, tmp_path):
+    proc = run_birdplane("capacity", "--widths", "8,32", "--depths", "1,2", "--seeds", 2, "--epochs", 2,
+                         "--regulariser", "augment=none,flip", "--data-root", capacity_tree,
+                         "--cache-dir", tmp_path / "cache", "--name", "cap", "--storage-path", tmp_path / "ray",
+                         "--tracking-uri", mlflow_server.url, "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = last_json(proc.stdout)
+    client, parents, children = runs_of(mlflow_server.url, "cap")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == len(summary["trials"]) == 2 * 2 * 2 * 2
+    keys = set()
+    for run in children:
+        tags, params = run.data.tags, run.data.params
+        assert tags["mlflow.parentRunId"] == parents[0].info.run_id and run.info.status == "FINISHED"
+        assert tags["birdplane.design"] == "widths 8,32 x depths 1,2 x 2 seeds x augment=none,flip, 2 epochs"
+        assert tags["birdplane.cell"] == "[" + params["hidden_sizes"] + "]"
+        assert tags["birdplane.regulariser"] == f"augment={params['augment']}"
+        assert params["seed"] == tags["seed"]  # seeds 0 and 1 from --seed 0
+        assert tags["outcome"] == "completed" and run.data.metrics["epochs_run"] == 2
+        # Everything but size and seed is the chapter's recipe.
+        assert (params["activation"], params["loss"], params["optimizer"], params["lr"], params["batch_size"]) == (
+            "tanh", "nll", "sgd", "0.01", "64")
+        keys.add((tags["birdplane.cell"], tags["seed"], tags["birdplane.regulariser"]))
+    assert len(keys) == 16, "one run per cell x seed x value"
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} >= {"design.json", "recipe.json",
+                                                                                "search_space.json"}
+    # The report draws one capacity curve per regulariser value, from seed means.
+    out = tmp_path / "report"
+    from study.reporting import build_report
+
+    report, _, _ = build_report(mlflow_server.url, "cap", out)
+    assert set(report.sizes["group"]) == {"augment=none", "augment=flip"} and (report.sizes["seeds"] == 2).all()
+    assert len(report.sizes) == 8 and report.left_out.empty
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_an_interrupted_capacity_study_resumes_every_run_from_its_checkpoint(mlflow_server, tmp_path):
+    tree = make_image_tree(tmp_path / "images", per_class=200, test_per_class=5, classes=("airplane", "bird"))
+    common = ["--widths", "1024,2048", "--depths", "2", "--seeds", 2, "--epochs", 5, "--data-root", tree,
+              "--cache-dir", tmp_path / "cache", "--name", "capres", "--storage-path", tmp_path / "ray",
+              "--tracking-uri", mlflow_server.url, "--max-concurrent", 1]
+    proc = subprocess.Popen([sys.executable, "-m", "study.cli", "capacity", *map(str, common)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    experiment = tmp_path / "ray" / "capres"
+    deadline = time.monotonic() + 300
+    while results_reported(experiment) < 7 and time.monotonic() < deadline:  # the second run at epoch 2
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "--resume" in out, out[-2000:]
+    before = {t: epochs_of(rows) for t, rows in ray_results(experiment).items()}
+    assert any(e[-1] < 5 for e in before.values()), before
+
+    resumed = run_birdplane("capacity", *common, "--resume", "--json", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len(last_json(resumed.stdout)["trials"]) == 4
+    after = {t: epochs_of(rows) for t, rows in ray_results(experiment).items()}
+    assert len(after) == 4
+    for trial, epochs in before.items():
+        assert after[trial].count(1) == 1 and after[trial][-1] == 5, (trial, epochs, after[trial])
+    client, parents, children = runs_of(mlflow_server.url, "capres")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    assert len({(r.data.tags["birdplane.cell"], r.data.tags["seed"]) for r in children}) == 4
+    for run in children:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2, 3, 4, 5]
+
+
+def _recipe(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+CASES = [
+    (["--widths", "16,0"], "--widths"),
+    (["--widths", "a,b"], "--widths"),
+    (["--depths", "2,2"], "--depths"),
+    (["--seeds", "0"], "--seeds"),
+    (["--epochs", "0"], "--epochs"),
+    (["--regulariser", "colour=red,blue"], "--regulariser"),
+    (["--regulariser", "augment=crop+flip"], "at least two values"),
+    (["--regulariser", "dropout=0,1.0"], "dropout"),
+    (["--regulariser", "weight_decay=0,lots"], "weight_decay"),
+    (["--recipe", "missing.yaml"], "does not exist"),
+    (["--recipe", "RECIPE:hidden_sizes: [8]\n"], "set by the study"),
+    (["--recipe", "RECIPE:lr: -1\n"], "lr"),
+    (["--recipe", "RECIPE:colour: red\n"], "colour"),
+    (["--from-run", "0123456789abcdef"], "--from-run"),
+    (["--design", "missing.yaml"], "does not exist"),
+    (["--name", "../x"], "--name"),
+    (["--resume", "--name", "never"], "no capacity named"),
+]
+
+
+@pytest.mark.parametrize("flags,needle", CASES, ids=[" ".join(c[0])[:40] for c in CASES])
+def test_bad_capacity_input_is_one_line_exit_2_with_nothing_written(capacity_tree, tmp_path, flags, needle, capsys):
+    flags = [(_recipe(tmp_path, f[len("RECIPE:"):]) if f.startswith("RECIPE:") else f) for f in flags]
+    db, storage = tmp_path / "m.db", tmp_path / "ray"
+    argv = ["capacity", "--data-root", str(capacity_tree), "--cache-dir", str(tmp_path / "c"),
+            "--storage-path", str(storage), "--tracking-uri", f"sqlite:///{db}", *flags]
+    if "--from-run" in flags:  # a store that exists, without that run
+        import mlflow
+
+        mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()
+        capsys.readouterr()  # the store's creation logs
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not storage.exists() and not (tmp_path / "c").exists()
+
+
+def test_a_design_file_and_a_recipe_file_make_the_plan(capacity_tree, tmp_path, capsys):
+    design = tmp_path / "design.yaml"
+    design.write_text(yaml.safe_dump({"widths": [32, 128], "depths": [1], "seeds": 4, "epochs": 30,
+                                      "regulariser": {"weight_decay": [0, 0.001]}}))
+    recipe = _recipe(tmp_path, "optimizer: adamw\nlr: 0.001\nactivation: relu\nschedule: onecycle\n")
+    assert main(["capacity", "--check", "--json", "--design", str(design), "--recipe", recipe, "--seeds", "3",
+                 "--data-root", str(capacity_tree), "--storage-path", str(tmp_path / "ray")]) == 0
+    plan = __import__("json").loads(capsys.readouterr().out)
+    assert plan["design"] == {"widths": [32, 128], "depths": [1], "seeds": 3, "epochs": 30,
+                              "regulariser": "weight_decay", "values": [0.0, 0.001]}
+    assert plan["runs"] == 2 * 1 * 3 * 2
+    assert (plan["recipe"]["optimizer"], plan["recipe"]["lr"], plan["recipe"]["schedule"], plan["recipe"]["loss"]) == (
+        "adamw", 0.001, "onecycle", "nll")
+    assert not (tmp_path / "ray").exists()
