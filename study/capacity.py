@@ -17,7 +17,7 @@ import yaml
 
 from study import preflight
 from study.errors import UsageError
-from study.sweep import (NAME_PATTERN, Prepared, SweepSummary, check_study_path, run_study, trial_dirname,
+from study.sweep import (Prepared, SweepSummary, check_resources, check_study_path, run_study, trial_dirname,
                          trial_resources)
 from trainables.config import ConfigError, DataConfig, TrainConfig
 from trainables.data import check_data
@@ -237,14 +237,7 @@ class CapacityOptions:
 
 def prepare_capacity(opts: CapacityOptions, data: DataConfig) -> Prepared:
     """Every check that needs neither Ray nor training; raises UsageError with one line."""
-    if not NAME_PATTERN.match(opts.name):
-        raise UsageError(f"--name {opts.name!r}: use letters, digits, '_', '-', '.' (at most 100)")
-    if opts.cpus_per_trial < 1:
-        raise UsageError(f"--cpus-per-trial must be >= 1, got {opts.cpus_per_trial}")
-    if opts.gpus_per_trial is not None and not 0 <= opts.gpus_per_trial <= 8:
-        raise UsageError(f"--gpus-per-trial must be in [0, 8], got {opts.gpus_per_trial}")
-    if opts.max_concurrent is not None and opts.max_concurrent < 1:
-        raise UsageError(f"--max-concurrent must be >= 1, got {opts.max_concurrent}")
+    check_resources(opts)
     if opts.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {opts.seed}")
     preflight.check_ray_address(opts.address)

@@ -183,6 +183,18 @@ def sweep_options(args: argparse.Namespace):
                         optuna_storage=args.optuna_storage)
 
 
+def run_and_summarise(args: argparse.Namespace, run) -> tuple:
+    """Run a study; (its summary, the exit code: 130 when interrupted). With --json, print the
+    summary as one JSON object."""
+    from dataclasses import asdict
+
+    quiet_libraries()
+    summary = run()
+    if args.json:
+        print(json.dumps(json_safe(asdict(summary)), default=str))
+    return summary, 130 if summary.interrupted else 0
+
+
 def format_trial(t: dict) -> str:
     from analysis.report import config_label
 
@@ -203,13 +215,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               f"ok: sweep {opts.name!r}, {opts.num_samples} trials of up to {prep.max_epochs} epochs, "
               f"results in {prep.path}, MLflow {prep.tracking_uri}")
         return 0
-    quiet_libraries()
-    summary = run_sweep(prep)
-    code = 130 if summary.interrupted else 0
+    summary, code = run_and_summarise(args, lambda: run_sweep(prep))
     if args.json:
-        from dataclasses import asdict
-
-        print(json.dumps(json_safe(asdict(summary)), default=str))
         return code
     print(f"\nsweep {summary.name}: {len(summary.trials)} trials; results in {summary.experiment_path}")
     if summary.interrupted:
@@ -465,13 +472,8 @@ def cmd_capacity(args: argparse.Namespace) -> int:
               f"ok: capacity study {name!r}: {design.label()} = {design.runs()} runs, recipe "
               f"{prep.space.recipe_source}; results in {prep.path}, MLflow {prep.tracking_uri}")
         return 0
-    quiet_libraries()
-    summary = run_capacity(prep)
-    code = 130 if summary.interrupted else 0
+    summary, code = run_and_summarise(args, lambda: run_capacity(prep))
     if args.json:
-        from dataclasses import asdict
-
-        print(json.dumps(json_safe(asdict(summary)), default=str))
         return code
     print(f"\ncapacity study {summary.name}: {design.label()}; {len(summary.trials)} runs; results in "
           f"{summary.experiment_path}")

@@ -6,13 +6,16 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from analysis.report import StudyReport, analyse, make_figures, write_report
-from analysis.runs import StudyNotFound, finished, left_out, load_histories, load_study
+import pandas as pd
+
+from analysis.runs import Study, StudyNotFound, finished, left_out, load_histories, load_study
 from study import preflight
 from study.errors import UsageError
 
 
-def build_report(tracking_uri: str | None, experiment: str, out: Path,
-                 include_short: bool = False) -> tuple[StudyReport, list[Path], str]:
+def open_study(tracking_uri: str | None, experiment: str) -> tuple[MlflowClient, Study, pd.DataFrame, str]:
+    """(client, the experiment's latest study, its finished trials, the URI); UsageError with one
+    line when the store, the experiment, the study or any finished trial is missing."""
     uri = preflight.resolve_tracking_uri(tracking_uri)
     preflight.check_tracking_uri(uri)
     preflight.check_store_exists(uri)
@@ -24,6 +27,12 @@ def build_report(tracking_uri: str | None, experiment: str, out: Path,
     trials = finished(study.trials)
     if trials.empty:
         raise UsageError(f"experiment {experiment!r} has no finished trials yet")
+    return client, study, trials, uri
+
+
+def build_report(tracking_uri: str | None, experiment: str, out: Path,
+                 include_short: bool = False) -> tuple[StudyReport, list[Path], str]:
+    client, study, trials, uri = open_study(tracking_uri, experiment)
     histories = load_histories(client, trials["run_id"])
     confirmations = finished(study.confirmations) if study.confirmations is not None else None
     report = analyse(experiment, trials, histories, study.space, left_out(study.trials), kind=study.kind,

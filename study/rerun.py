@@ -13,9 +13,9 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from analysis import record as store
-from analysis.runs import StudyNotFound, finished, load_histories, load_study, read_json_artifact
-from study import preflight
+from analysis.runs import load_histories, read_json_artifact
 from study.errors import UsageError
+from study.reporting import open_study
 from trainables.config import DataConfig, TrainConfig
 
 COMPARED = ("train_loss", "train_acc", "val_loss", "val_acc")
@@ -129,16 +129,7 @@ def prepare_rerun(opts: RerunOptions):
         raise UsageError("--rank, --seeds and --epochs must be >= 1")
     if opts.metric not in ("val_acc", "val_loss"):
         raise UsageError(f"--metric must be val_acc or val_loss, got {opts.metric!r}")
-    uri = preflight.resolve_tracking_uri(opts.tracking_uri)
-    preflight.check_tracking_uri(uri)
-    client = MlflowClient(uri)
-    try:
-        study = load_study(client, opts.experiment)
-    except StudyNotFound as err:
-        raise UsageError(str(err)) from None
-    trials = finished(study.trials)
-    if trials.empty:
-        raise UsageError(f"experiment {opts.experiment!r} has no finished trials")
+    client, study, trials, _ = open_study(opts.tracking_uri, opts.experiment)
     trial = pick_trial(trials, opts.rank, opts.metric)
     config, data_cfg = trial_configs(client, trial)
     if opts.data_root:
@@ -245,17 +236,7 @@ def run_confirm(opts: ConfirmOptions) -> ConfirmSummary:
         raise UsageError("give exactly one of --pareto and --top K")
     if (opts.top is not None and opts.top < 1) or opts.seeds < 1 or (opts.epochs is not None and opts.epochs < 1):
         raise UsageError("--top, --seeds and --epochs must be >= 1")
-    uri = preflight.resolve_tracking_uri(opts.tracking_uri)
-    preflight.check_tracking_uri(uri)
-    preflight.check_store_exists(uri)
-    client = MlflowClient(uri)
-    try:
-        study = load_study(client, opts.experiment)
-    except StudyNotFound as err:
-        raise UsageError(str(err)) from None
-    trials = finished(study.trials)
-    if trials.empty:
-        raise UsageError(f"experiment {opts.experiment!r} has no finished trials")
+    client, study, trials, _ = open_study(opts.tracking_uri, opts.experiment)
     chosen = select_for_confirmation(trials, opts.pareto, opts.top)
     epochs = opts.epochs or budget_of(study.space)
     if epochs is None:

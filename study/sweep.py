@@ -84,18 +84,11 @@ def prepare(opts: SweepOptions, data: DataConfig) -> Prepared:
         raise UsageError(f"--search must be tpe or random, got {opts.search!r}")
     if opts.scheduler not in ("asha", "none"):
         raise UsageError(f"--scheduler must be asha or none, got {opts.scheduler!r}")
-    if opts.cpus_per_trial < 1:
-        raise UsageError(f"--cpus-per-trial must be >= 1, got {opts.cpus_per_trial}")
-    if opts.gpus_per_trial is not None and not 0 <= opts.gpus_per_trial <= 8:
-        raise UsageError(f"--gpus-per-trial must be in [0, 8], got {opts.gpus_per_trial}")
-    if opts.max_concurrent is not None and opts.max_concurrent < 1:
-        raise UsageError(f"--max-concurrent must be >= 1, got {opts.max_concurrent}")
+    check_resources(opts)
     if opts.max_epochs is not None and opts.max_epochs < 1:
         raise UsageError(f"--max-epochs must be >= 1, got {opts.max_epochs}")
     if opts.grace_epochs < 1:
         raise UsageError(f"--grace-epochs must be >= 1, got {opts.grace_epochs}")
-    if not NAME_PATTERN.match(opts.name):
-        raise UsageError(f"--name {opts.name!r}: use letters, digits, '_', '-', '.' (at most 100)")
     preflight.check_ray_address(opts.address)
     if opts.optuna_storage is not None:
         if opts.search != "tpe":
@@ -121,6 +114,18 @@ def prepare(opts: SweepOptions, data: DataConfig) -> Prepared:
     preflight.check_tracking_uri(uri)
     storage = check_study_path(opts.storage_path, opts.name, opts.resume, "sweep")
     return Prepared(opts, space, data, uri, opts.experiment or opts.name, storage, int(epochs.fixed))
+
+
+def check_resources(opts) -> None:
+    """The flags every kind of study shares: name, CPUs and GPUs per trial, concurrency."""
+    if not NAME_PATTERN.match(opts.name):
+        raise UsageError(f"--name {opts.name!r}: use letters, digits, '_', '-', '.' (at most 100)")
+    if opts.cpus_per_trial < 1:
+        raise UsageError(f"--cpus-per-trial must be >= 1, got {opts.cpus_per_trial}")
+    if opts.gpus_per_trial is not None and not 0 <= opts.gpus_per_trial <= 8:
+        raise UsageError(f"--gpus-per-trial must be in [0, 8], got {opts.gpus_per_trial}")
+    if opts.max_concurrent is not None and opts.max_concurrent < 1:
+        raise UsageError(f"--max-concurrent must be >= 1, got {opts.max_concurrent}")
 
 
 def check_study_path(storage_path: str | None, name: str, resume: bool, kind: str) -> str:

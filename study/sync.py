@@ -71,7 +71,7 @@ def load_logger(experiment_path: str, tracking_uri: str | None) -> MlflowTrialLo
     uri = resolve_tracking_uri(tracking_uri) if tracking_uri else record.tracking_uri
     check_tracking_uri(uri)
     return MlflowTrialLogger(uri, record.experiment, record.name, parent_params={}, parent_artifacts={},
-                             data_config=record.data, key=experiment_path)
+                             data_config=record.data, key=experiment_path, role=record.kind)
 
 
 def sync_sweep(experiment_path: str, tracking_uri: str | None = None) -> dict:

@@ -158,3 +158,14 @@ def test_a_design_file_and_a_recipe_file_make_the_plan(capacity_tree, tmp_path, 
     assert (plan["recipe"]["optimizer"], plan["recipe"]["lr"], plan["recipe"]["schedule"], plan["recipe"]["loss"]) == (
         "adamw", 0.001, "onecycle", "nll")
     assert not (tmp_path / "ray").exists()
+
+
+def test_the_shipped_design_and_recipe_files_make_a_valid_plan(capacity_tree, tmp_path, capsys):
+    from tests.conftest import REPO
+
+    assert main(["capacity", "--check", "--json", "--design", str(REPO / "configs" / "capacity-design.yaml"),
+                 "--recipe", str(REPO / "configs" / "recipe-adamw.yaml"), "--data-root", str(capacity_tree),
+                 "--storage-path", str(tmp_path / "ray")]) == 0
+    plan = __import__("json").loads(capsys.readouterr().out)
+    assert plan["runs"] == 4 * 2 * 3 * 2 and plan["design"]["regulariser"] == "augment"
+    assert plan["recipe"]["optimizer"] == "adamw" and plan["recipe"]["schedule"] == "onecycle"

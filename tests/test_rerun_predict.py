@@ -173,3 +173,47 @@ def test_read_image_gives_uint8_rgb_with_the_exif_orientation_applied(tmp_path):
     assert image[0, 2, 16] > 200 and image[2, 2, 16] < 50 and image[2, 29, 16] > 200 and image[0, 29, 16] < 50
     Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(tmp_path / "w.png")
     assert read_image(tmp_path / "w.png").unique().tolist() == [255], "16-bit white is 8-bit white"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_confirmation_retrains_the_top_trials_at_the_full_budget_as_child_runs_of_the_study(smoke_sweep, tmp_path):
+    uri, name = smoke_sweep["uri"], smoke_sweep["name"]
+    proc = run_birdplane("rerun", "--experiment", name, "--tracking-uri", uri, "--top", 2, "--seeds", 2, "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    ranked = sorted(smoke_sweep["summary"]["trials"], key=lambda t: (-t["val_acc"], t["param_count"]))
+    assert [t["trial_id"] for t in summary["trials"]] == [t["trial_id"] for t in ranked[:2]]
+    assert summary["epochs"] == 2 and summary["parent_run_id"] == smoke_sweep["summary"]["parent_run_id"]
+    client = MlflowClient(uri)
+    for trial in summary["trials"]:
+        assert len(trial["runs"]) == 2
+        for run in trial["runs"]:
+            r = client.get_run(run["run_id"])
+            assert r.data.tags["birdplane.role"] == "confirm" and r.data.tags["confirms"] == trial["run_id"]
+            assert r.data.tags["mlflow.parentRunId"] == summary["parent_run_id"]
+            assert r.data.metrics["epochs_run"] == 2 and "test_acc" not in r.data.metrics, "validation only"
+    # The report puts the confirmed, equal-budget numbers beside the sweep's.
+    from study.reporting import build_report
+
+    report, _, _ = build_report(uri, name, tmp_path / "r")
+    confirmed = report.confirmations.set_index("confirms")
+    for trial in summary["trials"]:
+        row = confirmed.loc[trial["run_id"]]
+        assert row["seeds"] == 2 and row["best_val_acc"] == pytest.approx(trial["best_val_acc_mean"])
+    assert len(report.trials) == len(smoke_sweep["summary"]["trials"]), "confirmations are not trials"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_capacity_recipe_can_come_from_a_sweep_trial(smoke_sweep, capsys):
+    from study.cli import main as cli
+
+    best = max(smoke_sweep["summary"]["trials"], key=lambda t: t["val_acc"])
+    assert cli(["capacity", "--check", "--json", "--from-run", best["run_id"], "--tracking-uri", smoke_sweep["uri"],
+                "--data-root", str(smoke_sweep["data_root"]), "--storage-path", str(smoke_sweep["folder"] / "cap")]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    for key in ("lr", "batch_size", "loss", "optimizer", "activation", "weight_decay", "augment"):
+        assert plan["recipe"][key] == best["config"][key], key
+    assert "hidden_sizes" not in plan["recipe"] and "seed" not in plan["recipe"]
+    assert plan["recipe_source"] == f"run {best['run_id']}"
