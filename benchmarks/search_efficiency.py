@@ -1,8 +1,10 @@
-"""TPE + ASHA against Ray's random search + ASHA, equal budgets, several seeds: best val_acc per compute.
+"""Searchers against each other on one space, equal budgets, several seeds: best val_acc per compute.
 
-    python benchmarks/search_efficiency.py [--seeds 2] [--trials 12] [--epochs 4] [--subset 1500]
+    python benchmarks/search_efficiency.py [--searchers tpe,random] [--seeds 2] [--trials 12] [--epochs 4]
 
-Each (searcher, seed) is a real `birdplane sweep` (same space, same ASHA, same number of trials)
+Searchers: Optuna's samplers through OptunaSearch (tpe, gp, qmc, optuna-random) and Ray's own
+random search (random). Each (searcher, seed) is a real `birdplane sweep` (same space, same ASHA,
+same number of trials)
 logged to a throw-away MLflow store. Compute spent is counted in training epochs (every trial's
 epochs run, in start order); the table prints the best val_acc found once 25/50/75/100% of the
 epochs the sweep used were spent, as mean +- std over seeds.
@@ -38,8 +40,10 @@ def one_sweep(search: str, seed: int, a, work: Path) -> dict:
 
     name = f"{search}-{seed}"
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    opts = SweepOptions(space=a.space, num_samples=a.trials, max_epochs=a.epochs, grace_epochs=1, seed=seed,
-                        search=search, name=name, storage_path=str(work / "ray"), tracking_uri=uri)
+    sampler = {"optuna-random": "random"}.get(search, search)
+    opts = SweepOptions(space=a.space, num_samples=a.trials, max_epochs=a.epochs, grace_epochs=a.grace, seed=seed,
+                        search="random" if search == "random" else "tpe", sampler="tpe" if search == "random" else sampler,
+                        name=name, storage_path=str(work / "ray"), tracking_uri=uri)
     data = DataConfig(root=os.path.abspath(a.data_root), subset=a.subset)
     run_sweep(prepare(opts, data))
     ray.shutdown()
@@ -49,6 +53,8 @@ def one_sweep(search: str, seed: int, a, work: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--searchers", default="tpe,random", help="tpe, gp, qmc, optuna-random (Optuna) and random (Ray)")
+    p.add_argument("--grace", type=int, default=1, help="ASHA's grace epochs")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--epochs", type=int, default=4)
@@ -60,13 +66,13 @@ def main() -> None:
     if a.smoke_test:
         a.seeds, a.trials, a.epochs, a.subset = 1, 3, 2, 50
     work = Path(tempfile.mkdtemp(prefix="birdplane-search-"))
-    results: dict[str, list[dict]] = {"tpe": [], "random": []}
+    results: dict[str, list[dict]] = {name: [] for name in a.searchers.split(",")}
     for seed in range(a.seeds):
         for search in results:
             results[search].append(one_sweep(search, seed, a, work))
-    print(f"\n{a.trials} trials per sweep, ASHA (grace 1, max {a.epochs} epochs), {a.subset} images/class, "
+    print(f"\n{a.trials} trials per sweep, ASHA (grace {a.grace}, max {a.epochs} epochs), {a.subset} images/class, "
           f"{a.seeds} seeds")
-    print(f"{'searcher':>8} {'epochs used':>12}  best val_acc after 25% / 50% / 75% / 100% of them")
+    print(f"{'searcher':>13} {'epochs used':>12}  best val_acc after 25% / 50% / 75% / 100% of them")
     for search, runs in results.items():
         cells = []
         for f in (0.25, 0.5, 0.75, 1.0):
@@ -74,7 +80,7 @@ def main() -> None:
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.fmean(values):.4f}±{sd:.4f}")
         used = statistics.fmean(r["epochs"] for r in runs)
-        print(f"{search:>8} {used:>12.1f}  " + " / ".join(cells))
+        print(f"{search:>13} {used:>12.1f}  " + " / ".join(cells))
 
 
 if __name__ == "__main__":

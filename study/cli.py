@@ -142,7 +142,10 @@ def _sweep_parser(sub) -> None:
     p.add_argument("--objectives", default="", help="val_acc,param_count for a multi-objective search")
     p.add_argument("--scheduler", default=d.scheduler, help="asha or none")
     p.add_argument("--search", default=d.search, help="tpe (Optuna, default) or random (Ray's random search)")
-    p.add_argument("--grace-epochs", type=int, default=d.grace_epochs, help="ASHA's minimum epochs per trial")
+    p.add_argument("--sampler", default=d.sampler,
+                   help="the Optuna sampler of --search tpe: tpe (default), gp, qmc or random")
+    p.add_argument("--grace-epochs", type=int, default=None,
+                   help="ASHA's minimum epochs per trial (default 4, or the trials' epochs when fewer)")
     p.add_argument("--cpus-per-trial", type=int, default=d.cpus_per_trial)
     p.add_argument("--gpus-per-trial", type=float, default=None, help="default 0.25 when the cluster has GPUs, else 0")
     p.add_argument("--max-concurrent", type=int, default=None, help="default: as many as the resources hold")
@@ -180,7 +183,7 @@ def sweep_options(args: argparse.Namespace):
                         address=args.address, storage_path=args.storage_path, name=args.name or default_name(),
                         resume=args.resume, seed=args.seed, tracking_uri=args.tracking_uri,
                         experiment=args.experiment, smoke=args.smoke, search=args.search,
-                        optuna_storage=args.optuna_storage)
+                        optuna_storage=args.optuna_storage, sampler=args.sampler)
 
 
 def run_and_summarise(args: argparse.Namespace, run) -> tuple:

@@ -20,18 +20,20 @@ from trainables.config import DataConfig
 from trainables.data import check_data
 
 SMOKE_SUBSET = 100  # training images per class in a --smoke sweep
+DEFAULT_GRACE = 4  # ASHA's first rung: augmentation and schedules lose at 2 epochs what they win at 40
+SAMPLERS = ("tpe", "gp", "qmc", "random")  # Optuna samplers that handle the conditional depth -> widths space
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 @dataclass(frozen=True)
 class SweepOptions:
     space: str | None = None
-    num_samples: int = 24
+    num_samples: int = 32
     max_epochs: int | None = None
     metric: str = "val_acc"
     objectives: tuple[str, ...] = ()
     scheduler: str = "asha"
-    grace_epochs: int = 2
+    grace_epochs: int | None = None  # None: min(DEFAULT_GRACE, the trials' epochs)
     cpus_per_trial: int = 1
     gpus_per_trial: float | None = None
     max_concurrent: int | None = None
@@ -46,6 +48,7 @@ class SweepOptions:
     max_failures: int = 2
     search: str = "tpe"  # tpe (Optuna through OptunaSearch) or random (Ray's BasicVariantGenerator)
     optuna_storage: str | None = None  # an Optuna RDB URL: the study is persisted there (optuna-dashboard)
+    sampler: str = "tpe"  # the Optuna sampler behind --search tpe: tpe, gp, qmc or random
 
     @property
     def mode(self) -> str:
@@ -82,12 +85,14 @@ def prepare(opts: SweepOptions, data: DataConfig) -> Prepared:
         raise UsageError(f"--objectives supports val_acc,param_count, got {','.join(opts.objectives)!r}")
     if opts.search not in ("tpe", "random"):
         raise UsageError(f"--search must be tpe or random, got {opts.search!r}")
+    if opts.sampler not in SAMPLERS:
+        raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {opts.sampler!r}")
     if opts.scheduler not in ("asha", "none"):
         raise UsageError(f"--scheduler must be asha or none, got {opts.scheduler!r}")
     check_resources(opts)
     if opts.max_epochs is not None and opts.max_epochs < 1:
         raise UsageError(f"--max-epochs must be >= 1, got {opts.max_epochs}")
-    if opts.grace_epochs < 1:
+    if opts.grace_epochs is not None and opts.grace_epochs < 1:
         raise UsageError(f"--grace-epochs must be >= 1, got {opts.grace_epochs}")
     preflight.check_ray_address(opts.address)
     if opts.optuna_storage is not None:
@@ -103,7 +108,7 @@ def prepare(opts: SweepOptions, data: DataConfig) -> Prepared:
         raise UsageError("search space: epochs must be fixed (or give --max-epochs): ASHA needs a budget")
     if epochs.fixed < 1:
         raise UsageError(f"search space: epochs must be >= 1 in a sweep, got {epochs.fixed}")
-    if opts.scheduler == "asha" and opts.grace_epochs > epochs.fixed:
+    if opts.scheduler == "asha" and opts.grace_epochs is not None and opts.grace_epochs > epochs.fixed:
         raise UsageError(f"--grace-epochs {opts.grace_epochs} exceeds the {epochs.fixed} epochs of a trial")
     loss = space.dimensions.get("loss")
     losses = (loss.choices or (loss.fixed,)) if loss is not None else ("nll",)
@@ -246,6 +251,26 @@ def tuner_for(prep, data, resources: dict, callbacks: list, tune_config=None, pa
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
+def make_sampler(name: str, seed: int, startup: int):
+    """A seeded Optuna sampler for the define-by-run space.
+
+    TPE (the default): multivariate + group model the joint, conditional (depth -> widths) space;
+    constant_liar keeps concurrent trials from piling onto one point; ``startup`` random trials
+    let every concurrent slot explore first. GP: Optuna's Gaussian-process sampler (widths of
+    layers that not every trial has are drawn at random). QMC: a scrambled Sobol sequence.
+    """
+    import optuna
+
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, scramble=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                      n_startup_trials=startup)
+
+
 def build_tuner(prep: Prepared, data, callbacks: list, cluster: dict, points_to_evaluate: list[dict] | None = None):
     """The sweep's Tuner: Optuna TPE (or Ray's random search) and ASHA."""
     import optuna
@@ -257,12 +282,7 @@ def build_tuner(prep: Prepared, data, callbacks: list, cluster: dict, points_to_
     opts = prep.options
     resources, device, concurrency = trial_resources(opts, cluster)
     space_fn = prep.space.define_by_run(seed=opts.seed * 100_000, threads=opts.cpus_per_trial, device=device)
-    # TPE: seeded; multivariate + group model the joint, conditional (depth -> widths) space;
-    # constant_liar keeps concurrent trials from piling onto one point; enough random start-up
-    # trials that every concurrent slot explores before TPE takes over.
-    sampler = optuna.samplers.TPESampler(
-        seed=opts.seed, multivariate=True, group=True, constant_liar=True,
-        n_startup_trials=max(concurrency, min(10, opts.num_samples // 3)))
+    sampler = make_sampler(opts.sampler, opts.seed, max(concurrency, min(10, opts.num_samples // 3)))
     param_space = None
     if opts.search == "random":
         from ray.tune.search import BasicVariantGenerator
@@ -281,7 +301,8 @@ def build_tuner(prep: Prepared, data, callbacks: list, cluster: dict, points_to_
     scheduler = None
     if opts.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="epoch", metric=opts.metric, mode=opts.mode, max_t=prep.max_epochs,
-                                  grace_period=opts.grace_epochs, reduction_factor=3)
+                                  grace_period=opts.grace_epochs or min(DEFAULT_GRACE, prep.max_epochs),
+                                  reduction_factor=3)
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=opts.num_samples,
                                   reuse_actors=True, trial_dirname_creator=trial_dirname)
     return tuner_for(prep, data, resources, callbacks, tune_config, param_space), concurrency
