@@ -303,9 +303,12 @@ def build_capacity_tuner(prep: Prepared, data, callbacks: list, cluster: dict):
     opts, spec = prep.options, prep.space
     design = spec.design
     resources, device, concurrency = trial_resources(opts, cluster)
-    param_space = {"cell": tune.grid_search(design.cells()), "seed": tune.grid_search(list(range(design.seeds)))}
+    # Tune varies the first grid key fastest: seeds, then values, then cells (largest first), so
+    # the longest runs of every seed start first and no CPU idles behind one at the end.
+    param_space = {"seed": tune.grid_search(list(range(design.seeds)))}
     if design.regulariser:
         param_space["regulariser"] = tune.grid_search(list(design.values))
+    param_space["cell"] = tune.grid_search(design.cells())
     param_space["train"] = tune.sample_from(TrainFromCell(spec.recipe, design.regulariser, design.epochs, opts.seed,
                                                           opts.cpus_per_trial, device))
     param_space["tags"] = tune.sample_from(TagsFromCell(design.label(), design.regulariser))
