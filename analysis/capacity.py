@@ -14,7 +14,7 @@ import pandas as pd
 from analysis.overfitting import overfitting_onset
 
 # The per-size table's columns and what they mean (the report prints this line under the table).
-SIZE_COLUMNS = ("group", "hidden_sizes", "param_count", "seeds", "best_val_acc", "best_val_acc_sd", "final_val_acc",
+SIZE_COLUMNS = ("group", "depth", "hidden_sizes", "param_count", "seeds", "best_val_acc", "best_val_acc_sd", "final_val_acc",
                 "final_val_acc_sd", "train_acc", "train_acc_sd", "gap", "gap_sd", "min_val_loss", "final_val_loss",
                 "val_loss_rise", "val_loss_rise_sd", "onset", "onset_seen")
 SIZE_TABLE_LEGEND = (
@@ -76,7 +76,8 @@ def per_size(trials: pd.DataFrame, histories: pd.DataFrame | None = None, group:
         sd = lambda column: float(seeds[column].std(ddof=1)) if len(seeds) > 1 else math.nan  # noqa: E731
         onsets = seeds["onset"].dropna()
         rows.append({
-            "group": grp, "hidden_sizes": size, "param_count": int(seeds["param_count"].iloc[0]), "seeds": len(seeds),
+            "group": grp, "depth": size.count(",") + 1, "hidden_sizes": size,
+            "param_count": int(seeds["param_count"].iloc[0]), "seeds": len(seeds),
             "best_val_acc": seeds["best_val_acc"].mean(), "best_val_acc_sd": sd("best_val_acc"),
             "final_val_acc": seeds["val_acc"].mean(), "final_val_acc_sd": sd("val_acc"),
             "train_acc": seeds["train_acc"].mean(), "train_acc_sd": sd("train_acc"),
@@ -87,7 +88,7 @@ def per_size(trials: pd.DataFrame, histories: pd.DataFrame | None = None, group:
             "onset_seen": f"{len(onsets)}/{len(seeds)}",
         })
     table = pd.DataFrame(rows, columns=SIZE_COLUMNS)
-    return table.sort_values(["group", "param_count"]).reset_index(drop=True)
+    return table.sort_values(["group", "depth", "param_count"]).reset_index(drop=True)
 
 
 def trend_with_interval(trials: pd.DataFrame, y: str = "gap", n_boot: int = 1000, seed: int = 0,
@@ -119,15 +120,18 @@ def trend_with_interval(trials: pd.DataFrame, y: str = "gap", n_boot: int = 1000
 def memorisation(table: pd.DataFrame, threshold: float = 0.99, rise: float = 0.005) -> dict:
     """Where a group's nets memorise the training set, where validation peaks, and what follows.
 
-    ``table`` is one group of ``per_size`` (rows by parameter count). The memorisation point is
+    ``table`` is one group and depth of ``per_size`` (rows by parameter count: one variable at a
+    time, since nets of another depth differ in more than size). The memorisation point is
     the smallest size whose mean train_acc reaches ``threshold`` at the budget. The val peak is
-    the size with the highest mean final val_acc. A *second rise*: beyond the memorisation point,
-    mean final val_acc falls to a low and then climbs more than ``rise`` above it at a larger size
-    (a double-descent-like shape); reported as found, never assumed.
+    the size with the highest mean final val_acc. ``beyond`` says what mean final val_acc does at
+    the larger sizes: keeps rising, falls, stays flat (within ``rise``), or dips and then rises again
+    more than ``rise`` above its low (a *second rise*, double-descent-like); reported as found,
+    never assumed.
     """
     rows = table.sort_values("param_count").reset_index(drop=True)
     out = {"memorised_at": None, "memorised_size": None, "val_peak_at": None, "val_peak_size": None,
-           "val_peak": None, "peak_vs_memorisation": None, "second_rise": False, "second_rise_at": None}
+           "val_peak": None, "peak_vs_memorisation": None, "beyond": None, "second_rise": False,
+           "second_rise_at": None}
     if rows.empty:
         return out
     peak = rows.loc[rows["final_val_acc"].idxmax()]
@@ -141,11 +145,20 @@ def memorisation(table: pd.DataFrame, threshold: float = 0.99, rise: float = 0.0
     out["peak_vs_memorisation"] = ("below" if peak["param_count"] < out["memorised_at"] else
                                    "at" if peak["param_count"] == out["memorised_at"] else "above")
     beyond = rows.loc[first:, "final_val_acc"].to_numpy()
+    if len(beyond) < 2:
+        out["beyond"] = "no larger size"
+        return out
     low_index = int(np.argmin(beyond))
-    if low_index < len(beyond) - 1 and beyond[low_index + 1:].max() > beyond[low_index] + rise:
-        out["second_rise"] = True
-        out["second_rise_at"] = int(rows.loc[first + low_index + 1 + int(np.argmax(beyond[low_index + 1:])),
-                                             "param_count"])
+    if 0 < low_index < len(beyond) - 1 and beyond[low_index + 1:].max() > beyond[low_index] + rise:
+        out.update(beyond="dips, then rises again", second_rise=True,
+                   second_rise_at=int(rows.loc[first + low_index + 1 + int(np.argmax(beyond[low_index + 1:])),
+                                               "param_count"]))
+    elif beyond[-1] > beyond[0] + rise:
+        out["beyond"] = "keeps rising"
+    elif beyond[-1] < beyond[0] - rise:
+        out["beyond"] = "falls"
+    else:
+        out["beyond"] = "stays flat"
     return out
 
 

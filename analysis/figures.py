@@ -48,14 +48,18 @@ def capacity_figure(trials: pd.DataFrame, sizes: pd.DataFrame, short: pd.DataFra
     """
     fig, ax = plt.subplots(figsize=(8, 5))
     if _aggregated(sizes):
-        for i, (name, rows) in enumerate(sizes.groupby("group")):
+        depths = sorted(sizes["depth"].unique())
+        curves = [(name, depth, rows) for name, g in sizes.groupby("group") for depth, rows in g.groupby("depth")]
+        for i, (name, depth, rows) in enumerate(curves):
+            colour = plt.cm.tab10(i % 10)
             rows = rows.sort_values("param_count")
-            colour = _group_colour(i, name)
-            label = "" if name == "all" else f" ({name})"
+            label = ", ".join(([] if name == "all" else [str(name)]) + ([f"depth {depth}"] if len(depths) > 1 else []))
+            label = f" ({label})" if label else ""
+            marker = "osD^v"[depths.index(depth) % 5]
             for column, style, what in (("final_val_acc", "-", "val"), ("train_acc", "--", "train")):
                 mean, sd = rows[column], rows[f"{column}_sd"].fillna(0)
-                ax.plot(rows["param_count"], mean, style, color=colour, marker="o", ms=4, label=f"{what}{label}")
-                ax.fill_between(rows["param_count"], mean - sd, mean + sd, color=colour, alpha=0.15, lw=0)
+                ax.plot(rows["param_count"], mean, style, color=colour, marker=marker, ms=4, label=f"{what}{label}")
+                ax.fill_between(rows["param_count"], mean - sd, mean + sd, color=colour, alpha=0.12, lw=0)
     else:
         for i, (name, rows) in enumerate(trials.groupby(group) if group else [("all", trials)]):
             colour = _group_colour(i, name)
@@ -81,12 +85,16 @@ def gap_figure(trials: pd.DataFrame, sizes: pd.DataFrame, group: str | None, tre
 
     fig, ax = plt.subplots(figsize=(8, 4))
     if _aggregated(sizes):
-        for i, (name, rows) in enumerate(sizes.groupby("group")):
+        depths = sorted(sizes["depth"].unique())
+        curves = [(name, depth, rows) for name, g in sizes.groupby("group") for depth, rows in g.groupby("depth")]
+        for i, (name, depth, rows) in enumerate(curves):
+            colour = plt.cm.tab10(i % 10)
             rows = rows.sort_values("param_count")
-            colour = _group_colour(i, name)
-            ax.plot(rows["param_count"], rows["gap"], "-o", color=colour, ms=4, label=str(name))
+            label = ", ".join(([] if name == "all" else [str(name)]) + ([f"depth {depth}"] if len(depths) > 1 else []))
+            ax.plot(rows["param_count"], rows["gap"], "-" + "osD^v"[depths.index(depth) % 5], color=colour, ms=4,
+                    label=label or "gap")
             ax.fill_between(rows["param_count"], rows["gap"] - rows["gap_sd"].fillna(0),
-                            rows["gap"] + rows["gap_sd"].fillna(0), color=colour, alpha=0.15, lw=0)
+                            rows["gap"] + rows["gap_sd"].fillna(0), color=colour, alpha=0.12, lw=0)
     else:
         for i, (name, rows) in enumerate(trials.groupby(group) if group else [("all", trials)]):
             ax.scatter(rows["param_count"], rows["gap"], color=_group_colour(i, name), label=str(name), s=28)

@@ -98,9 +98,18 @@ def analyse(experiment: str, trials: pd.DataFrame, histories: pd.DataFrame, spac
         by_depth=compare_by(used, "depth"), by_batch=compare_by(used, "batch_size"),
         edges=edge_flags(used, space), importances=imp, gap_trend=trend_with_interval(used, "gap"),
         loss_trend=trend_with_interval(curves, "val_loss_rise"), sizes=sizes, group=group,
-        memorisation={g: memorisation(t) for g, t in sizes.groupby("group")}, budget=budget, short=short,
+        memorisation={curve_name(g, d, sizes): memorisation(t) for (g, d), t in sizes.groupby(["group", "depth"])},
+        budget=budget, short=short,
         curve_runs=top + ([largest] if largest not in top else []), left_out=left,
         confirmations=confirmed(confirmations, trials) if confirmations is not None and not confirmations.empty else None)
+
+
+def curve_name(group: str, depth: int, sizes: pd.DataFrame) -> str:
+    """'augment=none, depth 2' (the group only when depths do not vary, 'all' when neither does)."""
+    parts = [] if group == "all" else [str(group)]
+    if sizes["depth"].nunique() > 1:
+        parts.append(f"depth {depth}")
+    return ", ".join(parts) or "all"
 
 
 def confirmed(confirmations: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
@@ -177,7 +186,7 @@ def memorisation_text(group: str, m: dict) -> str:
             f"{m['peak_vs_memorisation']} that point")
     if m["second_rise"]:
         return text + f"; beyond it val_acc dips and rises again up to {m['second_rise_at']:,} parameters (a second rise)"
-    return text + "; no second rise beyond it"
+    return text + f"; beyond it val_acc {m['beyond']} (no second rise)"
 
 
 def write_report(report: StudyReport, figs: dict, out: Path) -> list[Path]:

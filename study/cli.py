@@ -270,7 +270,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         budget = f"any budget (--include-short; the study's is {report.budget} epochs)"
     print(f"study {args.experiment}: {len(report.trials)} trials at {budget} ({report.left_out_text()}), "
           f"best val_acc {report.trials['val_acc'].max():.4f}")
-    columns = ["group", "hidden_sizes", "param_count", "seeds", "final_val_acc", "final_val_acc_sd", "train_acc",
+    columns = ["group", "depth", "hidden_sizes", "param_count", "seeds", "final_val_acc", "final_val_acc_sd", "train_acc",
                "gap", "val_loss_rise", "onset"]
     print("\nper size (means over seeds; final_val_acc_sd their sd; val_loss_rise = final - minimum val loss; "
           "onset = median overfitting-onset epoch):")

@@ -97,13 +97,15 @@ def test_memorisation_point_val_peak_and_a_second_rise():
     result = memorisation(_curve([0.8, 0.95, 0.995, 1.0, 1.0, 1.0], [0.70, 0.78, 0.80, 0.76, 0.75, 0.79]))
     assert result["memorised_at"] == 100 and result["val_peak_at"] == 100
     assert result["peak_vs_memorisation"] == "at"
-    assert result["second_rise"] and result["second_rise_at"] == 100_000
+    assert result["second_rise"] and result["second_rise_at"] == 100_000 and result["beyond"] == "dips, then rises again"
 
 
 def test_no_second_rise_when_validation_only_falls_and_no_memorisation_when_train_stays_low():
     falling = memorisation(_curve([0.9, 0.99, 1.0, 1.0], [0.80, 0.79, 0.78, 0.779]))
     assert falling["memorised_at"] == 10 and falling["val_peak_at"] == 1 and not falling["second_rise"]
-    assert falling["peak_vs_memorisation"] == "below"
+    assert falling["peak_vs_memorisation"] == "below" and falling["beyond"] == "falls"
+    rising = memorisation(_curve([0.9, 0.99, 1.0, 1.0], [0.78, 0.79, 0.80, 0.82]))
+    assert rising["beyond"] == "keeps rising" and not rising["second_rise"], "a rise from the point itself is no dip"
     never = memorisation(_curve([0.7, 0.8, 0.9], [0.6, 0.7, 0.72]))
     assert never["memorised_at"] is None and never["val_peak_at"] == 100
 
