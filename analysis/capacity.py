@@ -107,6 +107,8 @@ def trend_with_interval(trials: pd.DataFrame, y: str = "gap", n_boot: int = 1000
         return out
     data = np.concatenate(sizes)
     out["slope_per_decade"] = float(np.polyfit(data[:, 1], data[:, 0], 1)[0])
+    if all(len(s) == 1 for s in sizes):  # one seed per size: nothing to resample, no interval
+        return out
     rng = np.random.default_rng(seed)
     slopes = []
     for _ in range(n_boot):

@@ -103,8 +103,9 @@ def gap_figure(trials: pd.DataFrame, sizes: pd.DataFrame, group: str | None, tre
         logp = np.log10(ok["param_count"].to_numpy(dtype=float))
         intercept = float(np.mean(ok["gap"]) - trend["slope_per_decade"] * np.mean(logp))
         xs = np.linspace(logp.min(), logp.max(), 20)
+        interval = "" if trend["low"] is None else f" [{trend['low']:+.3f}, {trend['high']:+.3f}]"
         ax.plot(10 ** xs, intercept + trend["slope_per_decade"] * xs, color="black", lw=1, ls=":",
-                label=f"trend {trend['slope_per_decade']:+.3f}/decade [{trend['low']:+.3f}, {trend['high']:+.3f}]")
+                label=f"trend {trend['slope_per_decade']:+.3f}/decade{interval}")
     ax.axhline(0, color="black", lw=0.8)
     return _finish(fig, ax, "parameters", "train_acc - val_acc (final)",
                    "Generalisation gap against parameter count", 8, log_x=True)

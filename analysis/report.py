@@ -171,9 +171,10 @@ def config_label(row) -> str:
 def trend_text(t: dict, what: str) -> str:
     if t["slope_per_decade"] is None:
         return f"{what}: not enough sizes for a trend"
+    interval = ("no interval: one seed per size" if t["low"] is None else
+                f"95% bootstrap interval over seeds {t['low']:+.3f} .. {t['high']:+.3f}")
     return (f"{what} changes by {t['slope_per_decade']:+.3f} per tenfold increase in parameters "
-            f"(95% bootstrap interval over seeds {t['low']:+.3f} .. {t['high']:+.3f}; {t['sizes']} sizes, "
-            f"{t['trials']} trials)")
+            f"({interval}; {t['sizes']} sizes, {t['trials']} trials)")
 
 
 def memorisation_text(group: str, m: dict) -> str:

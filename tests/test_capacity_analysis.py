@@ -85,6 +85,8 @@ def test_trend_recovers_a_known_slope_and_its_interval_narrows_with_agreeing_see
     t = trend_with_interval(exact, n_boot=100)
     assert (t["low"], t["slope_per_decade"], t["high"]) == pytest.approx((0.1, 0.1, 0.1))
     assert trend_with_interval(exact.head(3))["slope_per_decade"] is None, "one size: no trend"
+    single = trend_with_interval(exact.drop_duplicates("param_count"))
+    assert single["slope_per_decade"] == pytest.approx(0.1) and single["low"] is None, "one seed a size: no interval"
 
 
 def _curve(train, val):
