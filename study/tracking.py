@@ -242,10 +242,16 @@ class MlflowTrialLogger(tune.Callback):
     def _open_child(self, trial_id: str, config: dict | None, reopen: bool = True) -> None:
         client = self._client
         key = {store.TAG_PARENT: self.parent_run_id, store.TAG_TRIAL: trial_id}
-        tags = {store.TAG_ROLE: store.ROLE_TRIAL, store.TAG_SWEEP: self.sweep_name, **(config or {}).get("tags", {})}
-        run_id, _ = store.ensure_run(client, self._experiment_id, key, f"trial_{trial_id}", tags, reopen=reopen)
-        if config is not None:
-            train = dict(config.get("train", {}))
+        # A trial Tune created but never started holds placeholders (not dicts) where its sampled
+        # values will go: its run gets those values when the trial starts.
+        extra = (config or {}).get("tags")
+        extra = extra if isinstance(extra, dict) else {}
+        train = (config or {}).get("train")
+        tags = {store.TAG_ROLE: store.ROLE_TRIAL, store.TAG_SWEEP: self.sweep_name, **extra}
+        run_id, created = store.ensure_run(client, self._experiment_id, key, f"trial_{trial_id}", tags, reopen=reopen)
+        if extra and not created:  # a run opened earlier without them (e.g. by a replay)
+            store.set_tags(client, run_id, extra)
+        if isinstance(train, dict):
             searched = {k: v for k, v in config.items() if k not in ("train", "tags")}
             store.log_params(client, run_id, {**train, "depth": len(train.get("hidden_sizes", [])),
                                               **{f"search.{k}": v for k, v in searched.items()}})
