@@ -260,66 +260,66 @@ def prepare_capacity(opts: CapacityOptions, data: DataConfig) -> Prepared:
     return Prepared(opts, spec, data, uri, opts.experiment or opts.name, storage, opts.design.epochs)
 
 
+def design_points(spec: "CapacitySpec", first_seed: int, threads: int, device: str) -> list[dict]:
+    """Every run of the design, in the order they should start: largest cells first, and within a
+    cell every regulariser value and seed, so no CPU idles behind one long run at the end. Each
+    point is {'train': TrainConfig dict, 'tags': its MLflow tags, and the grid coordinates}."""
+    from analysis import record
+
+    design = spec.design
+    points = []
+    for cell in design.cells():
+        for value in design.values or (None,):
+            for seed in range(design.seeds):
+                values = {**spec.recipe, "hidden_sizes": parse_cell(cell), "seed": first_seed + seed,
+                          "epochs": design.epochs, "threads": threads, "device": device}
+                if design.regulariser:
+                    values[design.regulariser] = value
+                points.append({
+                    "cell": cell, "seed": seed, **({"regulariser": value} if design.regulariser else {}),
+                    "train": TrainConfig.from_dict(values).to_dict(),
+                    "tags": {record.TAG_DESIGN: design.label(), record.TAG_CELL: cell, record.TAG_SEED: str(seed),
+                             record.TAG_REGULARISER: f"{design.regulariser}={value}" if design.regulariser else "none"}})
+    return points
+
+
 @dataclass(frozen=True)
-class TrainFromCell:
-    """Builds a grid point's TrainConfig dict (Ray's ``sample_from``): cell x seed x regulariser value."""
+class PointOf:
+    """A trial's full config from its grid index (picklable: Tune and Ray keep it).
 
-    recipe: dict
-    regulariser: str | None
-    epochs: int
-    first_seed: int
-    threads: int
-    device: str
+    The grid holds plain indices, not ``sample_from`` values: Tune fills those in only when a
+    trial starts, and a trial created but not started before an interruption comes back from
+    ``Tuner.restore`` without them.
+    """
 
-    def __call__(self, spec) -> dict:
-        c = spec.config
-        values = {**self.recipe, "hidden_sizes": parse_cell(c["cell"]), "seed": self.first_seed + int(c["seed"]),
-                  "epochs": self.epochs, "threads": self.threads, "device": self.device}
-        if self.regulariser:
-            values[self.regulariser] = c["regulariser"]
-        return TrainConfig.from_dict(values).to_dict()
+    points: tuple
+
+    def __call__(self, config: dict) -> dict:
+        if "point" not in config:  # already full (a sweep's config, or resolved before)
+            return dict(config)
+        return {**{k: v for k, v in config.items() if k != "point"}, **self.points[int(config["point"])]}
 
 
-@dataclass(frozen=True)
-class TagsFromCell:
-    """The MLflow tags of a grid point's run: its design, cell, seed and regulariser value."""
-
-    design: str
-    regulariser: str | None
-
-    def __call__(self, spec) -> dict:
-        from analysis import record
-
-        c = spec.config
-        return {record.TAG_DESIGN: self.design, record.TAG_CELL: c["cell"], record.TAG_SEED: str(c["seed"]),
-                record.TAG_REGULARISER: f"{self.regulariser}={c['regulariser']}" if self.regulariser else "none"}
-
-
-def build_capacity_tuner(prep: Prepared, data, callbacks: list, cluster: dict):
+def build_capacity_tuner(prep: Prepared, data, callbacks: list, cluster: dict, resolve: PointOf):
     from ray import tune
 
     from study.sweep import tuner_for
 
-    opts, spec = prep.options, prep.space
-    design = spec.design
-    resources, device, concurrency = trial_resources(opts, cluster)
-    # Tune varies the first grid key fastest: seeds, then values, then cells (largest first), so
-    # the longest runs of every seed start first and no CPU idles behind one at the end.
-    param_space = {"seed": tune.grid_search(list(range(design.seeds)))}
-    if design.regulariser:
-        param_space["regulariser"] = tune.grid_search(list(design.values))
-    param_space["cell"] = tune.grid_search(design.cells())
-    param_space["train"] = tune.sample_from(TrainFromCell(spec.recipe, design.regulariser, design.epochs, opts.seed,
-                                                          opts.cpus_per_trial, device))
-    param_space["tags"] = tune.sample_from(TagsFromCell(design.label(), design.regulariser))
-    # No scheduler and no searcher: every cell of the grid trains the whole budget.
+    resources, _, concurrency = trial_resources(prep.options, cluster)
+    # No scheduler and no searcher: every point of the grid trains the whole budget.
     tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrency, reuse_actors=True,
                                   trial_dirname_creator=trial_dirname)
-    return tuner_for(prep, data, resources, callbacks, tune_config, param_space), concurrency
+    param_space = {"point": tune.grid_search(list(range(len(resolve.points))))}
+    return tuner_for(prep, data, resources, callbacks, tune_config, param_space, resolve=resolve), concurrency
 
 
 def run_capacity(prep: Prepared) -> SweepSummary:
-    spec = prep.space
-    return run_study(prep, "capacity", lambda data, callbacks, cluster: build_capacity_tuner(prep, data, callbacks, cluster),
-                     artifacts={"design.json": spec.design.to_dict(), "recipe.json": {**spec.recipe,
-                                                                                       "source": spec.recipe_source}})
+    spec, opts = prep.space, prep.options
+
+    def resolver(cluster: dict) -> PointOf:
+        _, device, _ = trial_resources(opts, cluster)
+        return PointOf(tuple(design_points(spec, opts.seed, opts.cpus_per_trial, device)))
+
+    return run_study(prep, "capacity", lambda data, callbacks, cluster, resolve: build_capacity_tuner(
+        prep, data, callbacks, cluster, resolve), artifacts={"design.json": spec.design.to_dict(), "recipe.json": {
+            **spec.recipe, "source": spec.recipe_source}}, resolver=resolver)

@@ -232,14 +232,14 @@ def trial_resources(opts, cluster: dict) -> tuple[dict, str, int]:
     return {"cpu": opts.cpus_per_trial, "gpu": gpus}, ("cuda" if gpus > 0 else "cpu"), opts.max_concurrent or slots
 
 
-def tuner_for(prep, data, resources: dict, callbacks: list, tune_config=None, param_space=None):
+def tuner_for(prep, data, resources: dict, callbacks: list, tune_config=None, param_space=None, resolve=None):
     """The Tuner of a new study, or on --resume the restored one; shared by every kind of study."""
     from ray import tune
 
     from trainables.tune_adapter import train_trial
 
     opts = prep.options
-    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data), resources)
+    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, resolve=resolve), resources)
     if opts.resume:
         # The restored experiment brings its own callbacks; the driver's active logger stands in
         # for the unpickled one (MlflowTrialLogger.activate).
@@ -309,16 +309,18 @@ def build_tuner(prep: Prepared, data, callbacks: list, cluster: dict, points_to_
 
 
 def run_sweep(prep: Prepared, points_to_evaluate: list[dict] | None = None, extra_callbacks: list = ()) -> SweepSummary:
-    return run_study(prep, "sweep", lambda data, callbacks, cluster: build_tuner(
+    return run_study(prep, "sweep", lambda data, callbacks, cluster, _resolve: build_tuner(
         prep, data, callbacks, cluster, points_to_evaluate), extra_callbacks=extra_callbacks)
 
 
-def run_study(prep, kind: str, make_tuner, artifacts: dict | None = None, extra_callbacks: list = ()) -> SweepSummary:
+def run_study(prep, kind: str, make_tuner, artifacts: dict | None = None, extra_callbacks: list = (),
+              resolver=None) -> SweepSummary:
     """Run a study of any kind (a sweep, a capacity grid) on Ray Tune, every trial a child run.
 
     Starts or joins Ray, checks the cluster, opens (or adopts) the MLflow parent run, writes
-    birdplane's manifest, builds the Tuner with ``make_tuner(data, callbacks, cluster)`` (or
-    restores it), replays what a killed driver left undelivered, runs it and summarises.
+    birdplane's manifest, builds the Tuner with ``make_tuner(data, callbacks, cluster, resolve)``
+    (or restores it), replays what a killed driver left undelivered, runs it and summarises.
+    ``resolver(cluster)``, if given, makes ``resolve``: a trial's config -> its full config.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -345,6 +347,7 @@ def run_study(prep, kind: str, make_tuner, artifacts: dict | None = None, extra_
         # On a cluster, nothing is written to MLflow before the cluster passed its checks.
         ray = connect_ray(opts.address)
     cluster = preflight.check_cluster(ray, prep.tracking_uri, prep.storage_path, opts.storage_path is not None)
+    resolve = resolver(cluster) if resolver is not None else None
     flags = {**{k: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
              "kind": kind, "tracking_uri": prep.tracking_uri, "storage_path": prep.storage_path,
              "data_root": prep.data.root, "classes": ",".join(prep.data.classes), "val_split": prep.data.val_split,
@@ -353,14 +356,14 @@ def run_study(prep, kind: str, make_tuner, artifacts: dict | None = None, extra_
         prep.tracking_uri, prep.experiment, opts.name, parent_params=flags,
         parent_artifacts={"search_space.json": prep.space.to_dict(), "data.json": data.summary(),
                           "cluster.json": cluster, f"{kind}.json": flags, **(artifacts or {})},
-        data_config=prep.data.to_dict(), key=prep.path, role=kind).activate()
+        data_config=prep.data.to_dict(), key=prep.path, role=kind, resolve=resolve).activate()
     parent = callback.open_parent()  # before any trial starts: a tracking problem stops us here
     if not opts.resume:
         manifest.write(prep.path, manifest.Manifest(
             kind=kind, name=opts.name, experiment=prep.experiment, tracking_uri=prep.tracking_uri,
             parent_run_id=parent, data=prep.data.to_dict(), space=prep.space.to_dict(), options=flags,
             optuna_storage=getattr(opts, "optuna_storage", None)))
-    tuner, _ = make_tuner(data, [callback, *extra_callbacks], cluster)
+    tuner, _ = make_tuner(data, [callback, *extra_callbacks], cluster, resolve)
     if opts.resume:
         # Trials that finished while the last driver's MLflow calls were lost (a SIGKILL, an
         # outage) get their runs completed from Ray's results before the study continues.
@@ -372,7 +375,7 @@ def run_study(prep, kind: str, make_tuner, artifacts: dict | None = None, extra_
                            undelivered=callback.last_undelivered, interrupted=callback.interrupted)
     for result in results:
         m = result.metrics or {}
-        config = result.config or {}
+        config = (resolve(result.config) if resolve is not None else result.config) or {}
         summary.trials.append({
             "trial_id": m.get("trial_id"), "val_acc": m.get("val_acc"), "train_acc": m.get("train_acc"),
             "val_loss": m.get("val_loss"), "param_count": m.get("param_count"), "epochs": m.get("epoch"),

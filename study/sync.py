@@ -41,7 +41,7 @@ def replay(logger: MlflowTrialLogger, experiment_path: str, resuming: bool = Fal
     counts = {"trials": 0, "closed": 0, "open": 0, "unchanged": 0}
     for trial in analysis.trials:
         counts["trials"] += 1
-        outcome = logger.reconcile(trial.trial_id, dict(trial.config), _records(frames.get(trial.trial_id)),
+        outcome = logger.reconcile(trial.trial_id, logger.full_config(trial.config), _records(frames.get(trial.trial_id)),
                                    trial.checkpoint, trial.status, resuming)
         counts[outcome] += 1
     client = MlflowClient(logger.tracking_uri)

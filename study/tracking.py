@@ -111,8 +111,9 @@ class MlflowTrialLogger(tune.Callback):
 
     def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, parent_params: dict,
                  parent_artifacts: dict[str, dict], data_config: dict, key: str = "",
-                 drain_timeout: float | None = None, role: str = store.ROLE_SWEEP):
+                 drain_timeout: float | None = None, role: str = store.ROLE_SWEEP, resolve=None):
         self.key = key
+        self.resolve = resolve  # trial config -> full config (a capacity grid's point index -> its point)
         self.role = role  # the parent run's role: a sweep or a capacity study
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -180,8 +181,12 @@ class MlflowTrialLogger(tune.Callback):
         assert self._outbox is not None, "open_parent() first"
         self._outbox.put(call)
 
+    def full_config(self, config: dict) -> dict:
+        resolve = getattr(self, "resolve", None)
+        return resolve(dict(config)) if resolve is not None else dict(config)
+
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        trial_id, config = trial.trial_id, dict(trial.config)
+        trial_id, config = trial.trial_id, self.full_config(trial.config)
         self._started.add(trial_id)
         self._enqueue(lambda: self._open_child(trial_id, config))
 
@@ -202,7 +207,7 @@ class MlflowTrialLogger(tune.Callback):
         trial_id, checkpoint = trial.trial_id, trial.checkpoint
         self._closed.add(trial_id)
         last = self._last_result.get(trial_id) or dict(trial.last_result or {})
-        config = dict(trial.config)
+        config = self.full_config(trial.config)
         self._enqueue(lambda: self._close_child(trial_id, config, checkpoint, last, error))
 
     def on_experiment_end(self, trials, **info) -> None:

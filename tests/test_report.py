@@ -28,7 +28,7 @@ def test_report_writes_every_figure_and_the_html_and_logs_them_to_the_parent(smo
     short = len(trials) - len(full)
     assert f"best val_acc {max(t['val_acc'] for t in full):.4f}" in printed
     assert (f"{short} trials left out: {short} stopped before the 2-epoch budget" if short else "no trial left out") in printed
-    assert (out / "capacity_table.csv").read_text().startswith("group,hidden_sizes,param_count,seeds,")
+    assert (out / "capacity_table.csv").read_text().startswith("group,depth,hidden_sizes,param_count,seeds,")
 
 
 def test_the_report_ranks_importances_and_draws_one_bar_each(smoke_sweep, tmp_path):

@@ -35,7 +35,10 @@ def read_checkpoint(checkpoint: tune.Checkpoint | None) -> TrainState | None:
         return TrainState.load(os.path.join(folder, STATE_FILE))
 
 
-def train_trial(config: dict, data: StudyData) -> None:
+def train_trial(config: dict, data: StudyData, resolve=None) -> None:
+    """One trial. ``resolve`` maps the trial's config to the full one ({'train': ..., ...}) when the
+    study's grid holds only an index into a list of prepared points (a capacity design)."""
+    config = resolve(config) if resolve is not None else config
     train_config = TrainConfig.from_dict(config["train"])
     resume = read_checkpoint(tune.get_checkpoint())
     meta = data_meta(data)
