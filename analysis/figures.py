@@ -38,6 +38,15 @@ def _aggregated(sizes: pd.DataFrame) -> bool:
     return not sizes.empty and (sizes["seeds"] > 1).any()
 
 
+def _size_curves(sizes: pd.DataFrame):
+    """One curve per group (regulariser value, loss) and depth: (colour, marker, label, rows by size)."""
+    depths = sorted(sizes["depth"].unique())
+    curves = [(name, depth, rows) for name, g in sizes.groupby("group") for depth, rows in g.groupby("depth")]
+    for i, (name, depth, rows) in enumerate(curves):
+        label = ", ".join(([] if name == "all" else [str(name)]) + ([f"depth {depth}"] if len(depths) > 1 else []))
+        yield plt.cm.tab10(i % 10), "osD^v"[depths.index(depth) % 5], label, rows.sort_values("param_count")
+
+
 def capacity_figure(trials: pd.DataFrame, sizes: pd.DataFrame, short: pd.DataFrame, group: str | None):
     """Accuracy against parameter count.
 
@@ -48,14 +57,8 @@ def capacity_figure(trials: pd.DataFrame, sizes: pd.DataFrame, short: pd.DataFra
     """
     fig, ax = plt.subplots(figsize=(8, 5))
     if _aggregated(sizes):
-        depths = sorted(sizes["depth"].unique())
-        curves = [(name, depth, rows) for name, g in sizes.groupby("group") for depth, rows in g.groupby("depth")]
-        for i, (name, depth, rows) in enumerate(curves):
-            colour = plt.cm.tab10(i % 10)
-            rows = rows.sort_values("param_count")
-            label = ", ".join(([] if name == "all" else [str(name)]) + ([f"depth {depth}"] if len(depths) > 1 else []))
+        for colour, marker, label, rows in _size_curves(sizes):
             label = f" ({label})" if label else ""
-            marker = "osD^v"[depths.index(depth) % 5]
             for column, style, what in (("final_val_acc", "-", "val"), ("train_acc", "--", "train")):
                 mean, sd = rows[column], rows[f"{column}_sd"].fillna(0)
                 ax.plot(rows["param_count"], mean, style, color=colour, marker=marker, ms=4, label=f"{what}{label}")
@@ -85,14 +88,8 @@ def gap_figure(trials: pd.DataFrame, sizes: pd.DataFrame, group: str | None, tre
 
     fig, ax = plt.subplots(figsize=(8, 4))
     if _aggregated(sizes):
-        depths = sorted(sizes["depth"].unique())
-        curves = [(name, depth, rows) for name, g in sizes.groupby("group") for depth, rows in g.groupby("depth")]
-        for i, (name, depth, rows) in enumerate(curves):
-            colour = plt.cm.tab10(i % 10)
-            rows = rows.sort_values("param_count")
-            label = ", ".join(([] if name == "all" else [str(name)]) + ([f"depth {depth}"] if len(depths) > 1 else []))
-            ax.plot(rows["param_count"], rows["gap"], "-" + "osD^v"[depths.index(depth) % 5], color=colour, ms=4,
-                    label=label or "gap")
+        for colour, marker, label, rows in _size_curves(sizes):
+            ax.plot(rows["param_count"], rows["gap"], "-" + marker, color=colour, ms=4, label=label or "gap")
             ax.fill_between(rows["param_count"], rows["gap"] - rows["gap_sd"].fillna(0),
                             rows["gap"] + rows["gap_sd"].fillna(0), color=colour, alpha=0.12, lw=0)
     else:
