@@ -39,8 +39,9 @@ class StudyReport:
     by_batch: pd.DataFrame
     edges: pd.DataFrame
     importances: dict
-    gap_trend: dict  # gap per decade of parameters, with a bootstrap interval over seeds
+    gap_trend: dict  # gap per decade of parameters, with a bootstrap interval over seeds (all trials)
     loss_trend: dict  # (final - minimum val loss) per decade, likewise
+    group_trends: dict  # per group (regulariser value or loss), when there are groups: {"gap": ..., "val_loss_rise": ...}
     sizes: pd.DataFrame  # per size (and group): means and spreads over seeds
     group: str | None  # what separates the curves: the regulariser, the loss, or nothing
     memorisation: dict  # per group: analysis.capacity.memorisation
@@ -98,6 +99,9 @@ def analyse(experiment: str, trials: pd.DataFrame, histories: pd.DataFrame, spac
         by_depth=compare_by(used, "depth"), by_batch=compare_by(used, "batch_size"),
         edges=edge_flags(used, space), importances=imp, gap_trend=trend_with_interval(used, "gap"),
         loss_trend=trend_with_interval(curves, "val_loss_rise"), sizes=sizes, group=group,
+        group_trends={str(g): {"gap": trend_with_interval(rows, "gap"),
+                               "val_loss_rise": trend_with_interval(rows, "val_loss_rise")}
+                      for g, rows in (curves.groupby(group) if group else [])},
         memorisation={curve_name(g, d, sizes): memorisation(t) for (g, d), t in sizes.groupby(["group", "depth"])},
         budget=budget, short=short,
         curve_runs=top + ([largest] if largest not in top else []), left_out=left,
@@ -140,7 +144,8 @@ def confirmed(confirmations: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame
 def make_figures(report: StudyReport, histories: pd.DataFrame, space: dict) -> dict[str, "plt.Figure"]:
     return {
         "capacity.png": figures.capacity_figure(report.trials, report.sizes, report.short, report.group),
-        "gap.png": figures.gap_figure(report.trials, report.sizes, report.group, report.gap_trend),
+        "gap.png": figures.gap_figure(report.trials, report.sizes, report.group,
+                                      None if report.group_trends else report.gap_trend),
         "learning_curves.png": figures.learning_curves_figure(report.trials, histories, report.curve_runs),
         "hyperparameters.png": figures.hyperparameter_figure(report.trials, space),
         "importance.png": figures.importance_figure(report.importances),
@@ -175,6 +180,16 @@ def trend_text(t: dict, what: str) -> str:
                 f"95% bootstrap interval over seeds {t['low']:+.3f} .. {t['high']:+.3f}")
     return (f"{what} changes by {t['slope_per_decade']:+.3f} per tenfold increase in parameters "
             f"({interval}; {t['sizes']} sizes, {t['trials']} trials)")
+
+
+def trend_lines(report: StudyReport) -> list[str]:
+    """The trends as sentences: per group when the study has groups (pooling them would mix
+    regulariser values), else over all trials."""
+    if report.group_trends:
+        return [trend_text(t[key], f"{group}: {what}") for group, t in report.group_trends.items()
+                for key, what in (("gap", "the final train-val gap"), ("val_loss_rise", "final minus minimum val loss"))]
+    return [trend_text(report.gap_trend, "the final train-val gap"),
+            trend_text(report.loss_trend, "final minus minimum val loss")]
 
 
 def memorisation_text(group: str, m: dict) -> str:
@@ -221,8 +236,7 @@ def write_report(report: StudyReport, figs: dict, out: Path) -> list[Path]:
         "<h2>Per size, over seeds</h2>",
         _table(report.sizes, legend=SIZE_TABLE_LEGEND + f" (also in {TABLE_FILE})"),
         "<h2>Generalisation gap</h2>", _img(inline, "gap.png"),
-        f"<p>{html.escape(trend_text(report.gap_trend, 'the final train-val gap'))}.<br>"
-        f"{html.escape(trend_text(report.loss_trend, 'final minus minimum val loss'))}.</p>",
+        "<p>" + "<br>".join(html.escape(line) + "." for line in trend_lines(report)) + "</p>",
     ]
     if report.confirmations is not None:
         sections += ["<h2>Confirmed at the full budget</h2>",

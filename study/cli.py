@@ -260,7 +260,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from analysis.capacity import readable
-    from analysis.report import TABLE_FILE, config_label, memorisation_text, trend_text
+    from analysis.report import TABLE_FILE, config_label, memorisation_text, trend_lines
     from study.reporting import build_report
 
     quiet_libraries()
@@ -277,8 +277,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(readable(report.sizes[columns]).to_string(index=False))
     for group, m in report.memorisation.items():
         print(memorisation_text(group, m))
-    print(trend_text(report.gap_trend, "the final train-val gap"))
-    print(trend_text(report.loss_trend, "final minus minimum val loss"))
+    for line in trend_lines(report):
+        print(line)
     if report.confirmations is not None:
         print("\nconfirmed at the full budget (means over seeds):")
         print(readable(report.confirmations[["param_count", "hidden_sizes", "seeds", "epochs", "sweep_val_acc",
