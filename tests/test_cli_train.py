@@ -68,8 +68,6 @@ def test_missing_or_unrecognised_data_root_is_one_line_exit_2(tmp_path, root, ca
 
 
 def test_train_predict_and_help_run_where_ray_optuna_and_mlflow_cannot_be_imported(image_tree, tmp_path):
-    import torch
-
     from trainables.bundle import save_bundle
     from trainables.config import TrainConfig
     from trainables.model import build_model
