@@ -147,7 +147,7 @@ def _sweep_parser(sub) -> None:
     p.add_argument("--grace-epochs", type=int, default=None,
                    help="ASHA's minimum epochs per trial (default 4, or the trials' epochs when fewer)")
     p.add_argument("--cpus-per-trial", type=int, default=d.cpus_per_trial)
-    p.add_argument("--gpus-per-trial", type=float, default=None, help="default 0.25 when the cluster has GPUs, else 0")
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="default 1/16 (16 trials a GPU) when the cluster has GPUs, else 0")
     p.add_argument("--max-concurrent", type=int, default=None, help="default: as many as the resources hold")
     p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: local)")
     p.add_argument("--storage-path", default=None, help="Tune results and checkpoints (default ~/ray_results); "
@@ -438,7 +438,7 @@ def _capacity_parser(sub) -> None:
     p.add_argument("--from-run", default=None, help="take the recipe from a trial's run (its non-size hyperparameters)")
     p.add_argument("--seed", type=int, default=0, help="the first seed (cells use seed, seed+1, ...)")
     p.add_argument("--cpus-per-trial", type=int, default=1)
-    p.add_argument("--gpus-per-trial", type=float, default=None, help="default 0.25 when the cluster has GPUs, else 0")
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="default 1/16 (16 trials a GPU) when the cluster has GPUs, else 0")
     p.add_argument("--max-concurrent", type=int, default=None, help="default: as many as the resources hold")
     p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: local)")
     p.add_argument("--storage-path", default=None, help="Tune results and checkpoints (default ~/ray_results)")

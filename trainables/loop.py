@@ -125,14 +125,18 @@ def make_optimizer(config: TrainConfig, params, device: torch.device | None = No
     (graphed and eager steps on a GPU then share the same kernels)."""
     kwargs = {}
     lr = config.lr
-    if device is not None and device.type == "cuda":
+    cuda = device is not None and device.type == "cuda"
+    if cuda:
         kwargs["fused"] = True
         lr = torch.tensor(config.lr, device=device)
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay, **kwargs)
+    # Adam's step count lives on the device and capture is allowed only with capturable=True
+    # (measured on an H100: fused AdamW without it refuses capture).
+    adam_kwargs = {**kwargs, "capturable": True} if cuda else kwargs
     if config.optimizer == "adamw":  # decoupled weight decay (Loshchilov & Hutter)
-        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay, **kwargs)
-    return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay, **kwargs)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay, **adam_kwargs)
+    return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay, **adam_kwargs)
 
 
 class WarmupCosine:
@@ -343,9 +347,11 @@ def capture_steps(run: Run) -> None:
     if why_not is not None:
         run.steps = f"eager ({why_not})"
         return
-    for group in run.optimizer.param_groups:  # a resumed eager checkpoint brings a float rate
+    for group in run.optimizer.param_groups:  # a resumed CPU checkpoint brings a float rate, capturable off
         if not torch.is_tensor(group["lr"]):
             group["lr"] = torch.tensor(group["lr"], device=run.device)
+        if "capturable" in group:
+            group["capturable"] = True
     try:
         run.graphed = GraphedSteps(run)
         run.steps = "graphed (CUDA graphs)"
