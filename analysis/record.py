@@ -19,6 +19,7 @@ How MLflow stays consistent with Ray (the path is spread over a few files; this 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 import typing
@@ -53,6 +54,8 @@ TAG_DESIGN = "birdplane.design"  # a capacity study's design: its grid, seeds, e
 TAG_CELL = "birdplane.cell"  # the cell of the grid: "[256,256]"
 TAG_REGULARISER = "birdplane.regulariser"  # "augment=crop+flip" (or "none")
 TAG_CONFIRMS = "confirms"  # the run id of the trial a confirmation run retrains
+TAG_NODE = "birdplane.node"  # the Ray node a trial ran on (its last one, if retried elsewhere)
+REGISTERED_ALIAS = "champion"  # the alias `rerun --register` moves to the version it registers
 
 OUTCOMES = ("completed", "stopped_early", "diverged", "failed", "orphaned")
 
@@ -132,8 +135,109 @@ def find_experiment_id(client: MlflowClient, name: str) -> str | None:
     return exp.experiment_id if exp is not None else None
 
 
+# MLflow 3.17's UI opens an experiment on its GenAI pages unless the experiment says it holds
+# model training (the UI reads this tag; "custom_model_development" is its model-training kind).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> str:
-    return find_experiment_id(client, name) or client.create_experiment(name)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
+    if TAG_EXPERIMENT_KIND not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+def headline(runs: list) -> dict[str, float]:
+    """A study's headline for its parent run, from its trials' finished runs (every session's and
+    every extension's): how many completed, were stopped early, diverged or failed, and the best
+    final val_acc among those that completed (among all, when none did)."""
+    counts = {"completed": 0, "stopped": 0, "diverged": 0, "failed": 0}
+    full, every = [], []
+    for run in runs:
+        outcome = run.data.tags.get(TAG_OUTCOME)
+        key = {"stopped_early": "stopped", "orphaned": None}.get(outcome, outcome)
+        if key in counts:
+            counts[key] += 1
+        value = run.data.metrics.get("val_acc")
+        if value is not None and math.isfinite(value) and outcome in ("completed", "stopped_early"):
+            every.append(value)
+            if outcome == "completed":
+                full.append(value)
+    out = {f"trials_{k}": float(v) for k, v in counts.items()}
+    if every:
+        out["study_best_val_acc"] = float(max(full or every))
+    return out
+
+
+def log_headline(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[str, float]:
+    import mlflow
+
+    mlflow.set_tracking_uri(client.tracking_uri)  # search_runs pages through every child
+    runs = mlflow.search_runs([experiment_id], output_format="list", filter_string=(
+        f"tags.`{TAG_PARENT}` = {_quote(parent_run_id)} and tags.`{TAG_ROLE}` = {_quote(ROLE_TRIAL)}"))
+    values = headline(runs)
+    log_metrics(client, parent_run_id, values, step=0)
+    return values
+
+
+def readable_name(train: dict) -> str:
+    """A run name a person can read in the UI's runs list: "[505,103] relu bce adam"."""
+    sizes = ",".join(str(int(h)) for h in train.get("hidden_sizes", ()))
+    parts = [f"[{sizes}]", train.get("activation"), train.get("loss"), train.get("optimizer")]
+    return " ".join(str(x) for x in parts if x)
+
+
+def source_tags(entry_point: str) -> dict[str, str]:
+    """MLflow's standard source tags (the UI's Source and Version columns) for this checkout."""
+    return {**_checkout_tags(), "mlflow.source.name": entry_point}
+
+
+@functools.lru_cache(maxsize=1)
+def _checkout_tags() -> dict[str, str]:
+    import getpass
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    tags = {"mlflow.source.type": "LOCAL"}
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except Exception:  # no user name in a container
+        pass
+    try:
+        def git(*args: str) -> str:
+            out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=5)
+            return out.stdout.strip() if out.returncode == 0 else ""
+        commit = git("rev-parse", "HEAD")
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+            branch, remote = git("rev-parse", "--abbrev-ref", "HEAD"), git("config", "--get", "remote.origin.url")
+            if branch and branch != "HEAD":
+                tags["mlflow.source.git.branch"] = branch
+            if remote:
+                tags["mlflow.source.git.repoURL"] = remote
+    except OSError:
+        pass
+    return tags
+
+
+def log_dataset(client: MlflowClient, run_id: str, data: dict, context: str = "training") -> None:
+    """The run's data set as an MLflow dataset input (the UI's Dataset column): its root, classes,
+    split and subset, with a digest of them (the same data gives the same digest)."""
+    import hashlib
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    described = {k: data.get(k) for k in ("root", "classes", "val_split", "val_fraction", "split_seed", "subset")}
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    name = "cifar10-" + "-".join(data.get("classes") or ()) if data.get("classes") else "cifar10"
+    dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": str(data.get("root"))}),
+                      profile=json.dumps({k: v for k, v in described.items() if k != "root"}, default=str))
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
 
 
 def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> str | None:

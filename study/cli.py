@@ -154,12 +154,15 @@ def _sweep_parser(sub) -> None:
                                                        "shared storage or a cloud URI on a cluster")
     p.add_argument("--name", default=None, help="sweep name (default sweep-<timestamp>); --resume needs it")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
+    p.add_argument("--extend", type=int, default=None, metavar="N",
+                   help="N more trials for the finished sweep --name: its Optuna study warm-starts the search, its "
+                        "MLflow parent run gets them; --space may widen numeric ranges")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's local sqlite:///mlflow.db)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: the sweep name)")
     p.add_argument("--optuna-storage", default=None,
-                   help="persist the Optuna study in this database (e.g. sqlite:///optuna.db), study name = --name; "
-                        "watch it with optuna-dashboard")
+                   help="the Optuna study's database (study name = --name); default: optuna.db beside the MLflow "
+                        "store; 'none' keeps it in memory. Watch it live with `optuna-dashboard URL`")
     p.add_argument("--smoke", action="store_true", help="a tiny sweep: 4 trials, 2 epochs, 100 images per class")
     p.add_argument("--check", action="store_true",
                    help="validate every flag, the space file, the data root and the tracking URI, print the plan, "
@@ -209,7 +212,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from study.sweep import SMOKE_SUBSET, prepare, run_sweep
 
     opts = sweep_options(args)
-    prep = prepare(opts, data_config(args, subset=SMOKE_SUBSET if args.smoke else 0))
+    if args.extend is not None:
+        from study.sweep import prepare_extension
+
+        if not args.name:
+            raise UsageError("--extend needs --name of the sweep to extend")
+        if args.num_samples is not None:
+            raise UsageError("--extend N gives the number of new trials: drop --num-samples")
+        prep = prepare_extension(opts, None, args.extend)  # the sweep's own data, space and search flags
+    else:
+        prep = prepare(opts, data_config(args, subset=SMOKE_SUBSET if args.smoke else 0))
     if args.check:
         plan = {"name": opts.name, "experiment": prep.experiment, "tracking_uri": prep.tracking_uri,
                 "experiment_path": prep.path, "epochs": prep.max_epochs, "num_samples": opts.num_samples,
@@ -248,7 +260,9 @@ def store_is_local(uri: str) -> bool:
 
 def _report_parser(sub) -> None:
     p = sub.add_parser("report", help="figures + HTML of a study: accuracy against parameters, overfitting")
-    p.add_argument("--experiment", required=True, help="MLflow experiment of the study (the study name by default)")
+    p.add_argument("--experiment", required=True, action="append",
+                   help="MLflow experiment of the study (the study name by default); give it twice or more to "
+                        "compare studies on one page (compare.html)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's local sqlite:///mlflow.db)")
     p.add_argument("--out", default="report", help="folder for the PNG figures and report.html (default ./report)")
     p.add_argument("--include-short", action="store_true",
@@ -264,6 +278,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from study.reporting import build_report
 
     quiet_libraries()
+    if len(args.experiment) > 1:
+        return compare_studies(args)
+    args.experiment = args.experiment[0]
     report, paths, uri = build_report(args.tracking_uri, args.experiment, Path(args.out), args.include_short)
     budget = f"the {report.budget}-epoch budget" if report.budget else "an unknown budget"
     if args.include_short:
@@ -298,6 +315,60 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def compare_studies(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from analysis.capacity import readable
+    from analysis.compare import BEST_FILE
+    from study.reporting import build_comparison
+
+    reports, paths, _ = build_comparison(args.tracking_uri, args.experiment, Path(args.out), args.include_short)
+    from analysis.compare import best_table
+
+    table = best_table(reports)
+    print("studies compared (best trial at each study's budget; trends per decade of parameters):")
+    print(readable(table[["experiment", "trials", "budget", "best_val_acc", "best_gap", "best_param_count",
+                          "gap_per_decade", "gap_low", "gap_high", "val_loss_rise_per_decade"]]).to_string(index=False))
+    print(f"\nwrote {len(paths)} files to {args.out}/ (compare.html; {BEST_FILE} holds the table)")
+    return 0
+
+
+def _export_parser(sub) -> None:
+    p = sub.add_parser("export", help="a study as tidy tables: one row per trial (FILE) and per trial-epoch (FILE.curves)")
+    p.add_argument("--experiment", required=True, help="MLflow experiment of the study")
+    p.add_argument("--out", required=True, help="FILE.csv or FILE.parquet; the curves go to FILE.curves.csv|.parquet")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's local sqlite:///mlflow.db)")
+    p.set_defaults(handler=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from analysis.export import FORMATS, curves_path, study_tables, write_tables
+    from analysis.runs import StudyNotFound
+
+    out = Path(args.out)
+    if out.suffix not in FORMATS:
+        raise UsageError(f"--out {args.out}: unknown format {out.suffix or '(none)'!r}; use .csv or .parquet")
+    if not out.parent.resolve().is_dir():
+        raise UsageError(f"--out {args.out}: folder {out.parent} does not exist")
+    quiet_libraries()
+    from mlflow import MlflowClient
+
+    from study import preflight
+
+    uri = preflight.resolve_tracking_uri(args.tracking_uri)
+    preflight.check_tracking_uri(uri)
+    preflight.check_store_exists(uri)
+    try:
+        trials, curves = study_tables(MlflowClient(uri), args.experiment)
+    except StudyNotFound as err:
+        raise UsageError(str(err)) from None
+    write_tables(trials, curves, out)
+    print(f"wrote {len(trials)} trials to {out} and {len(curves)} trial-epochs to {curves_path(out)}")
+    return 0
+
+
 def _rerun_parser(sub) -> None:
     p = sub.add_parser("rerun", help="retrain a study's best trial with several seeds; report test accuracy")
     p.add_argument("--experiment", required=True)
@@ -313,6 +384,9 @@ def _rerun_parser(sub) -> None:
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--address", default=None, help="Ray cluster to run the seeds on (default: local)")
     p.add_argument("--data-root", default=None, help="override the data root recorded with the study")
+    p.add_argument("--register", default=None, metavar="NAME",
+                   help="register the rerun's model (its first seed's best-epoch weights) in MLflow's model registry "
+                        "as a new version of NAME and point the alias @champion at it")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_rerun)
 
@@ -330,10 +404,12 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
     quiet_libraries()
     if args.pareto or args.top is not None:
+        if args.register is not None:
+            raise UsageError("--register goes with a rerun of one trial, not with --pareto or --top")
         return confirm(args)
     summary = run_rerun(RerunOptions(experiment=args.experiment, rank=args.rank, metric=args.metric, seeds=args.seeds,
                                      epochs=args.epochs, tracking_uri=args.tracking_uri, address=args.address,
-                                     data_root=args.data_root))
+                                     data_root=args.data_root, register=args.register))
     if args.json:
         print(json.dumps(json_safe(asdict(summary))))
         return 0
@@ -345,7 +421,12 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     if summary.reproduced is not None:
         print(f"same-seed rerun reproduced the trial exactly: {'yes' if summary.reproduced else 'NO'}")
     print(f"MLflow: parent run {summary.parent_run_id}; model: {summary.model_uri}")
-    print(f"use it: birdplane predict --model {summary.model_uri} IMAGE_OR_DIR...")
+    model = summary.model_uri
+    if summary.registered:
+        r = summary.registered
+        print(f"registered: {r['name']} version {r['version']} ({r['uri']}), alias {r['alias_uri']}")
+        model = r["alias_uri"]
+    print(f"use it: birdplane predict --model {model} IMAGE_OR_DIR...")
     return 0
 
 
@@ -372,7 +453,9 @@ def confirm(args: argparse.Namespace) -> int:
 
 def _predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="classify images with a saved model (a path or an MLflow runs:/ URI)")
-    p.add_argument("--model", required=True, help="model.pt path, or runs:/RUN_ID/model.pt")
+    p.add_argument("--model", required=True,
+                   help="model.pt path, runs:/RUN_ID/model.pt, or a registered model: models:/NAME/VERSION, "
+                        "models:/NAME@champion")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--tracking-uri", default=None, help="for runs:/ URIs (default: MLflow's local store)")
     p.add_argument("--weights", default="best", choices=("best", "last"),
@@ -511,7 +594,7 @@ def capacity_table(trials: list[dict]) -> str:
     return "final epoch, mean ± sd over seeds:\n" + "\n".join(lines)
 
 
-COMMANDS: list[Callable] = [_train_parser, _sweep_parser, _capacity_parser, _report_parser, _rerun_parser,
+COMMANDS: list[Callable] = [_train_parser, _sweep_parser, _capacity_parser, _report_parser, _export_parser, _rerun_parser,
                             _predict_parser, _sync_parser]
 
 

@@ -32,12 +32,34 @@ def open_study(tracking_uri: str | None, experiment: str) -> tuple[MlflowClient,
 
 def build_report(tracking_uri: str | None, experiment: str, out: Path,
                  include_short: bool = False) -> tuple[StudyReport, list[Path], str]:
+    report, histories, client, study, uri = analyse_study(tracking_uri, experiment, include_short)
+    paths = write_report(report, make_figures(report, histories, study.space), out)
+    for path in paths:
+        client.log_artifact(study.parent_run_id, str(path), artifact_path="report")
+    return report, paths, uri
+
+
+def analyse_study(tracking_uri: str | None, experiment: str, include_short: bool = False):
+    """(the study's report, its per-epoch histories, the client, the study, the URI)."""
     client, study, trials, uri = open_study(tracking_uri, experiment)
     histories = load_histories(client, trials["run_id"])
     confirmations = finished(study.confirmations) if study.confirmations is not None else None
     report = analyse(experiment, trials, histories, study.space, left_out(study.trials), kind=study.kind,
                      include_short=include_short, confirmations=confirmations)
-    paths = write_report(report, make_figures(report, histories, study.space), out)
-    for path in paths:
-        client.log_artifact(study.parent_run_id, str(path), artifact_path="report")
-    return report, paths, uri
+    return report, histories, client, study, uri
+
+
+def build_comparison(tracking_uri: str | None, experiments: list[str], out: Path,
+                     include_short: bool = False) -> tuple[list, list[Path], str]:
+    """``report --experiment A --experiment B ...``: every study analysed as its own report would be,
+    then overlaid on one page (analysis/compare.py)."""
+    from analysis.compare import write_comparison
+
+    repeated = sorted({e for e in experiments if experiments.count(e) > 1})
+    if repeated:
+        raise UsageError(f"--experiment {repeated[0]!r} is given twice")
+    reports, uri = [], None
+    for experiment in experiments:  # every study is checked before anything is written
+        report, _, _, _, uri = analyse_study(tracking_uri, experiment, include_short)
+        reports.append(report)
+    return reports, write_comparison(reports, out), uri

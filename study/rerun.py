@@ -6,6 +6,7 @@ cross-check). Seeds run as parallel Ray tasks; the driver logs each as a nested 
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ class RerunOptions:
     tracking_uri: str | None = None
     address: str | None = None
     data_root: str | None = None
+    register: str | None = None  # register the model in MLflow's registry under this name
 
 
 @dataclass
@@ -43,6 +45,7 @@ class RerunSummary:
     runs: list[dict] = field(default_factory=list)  # per seed: run_id, seed, val_acc, test_acc, ...
     reproduced: bool | None = None
     model_uri: str = ""
+    registered: dict | None = None  # {"name", "version", "uri", "alias_uri"} with --register
 
 
 def pick_trial(trials: pd.DataFrame, rank: int, metric: str) -> pd.Series:
@@ -130,6 +133,8 @@ def prepare_rerun(opts: RerunOptions):
     if opts.metric not in ("val_acc", "val_loss"):
         raise UsageError(f"--metric must be val_acc or val_loss, got {opts.metric!r}")
     client, study, trials, _ = open_study(opts.tracking_uri, opts.experiment)
+    if opts.register is not None:
+        check_registry(client, opts.register)  # before hours of training, not after
     trial = pick_trial(trials, opts.rank, opts.metric)
     config, data_cfg = trial_configs(client, trial)
     if opts.data_root:
@@ -183,7 +188,42 @@ def run_rerun(opts: RerunOptions) -> RerunSummary:
     store.set_tags(client, parent_id, {store.TAG_REPRODUCED: str(summary.reproduced)})
     store.finish_run(client, parent_id)
     summary.model_uri = f"runs:/{summary.runs[0]['run_id']}/model.pt"
+    if opts.register is not None:
+        summary.registered = register_model(client, opts.register, summary.runs[0]["run_id"], trial)
     return summary
+
+
+REGISTERED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,254}$")
+
+
+def check_registry(client, name: str) -> None:
+    """A usable model name, and a tracking store that has a model registry."""
+    if not REGISTERED_NAME.match(name) or "/" in name or "@" in name:
+        raise UsageError(f"--register {name!r}: use letters, digits, '_', '-', '.' and spaces (no '/' or '@')")
+    try:
+        client.search_registered_models(max_results=1)
+    except Exception as err:  # the store has no registry (MLflow raises several types)
+        raise UsageError(f"--register: the tracking store {client.tracking_uri} has no model registry: "
+                         f"{str(err).splitlines()[0]}") from None
+
+
+def register_model(client, name: str, run_id: str, trial) -> dict:
+    """Register the run's model.pt (the safe, weights-only bundle) as a new version of ``name`` and
+    move the @champion alias to it; ``models:/NAME/VERSION`` and ``models:/NAME@champion`` then
+    resolve to that file."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="birdplane: a fully connected airplane/bird classifier "
+                                                         "(weights-only bundle; load with `birdplane predict`)")
+    source = f"{client.get_run(run_id).info.artifact_uri}/{store.MODEL_ARTIFACT}"
+    version = client.create_model_version(name, source, run_id=run_id, tags={
+        "birdplane.trial_run_id": str(trial["run_id"]), "format": "birdplane bundle (torch weights_only)"})
+    client.set_registered_model_alias(name, store.REGISTERED_ALIAS, version.version)
+    return {"name": name, "version": int(version.version), "uri": f"models:/{name}/{version.version}",
+            "alias_uri": f"models:/{name}@{store.REGISTERED_ALIAS}"}
 
 
 # ---------------------------------------------------------------- confirmation of a sweep

@@ -204,6 +204,11 @@ def load_space(path: str | Path | None = None) -> SearchSpace:
         raise UsageError(f"search space file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise UsageError(f"search space file {path} must be a mapping of dimension names")
+    return space_from_mapping(raw, str(path))
+
+
+def space_from_mapping(raw: dict, origin: str) -> SearchSpace:
+    """A validated space from its mapping (a space file's YAML, or a study's recorded ``to_dict()``)."""
     odd = [k for k in raw if not isinstance(k, str)]
     if odd:
         raise UsageError(f"search space: key {odd[0]!r} is not a dimension name")
@@ -232,4 +237,25 @@ def load_space(path: str | Path | None = None) -> SearchSpace:
                     TrainConfig.from_dict({name: choice})
                 except ConfigError as err:
                     raise UsageError(f"search space: {err}") from None
-    return SearchSpace(dims, str(path))
+    return SearchSpace(dims, origin)
+
+
+def check_extension(old: SearchSpace, new: SearchSpace) -> None:
+    """Refuse a space under which a study's earlier trials would not be valid points: the same
+    dimensions, fixed values and choices (Optuna cannot change a categorical's choices); numeric
+    ranges may only widen."""
+    def show(d: Dimension) -> str:
+        return (repr(d.fixed) if d.fixed is not None else f"choices {list(d.choices)}" if d.choices is not None
+                else f"[{d.low}, {d.high}]{' log' if d.log else ''}{' or 0' if d.or_zero else ''}")
+
+    for name in sorted(set(old.dimensions) | set(new.dimensions)):
+        if name not in new.dimensions or name not in old.dimensions:
+            change = "drops" if name not in new.dimensions else "adds"
+            raise UsageError(f"--extend: the new search space {change} {name!r}: the earlier trials were not drawn from it")
+        a, b = old.dimensions[name], new.dimensions[name]
+        numeric = lambda d: d.fixed is None and d.choices is None  # noqa: E731
+        ok = (a == b) or (numeric(a) and numeric(b) and a.log == b.log and a.or_zero == b.or_zero
+                          and b.low <= a.low and b.high >= a.high)
+        if not ok:
+            raise UsageError(f"--extend: the new search space changes {name} from {show(a)} to {show(b)}: the earlier "
+                             "trials would not be valid points of it (only numeric ranges may widen)")

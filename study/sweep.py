@@ -10,6 +10,7 @@ import math
 import os
 import re
 import subprocess
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,12 @@ class SweepOptions:
     search: str = "tpe"  # tpe (Optuna through OptunaSearch) or random (Ray's BasicVariantGenerator)
     optuna_storage: str | None = None  # an Optuna RDB URL: the study is persisted there (optuna-dashboard)
     sampler: str = "tpe"  # the Optuna sampler behind --search tpe: tpe, gp, qmc or random
+    extends: str | None = None  # --extend: the sweep whose Optuna study and MLflow parent run this one continues
+
+    @property
+    def study_name(self) -> str:
+        """The sweep as MLflow and Optuna know it (an extension's trials join the sweep it extends)."""
+        return self.extends or self.name
 
     @property
     def mode(self) -> str:
@@ -64,6 +71,7 @@ class Prepared:
     experiment: str
     storage_path: str
     max_epochs: int
+    optuna_storage: str | None = None  # where the Optuna study is persisted (None: in memory)
 
     @property
     def path(self) -> str:
@@ -75,8 +83,26 @@ def default_name() -> str:
     return "sweep-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def prepare(opts: SweepOptions, data: DataConfig) -> Prepared:
-    """Every check that needs neither Ray nor training; raises UsageError with one line."""
+def default_optuna_storage(tracking_uri: str, storage_path: str) -> str | None:
+    """The Optuna study's database beside the MLflow store: optuna.db in the sqlite file's folder
+    (or beside a local mlruns folder); for a tracking server, in a local Ray storage folder."""
+    from urllib.parse import urlparse
+
+    if tracking_uri.startswith("sqlite:///"):
+        folder = os.path.dirname(os.path.abspath(tracking_uri[len("sqlite:///"):]))
+    elif tracking_uri.startswith("file:") or "://" not in tracking_uri:
+        path = urlparse(tracking_uri).path if tracking_uri.startswith("file:") else tracking_uri
+        folder = os.path.dirname(os.path.abspath(path.rstrip("/")))
+    elif "://" not in storage_path:
+        folder = storage_path
+    else:
+        return None  # a server and a cloud storage path: give --optuna-storage
+    return "sqlite:///" + os.path.join(folder, "optuna.db")
+
+
+def prepare(opts: SweepOptions, data: DataConfig, space: SearchSpace | None = None) -> Prepared:
+    """Every check that needs neither Ray nor training; raises UsageError with one line.
+    ``space`` replaces the space file (an extension's checked space)."""
     if opts.num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {opts.num_samples}")
     if opts.metric not in ("val_acc", "val_loss"):
@@ -95,11 +121,11 @@ def prepare(opts: SweepOptions, data: DataConfig) -> Prepared:
     if opts.grace_epochs is not None and opts.grace_epochs < 1:
         raise UsageError(f"--grace-epochs must be >= 1, got {opts.grace_epochs}")
     preflight.check_ray_address(opts.address)
-    if opts.optuna_storage is not None:
+    if opts.optuna_storage not in (None, "none"):
         if opts.search != "tpe":
             raise UsageError("--optuna-storage needs --search tpe (random search has no Optuna study)")
         check_optuna_storage(opts.optuna_storage)
-    space = load_space(opts.space)
+    space = space if space is not None else load_space(opts.space)
     max_epochs = opts.max_epochs or (2 if opts.smoke else None)
     if max_epochs is not None:
         space = space.with_fixed(epochs=max_epochs)
@@ -118,7 +144,92 @@ def prepare(opts: SweepOptions, data: DataConfig) -> Prepared:
     uri = preflight.resolve_tracking_uri(opts.tracking_uri)
     preflight.check_tracking_uri(uri)
     storage = check_study_path(opts.storage_path, opts.name, opts.resume, "sweep")
-    return Prepared(opts, space, data, uri, opts.experiment or opts.name, storage, int(epochs.fixed))
+    optuna_storage = opts.optuna_storage
+    if opts.resume:  # the study the interrupted sweep persisted, wherever that was
+        found = manifest.read(manifest.experiment_path(storage, opts.name))
+        optuna_storage = found.optuna_storage
+        opts = dataclasses.replace(opts, extends=found.options.get("extends") or None)
+    elif optuna_storage is None and opts.search == "tpe":
+        optuna_storage = default_optuna_storage(uri, storage)
+    if optuna_storage == "none":
+        optuna_storage = None
+    return Prepared(opts, space, data, uri, opts.experiment or opts.study_name, storage, int(epochs.fixed), optuna_storage)
+
+
+def prepare_extension(opts: SweepOptions, data: DataConfig | None, count: int) -> Prepared:
+    """``--extend N`` of sweep ``opts.name``: N more trials drawn by the sweep's own Optuna study
+    (reloaded, so the sampler is warm-started from every earlier trial), logged under the same
+    MLflow parent run. Runs as a Tune experiment of its own, NAME-ext1, NAME-ext2, ...; the search
+    options, data and (unless --space widens it) space are the sweep's."""
+    from study.space import check_extension, space_from_mapping
+
+    if count < 1:
+        raise UsageError(f"--extend must be >= 1, got {count}")
+    if opts.resume:
+        raise UsageError("--extend and --resume do not go together: resume an interrupted extension by its own --name")
+    storage = opts.storage_path or os.path.expanduser("~/ray_results")
+    if "://" not in storage:
+        storage = os.path.abspath(storage)
+    base_path = manifest.experiment_path(storage, opts.name)
+    if not manifest.exists(base_path):
+        raise UsageError(f"--extend: no sweep named {opts.name!r} under {storage}")
+    base = manifest.read(base_path)
+    if base.kind != "sweep":
+        raise UsageError(f"--extend: {opts.name!r} under {storage} is a {base.kind} study, not a sweep")
+    if base.options.get("extends"):
+        raise UsageError(f"--extend: {opts.name!r} is itself an extension; extend {base.options['extends']!r}")
+    if base.optuna_storage is None:
+        raise UsageError(f"--extend: sweep {opts.name!r} kept no Optuna study (it ran with --search random or "
+                         "--optuna-storage none), so nothing can warm-start the search")
+    status = _parent_status(base.tracking_uri, base.parent_run_id)
+    if status != "FINISHED":
+        raise UsageError(f"--extend: sweep {opts.name!r} has not finished (its MLflow parent run is {status}): "
+                         f"continue it with --resume first")
+    old_space = space_from_mapping(base.space, f"sweep {opts.name}")
+    space = old_space
+    if opts.space is not None:
+        space = load_space(opts.space)
+        check_extension(old_space, space)
+    k = 1
+    while manifest.exists(manifest.experiment_path(storage, f"{opts.name}-ext{k}")):
+        k += 1
+    flags = base.options
+    objectives = tuple(o for o in str(flags.get("objectives") or "").split(",") if o)
+    ext = dataclasses.replace(
+        opts, name=f"{opts.name}-ext{k}", extends=opts.name, num_samples=count, max_epochs=None,
+        metric=flags.get("metric", opts.metric), objectives=objectives, scheduler=flags.get("scheduler", opts.scheduler),
+        grace_epochs=flags.get("grace_epochs"), search="tpe", sampler=flags.get("sampler", opts.sampler),
+        seed=int(flags.get("seed", 0)) + k, tracking_uri=base.tracking_uri, experiment=base.experiment,
+        optuna_storage=base.optuna_storage, storage_path=storage)
+    data = data if data is not None else DataConfig.from_dict(base.data)
+    return prepare(ext, data, space)
+
+
+def _parent_status(tracking_uri: str, run_id: str) -> str:
+    from mlflow import MlflowClient
+
+    try:
+        return MlflowClient(tracking_uri).get_run(run_id).info.status
+    except Exception as err:  # the store is gone, or the run was deleted
+        raise UsageError(f"--extend: cannot read the sweep's parent run {run_id} at {tracking_uri}: "
+                         f"{str(err).splitlines()[0]}") from None
+
+
+def fail_stale_optuna_trials(storage: str | None, study_name: str) -> int:
+    """Mark the trials a killed driver left RUNNING in the persisted Optuna study as FAIL (no one can
+    finish them: a resumed sweep re-runs its own unfinished trials as they were); returns how many."""
+    if storage is None:
+        return 0
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:  # no such study yet
+        return 0
+    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in stale:
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+    return len(stale)
 
 
 def check_resources(opts) -> None:
@@ -300,11 +411,12 @@ def build_tuner(prep: Prepared, data, callbacks: list, cluster: dict, points_to_
     else:
         metric, mode = (["val_acc", "param_count"], ["max", "min"]) if opts.objectives else (opts.metric, opts.mode)
         storage = None
-        if opts.optuna_storage:
-            storage = optuna.storages.RDBStorage(opts.optuna_storage)
+        if prep.optuna_storage:
+            storage = optuna.storages.RDBStorage(prep.optuna_storage)
+        # With a storage, OptunaSearch loads the study if it exists: an extension continues it.
         searcher = OptunaSearch(space=space_fn, metric=metric, mode=mode, sampler=sampler,
                                 points_to_evaluate=points_to_evaluate, storage=storage,
-                                study_name=opts.name if storage is not None else None)
+                                study_name=opts.study_name if storage is not None else None)
         searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrency)
     scheduler = None
     if opts.scheduler == "asha":
@@ -360,8 +472,12 @@ def run_study(prep, kind: str, make_tuner, artifacts: dict | None = None, extra_
              "kind": kind, "tracking_uri": prep.tracking_uri, "storage_path": prep.storage_path,
              "data_root": prep.data.root, "classes": ",".join(prep.data.classes), "val_split": prep.data.val_split,
              "split_seed": prep.data.split_seed, "subset": prep.data.subset, "git_commit": git_commit()}
+    study_name = getattr(opts, "study_name", opts.name)
+    optuna_storage = getattr(prep, "optuna_storage", None)
+    if getattr(opts, "extends", None) and not opts.resume:
+        fail_stale_optuna_trials(optuna_storage, study_name)
     callback = MlflowTrialLogger(
-        prep.tracking_uri, prep.experiment, opts.name, parent_params=flags,
+        prep.tracking_uri, prep.experiment, study_name, parent_params=flags,
         parent_artifacts={"search_space.json": prep.space.to_dict(), "data.json": data.summary(),
                           "cluster.json": cluster, f"{kind}.json": flags, **(artifacts or {})},
         data_config=prep.data.to_dict(), key=prep.path, role=kind, resolve=resolve).activate()
@@ -370,7 +486,7 @@ def run_study(prep, kind: str, make_tuner, artifacts: dict | None = None, extra_
         manifest.write(prep.path, manifest.Manifest(
             kind=kind, name=opts.name, experiment=prep.experiment, tracking_uri=prep.tracking_uri,
             parent_run_id=parent, data=prep.data.to_dict(), space=prep.space.to_dict(), options=flags,
-            optuna_storage=getattr(opts, "optuna_storage", None)))
+            optuna_storage=optuna_storage))
     tuner, _ = make_tuner(data, [callback, *extra_callbacks], cluster, resolve)
     if opts.resume:
         # Trials that finished while the last driver's MLflow calls were lost (a SIGKILL, an
@@ -395,4 +511,12 @@ def run_study(prep, kind: str, make_tuner, artifacts: dict | None = None, extra_
     if finished:
         summary.best = (max if mode == "max" else min)(finished, key=lambda t: t[metric])
     summary.pareto = pareto_set([t for t in finished if t["param_count"] is not None])
+    if not summary.interrupted:  # nothing left to resume: no Optuna trial may stay RUNNING
+        fail_stale_optuna_trials(optuna_storage, study_name)
+    try:  # the study's headline on its parent run (the UI's runs list shows it in the parent's row)
+        record.log_headline(MlflowClient(prep.tracking_uri), callback.experiment_id, parent)
+    except Exception as err:  # the server went away at the very end: the trials' runs are all there
+        import logging
+
+        logging.getLogger(__name__).warning("could not log the study's headline metrics: %s", err)
     return summary

@@ -70,7 +70,9 @@ def load_logger(experiment_path: str, tracking_uri: str | None) -> MlflowTrialLo
     record = manifest.read(experiment_path)
     uri = resolve_tracking_uri(tracking_uri) if tracking_uri else record.tracking_uri
     check_tracking_uri(uri)
-    return MlflowTrialLogger(uri, record.experiment, record.name, parent_params={}, parent_artifacts={},
+    # An extension's trials belong to the sweep it extends (same parent run).
+    name = record.options.get("extends") or record.name
+    return MlflowTrialLogger(uri, record.experiment, name, parent_params={}, parent_artifacts={},
                              data_config=record.data, key=experiment_path, role=record.kind)
 
 

@@ -165,11 +165,14 @@ class MlflowTrialLogger(tune.Callback):
             self._client = MlflowClient(self.tracking_uri)
             self._experiment_id = store.ensure_experiment(self._client, self.experiment)
             key = {store.TAG_SWEEP: self.sweep_name, store.TAG_ROLE: getattr(self, "role", store.ROLE_SWEEP)}
-            self.parent_run_id, created = store.ensure_run(self._client, self._experiment_id, key, self.sweep_name)
+            role = getattr(self, "role", store.ROLE_SWEEP)
+            self.parent_run_id, created = store.ensure_run(self._client, self._experiment_id, key, self.sweep_name,
+                                                           store.source_tags(f"birdplane {role}"))
             store.log_params(self._client, self.parent_run_id, self.parent_params)
             if created:
                 for name, payload in self.parent_artifacts.items():
                     store.log_dict(self._client, self.parent_run_id, payload, name)
+                store.log_dataset(self._client, self.parent_run_id, self.data_config)
             self._outbox = Outbox()
         return self.parent_run_id
 
@@ -194,6 +197,9 @@ class MlflowTrialLogger(tune.Callback):
         trial_id = trial.trial_id
         record = {k: result[k] for k in ("epoch", *store.EPOCH_METRICS) if k in result}
         extra = {"param_count": result.get("param_count")}
+        node = result.get("node_id")
+        if node and (self._last_result.get(trial_id) or {}).get("node_id") != node:  # first result, or moved
+            self._enqueue(lambda: store.set_tags(self._client, self._child_id(trial_id), {store.TAG_NODE: node}))
         self._last_result[trial_id] = dict(result)
         self._enqueue(lambda: self._log_epoch(trial_id, record, extra))
 
@@ -252,10 +258,14 @@ class MlflowTrialLogger(tune.Callback):
         extra = (config or {}).get("tags")
         extra = extra if isinstance(extra, dict) else {}
         train = (config or {}).get("train")
-        tags = {store.TAG_ROLE: store.ROLE_TRIAL, store.TAG_SWEEP: self.sweep_name, **extra}
-        run_id, created = store.ensure_run(client, self._experiment_id, key, f"trial_{trial_id}", tags, reopen=reopen)
-        if extra and not created:  # a run opened earlier without them (e.g. by a replay)
-            store.set_tags(client, run_id, extra)
+        tags = {store.TAG_ROLE: store.ROLE_TRIAL, store.TAG_SWEEP: self.sweep_name, **extra,
+                **store.source_tags(f"birdplane {getattr(self, 'role', store.ROLE_SWEEP)}")}
+        name = store.readable_name(train) if isinstance(train, dict) else f"trial_{trial_id}"
+        run_id, created = store.ensure_run(client, self._experiment_id, key, name, tags, reopen=reopen)
+        if created:
+            store.log_dataset(client, run_id, self.data_config)
+        elif isinstance(train, dict):  # a run opened earlier without its config (a placeholder, a replay)
+            store.set_tags(client, run_id, {**extra, store.TAG_RUN_NAME: name})
         if isinstance(train, dict):
             searched = {k: v for k, v in config.items() if k not in ("train", "tags")}
             store.log_params(client, run_id, {**train, "depth": len(train.get("hidden_sizes", [])),

@@ -20,7 +20,7 @@ from trainables.tune_adapter import data_meta
 @pytest.mark.timeout(420)
 def test_rerun_reproduces_the_same_seed_trial_exactly_and_adds_test_numbers(smoke_sweep):
     proc = run_birdplane("rerun", "--experiment", smoke_sweep["name"], "--tracking-uri", smoke_sweep["uri"],
-                         "--seeds", 2, "--json")
+                         "--seeds", 2, "--register", "birdplane-smoke", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     best = max(smoke_sweep["summary"]["trials"], key=lambda t: (t["val_acc"], -t["param_count"]))
@@ -65,7 +65,19 @@ def test_rerun_reproduces_the_same_seed_trial_exactly_and_adds_test_numbers(smok
     out = run_birdplane("predict", "--model", summary["model_uri"], "--tracking-uri", smoke_sweep["uri"],
                         tree / "test" / "bird", "--json")
     assert out.returncode == 0, out.stderr[-2000:]
-    assert len(json.loads(out.stdout)) == 10
+    by_run = json.loads(out.stdout)
+    assert len(by_run) == 10
+    # --register: version 1 of the name, the @champion alias on it, both usable by predict (the same file).
+    assert summary["registered"] == {"name": "birdplane-smoke", "version": 1, "uri": "models:/birdplane-smoke/1",
+                                     "alias_uri": "models:/birdplane-smoke@champion"}
+    version = client.get_model_version("birdplane-smoke", "1")
+    assert version.run_id == first.info.run_id
+    assert client.get_model_version_by_alias("birdplane-smoke", "champion").version == "1"
+    for uri in ("models:/birdplane-smoke/1", "models:/birdplane-smoke@champion"):
+        registered = run_birdplane("predict", "--model", uri, "--tracking-uri", smoke_sweep["uri"],
+                                   tree / "test" / "bird", "--json")
+        assert registered.returncode == 0, registered.stderr[-2000:]
+        assert json.loads(registered.stdout) == by_run
 
 
 def _train_bundle(root, cache, path):

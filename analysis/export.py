@@ -1,0 +1,74 @@
+"""A study as two tidy tables for a notebook: one row per trial, one row per (trial, epoch).
+
+Trials: every parameter (typed as TrainConfig types them), the outcome, the study's epoch budget
+and whether the trial reached it, the seed, the Ray node it ran on, the MLflow run id, the Ray
+trial id and the final and best metrics. Curves: every per-epoch metric of every trial.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from mlflow import MlflowClient
+
+from analysis.capacity import budget_of
+from analysis.record import EPOCH_METRICS, TAG_NODE
+from analysis.runs import load_histories, load_study
+
+FORMATS = (".csv", ".parquet")
+
+
+def curves_path(out: Path) -> Path:
+    """FILE.csv -> FILE.curves.csv (FILE.parquet -> FILE.curves.parquet)."""
+    return out.with_name(out.stem + ".curves" + out.suffix)
+
+
+def study_tables(client: MlflowClient, experiment: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, curves) of the experiment's latest study; StudyNotFound when there is none."""
+    study = load_study(client, experiment)
+    trials = study.trials.copy()
+    budget = budget_of(study.space)
+    if trials.empty:
+        return trials, pd.DataFrame(columns=["run_id", "trial_id", "epoch", *EPOCH_METRICS])
+    trials.insert(0, "experiment", experiment)
+    trials.insert(1, "study_run_id", study.parent_run_id)
+    trials.insert(2, "kind", study.kind)
+    trials["budget"] = budget
+    trials["reached_budget"] = trials["epochs_run"].ge(budget) if budget is not None else pd.NA
+    trials["node"] = trials["run_id"].map(_nodes(client, trials["run_id"]))
+    if "hidden_sizes" in trials:  # a list per row: kept as text, a parquet- and csv-safe type
+        trials["hidden_sizes"] = trials["hidden_sizes"].map(lambda v: ",".join(map(str, v)) if isinstance(v, list) else v)
+    trials = trials.drop(columns=["seed_tag"], errors="ignore")
+    curves = load_histories(client, trials["run_id"], EPOCH_METRICS)
+    curves = curves.merge(trials[["run_id", "trial_id"]], on="run_id", how="left")
+    curves = curves[["run_id", "trial_id", "epoch", *EPOCH_METRICS]]
+    return trials.reset_index(drop=True), curves
+
+
+def _nodes(client: MlflowClient, run_ids) -> dict[str, str | None]:
+    return {r: client.get_run(r).data.tags.get(TAG_NODE) for r in run_ids}
+
+
+def write_tables(trials: pd.DataFrame, curves: pd.DataFrame, out: Path) -> tuple[Path, Path]:
+    """Both files, or neither: each is written to a temporary file beside its target and renamed
+    into place only when both were written."""
+    second = curves_path(out)
+    written = []
+    try:
+        for frame, target in ((trials, out), (curves, second)):
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+            os.close(fd)
+            written.append((tmp, target))
+            if out.suffix == ".csv":
+                frame.to_csv(tmp, index=False)
+            else:
+                frame.to_parquet(tmp, index=False)
+    except BaseException:
+        for tmp, _ in written:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    for tmp, target in written:
+        os.replace(tmp, target)
+    return out, second
