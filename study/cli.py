@@ -247,9 +247,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"  {t['trial_id']}: {format_trial(t)}")
     if summary.undelivered:
         print(f"warning: {summary.undelivered} MLflow calls were not delivered; run `birdplane sync --name {summary.name}`")
-    print(f"review: mlflow ui --backend-store-uri {summary.tracking_uri} --host 127.0.0.1"
-          if store_is_local(summary.tracking_uri) else f"review: open {summary.tracking_uri}")
+    print(review_hint(summary.tracking_uri, summary.experiment))
     return code
+
+
+def review_hint(uri: str, experiment: str) -> str:
+    """Where to look: the experiment's runs in MLflow's UI, opened in its "Model training" view
+    (MLflow 3.17 opens experiments on its GenAI pages unless the URL says workflowType)."""
+    from mlflow import MlflowClient
+
+    try:
+        exp = MlflowClient(uri).get_experiment_by_name(experiment)
+    except Exception:  # the store went away at the end: the hint is not worth a traceback
+        exp = None
+    page = f"#/experiments/{exp.experiment_id}?workflowType=machine_learning" if exp is not None else ""
+    if store_is_local(uri):
+        return (f"review: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, then open "
+                f"http://127.0.0.1:5000/{page}")
+    return f"review: open {uri.rstrip('/')}/{page}"
 
 
 def store_is_local(uri: str) -> bool:
@@ -310,8 +325,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"edge: the best trials' {r.dimension} sits at the {r.edge} edge of {r.low}..{r.high}; widen the range")
     print(f"\nwrote {len(paths)} files to {args.out}/ ({TABLE_FILE} holds the per-size table; also logged to the "
           f"parent run under report/)")
-    print(f"review: mlflow ui --backend-store-uri {uri} --host 127.0.0.1" if store_is_local(uri)
-          else f"review: open {uri}")
+    print(review_hint(uri, args.experiment))
     return 0
 
 

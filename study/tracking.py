@@ -172,6 +172,7 @@ class MlflowTrialLogger(tune.Callback):
             if created:
                 for name, payload in self.parent_artifacts.items():
                     store.log_dict(self._client, self.parent_run_id, payload, name)
+            if created or not self._client.get_run(self.parent_run_id).inputs.dataset_inputs:
                 store.log_dataset(self._client, self.parent_run_id, self.data_config)
             self._outbox = Outbox()
         return self.parent_run_id

@@ -21,7 +21,10 @@ def test_report_writes_every_figure_and_the_html_and_logs_them_to_the_parent(smo
     client = MlflowClient(smoke_sweep["uri"])
     logged = {a.path for a in client.list_artifacts(smoke_sweep["summary"]["parent_run_id"], "report")}
     assert logged == {f"report/{n}" for n in (*FIGURE_FILES, "report.html", "capacity_table.csv")}
-    assert "Pareto set" in printed and "param_count" in printed and f"review: open {smoke_sweep['uri']}" in printed
+    assert "Pareto set" in printed and "param_count" in printed
+    # The link opens the experiment's runs in the UI's "Model training" view, not its GenAI pages.
+    experiment_id = client.get_experiment_by_name(smoke_sweep["name"]).experiment_id
+    assert f"review: open {smoke_sweep['uri']}/#/experiments/{experiment_id}?workflowType=machine_learning" in printed
     # Trials ASHA stopped before the 2-epoch budget are left out, and counted.
     trials = smoke_sweep["summary"]["trials"]
     full = [t for t in trials if t["epochs"] == 2]
