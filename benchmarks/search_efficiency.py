@@ -15,6 +15,7 @@ import argparse
 import os
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -69,7 +70,11 @@ def main() -> None:
     results: dict[str, list[dict]] = {name: [] for name in a.searchers.split(",")}
     for seed in range(a.seeds):
         for search in results:
+            started = time.perf_counter()
             results[search].append(one_sweep(search, seed, a, work))
+            r = results[search][-1]
+            print(f"{search} seed {seed}: {r['epochs']:.0f} epochs, best val_acc {r[1.0]:.4f} "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)  # partial results survive a stop
     print(f"\n{a.trials} trials per sweep, ASHA (grace {a.grace}, max {a.epochs} epochs), {a.subset} images/class, "
           f"{a.seeds} seeds")
     print(f"{'searcher':>13} {'epochs used':>12}  best val_acc after 25% / 50% / 75% / 100% of them")
