@@ -57,6 +57,7 @@ def main() -> None:
     p.add_argument("--searchers", default="tpe,random", help="tpe, gp, qmc, optuna-random (Optuna) and random (Ray)")
     p.add_argument("--grace", type=int, default=1, help="ASHA's grace epochs")
     p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--subset", type=int, default=1500, help="training images per class")
@@ -68,7 +69,7 @@ def main() -> None:
         a.seeds, a.trials, a.epochs, a.subset = 1, 3, 2, 50
     work = Path(tempfile.mkdtemp(prefix="birdplane-search-"))
     results: dict[str, list[dict]] = {name: [] for name in a.searchers.split(",")}
-    for seed in range(a.seeds):
+    for seed in range(a.first_seed, a.first_seed + a.seeds):
         for search in results:
             started = time.perf_counter()
             results[search].append(one_sweep(search, seed, a, work))
