@@ -32,10 +32,16 @@ def resolve_model(model: str, tracking_uri: str | None) -> Path:
         from study.preflight import resolve_tracking_uri
 
         try:
-            return Path(mlflow.artifacts.download_artifacts(artifact_uri=model,
-                                                            tracking_uri=resolve_tracking_uri(tracking_uri)))
+            uri = resolve_tracking_uri(tracking_uri)
+            mlflow.set_registry_uri(uri)  # models:/ URIs are resolved by the registry, not the tracking URI
+            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, tracking_uri=uri))
         except Exception as err:  # MLflow raises several types for a bad URI
             raise UsageError(f"cannot fetch model {model}: {str(err).splitlines()[0]}") from None
+        if path.is_dir():  # a registered version (models:/NAME/1) is a folder holding model.pt
+            path = path / "model.pt"
+            if not path.is_file():
+                raise UsageError(f"{model} holds no model.pt: not a birdplane model")
+        return path
     path = Path(model)
     if not path.is_file():
         raise UsageError(f"model file {model} does not exist")

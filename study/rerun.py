@@ -193,6 +193,7 @@ def run_rerun(opts: RerunOptions) -> RerunSummary:
     return summary
 
 
+REGISTERED_FOLDER = "model"  # the run's artifact folder a registered version points at (it holds model.pt)
 REGISTERED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,254}$")
 
 
@@ -218,7 +219,14 @@ def register_model(client, name: str, run_id: str, trial) -> dict:
     except MlflowException:
         client.create_registered_model(name, description="birdplane: a fully connected airplane/bird classifier "
                                                          "(weights-only bundle; load with `birdplane predict`)")
-    source = f"{client.get_run(run_id).info.artifact_uri}/{store.MODEL_ARTIFACT}"
+    # A registered version's source is a folder (models:/ URIs download folders): the run's
+    # model.pt is logged again under model/, and that folder registered.
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = client.download_artifacts(run_id, store.MODEL_ARTIFACT, folder)
+        client.log_artifact(run_id, path, artifact_path=REGISTERED_FOLDER)
+    source = f"{client.get_run(run_id).info.artifact_uri}/{REGISTERED_FOLDER}"
     version = client.create_model_version(name, source, run_id=run_id, tags={
         "birdplane.trial_run_id": str(trial["run_id"]), "format": "birdplane bundle (torch weights_only)"})
     client.set_registered_model_alias(name, store.REGISTERED_ALIAS, version.version)

@@ -124,6 +124,27 @@ class SearchSpace:
         space["train"] = tune.sample_from(TrainFromSample(self, seed, threads, device))
         return space
 
+    def optuna_distributions(self) -> dict:
+        """Every Optuna parameter the define-by-run space can suggest, with its distribution (what
+        ``Dimension.suggest`` asks for): depth, width_0..width_{max-1}, the other searched
+        dimensions, and NAME_on for an or_zero dimension."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        out = {}
+        for name, d in self.dimensions.items():
+            if d.fixed is not None:
+                continue
+            for key in ([f"width_{i}" for i in range(self.max_depth())] if name == "width" else [name]):
+                if d.choices is not None:
+                    out[key] = CategoricalDistribution(list(d.choices))
+                elif name in INTEGER:
+                    out[key] = IntDistribution(int(d.low), int(d.high), log=d.log)
+                else:
+                    out[key] = FloatDistribution(float(d.low), float(d.high), log=d.log)
+            if d.or_zero:
+                out[f"{name}_on"] = CategoricalDistribution([True, False])
+        return out
+
     def max_depth(self) -> int:
         d = self.dimensions["depth"]
         return int(d.fixed if d.fixed is not None else max(d.choices) if d.choices else d.high)

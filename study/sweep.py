@@ -215,6 +215,20 @@ def _parent_status(tracking_uri: str, run_id: str) -> str:
                          f"{str(err).splitlines()[0]}") from None
 
 
+def warm_start(url: str | None, study_name: str, directions: list[str]):
+    """An in-memory Optuna storage whose study holds every finished trial of the persisted study
+    ``study_name``: the searcher of an extension samples as if it had run them itself."""
+    import optuna
+
+    memory = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=memory, study_name=study_name, directions=directions)
+    if url is not None:
+        done = optuna.load_study(study_name=study_name, storage=url).get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        study.add_trials(done)
+    return memory
+
+
 def fail_stale_optuna_trials(storage: str | None, study_name: str) -> int:
     """Mark the trials a killed driver left RUNNING in the persisted Optuna study as FAIL (no one can
     finish them: a resumed sweep re-runs its own unfinished trials as they were); returns how many."""
@@ -392,7 +406,6 @@ def make_sampler(name: str, seed: int, startup: int):
 
 def build_tuner(prep: Prepared, data, callbacks: list, cluster: dict, points_to_evaluate: list[dict] | None = None):
     """The sweep's Tuner: Optuna TPE (or Ray's random search) and ASHA."""
-    import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -410,13 +423,20 @@ def build_tuner(prep: Prepared, data, callbacks: list, cluster: dict, points_to_
         param_space = prep.space.tune_param_space(seed=opts.seed * 100_000, threads=opts.cpus_per_trial, device=device)
     else:
         metric, mode = (["val_acc", "param_count"], ["max", "min"]) if opts.objectives else (opts.metric, opts.mode)
-        storage = None
-        if prep.optuna_storage:
-            storage = optuna.storages.RDBStorage(prep.optuna_storage)
-        # With a storage, OptunaSearch loads the study if it exists: an extension continues it.
+        metrics, modes = (metric, mode) if isinstance(metric, list) else ([metric], [mode])
+        directions = ["maximize" if m == "max" else "minimize" for m in modes]
+        # The searcher's own study stays in memory, snapshotted with Tune's state, so a resume
+        # always matches the trials Tune restores; the persisted copy is written by
+        # OptunaStudyMirror. An extension's in-memory study starts with every earlier trial.
+        storage = warm_start(prep.optuna_storage, opts.study_name, directions) if opts.extends else None
         searcher = OptunaSearch(space=space_fn, metric=metric, mode=mode, sampler=sampler,
                                 points_to_evaluate=points_to_evaluate, storage=storage,
                                 study_name=opts.study_name if storage is not None else None)
+        if prep.optuna_storage:
+            from study.optuna_mirror import OptunaStudyMirror
+
+            callbacks = [*callbacks, OptunaStudyMirror(prep.optuna_storage, opts.study_name, metrics, directions,
+                                                       prep.space.optuna_distributions())]
         searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrency)
     scheduler = None
     if opts.scheduler == "asha":

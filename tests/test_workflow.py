@@ -236,3 +236,18 @@ def test_the_mlflow_ui_gets_readable_runs_sources_datasets_and_the_study_headlin
         assert json.loads(dataset.dataset.source)["uri"] == str(smoke_sweep["data_root"])
         assert [(tag.key, tag.value) for tag in dataset.tags] == [("mlflow.data.context", "training")]
     assert parent.data.tags["mlflow.source.git.commit"] == commit
+
+
+def test_rerun_register_refuses_a_bad_model_name_before_training(smoke_sweep):
+    client = MlflowClient(smoke_sweep["uri"])
+    exp = client.get_experiment_by_name(smoke_sweep["name"])
+    before = len(client.search_runs([exp.experiment_id], max_results=1000))
+    for name, message in (("bad/name", "--register 'bad/name': use letters"), ("x@y", "--register 'x@y': use letters")):
+        proc = run_birdplane("rerun", "--experiment", smoke_sweep["name"], "--tracking-uri", smoke_sweep["uri"],
+                             "--register", name)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], lines
+    assert len(client.search_runs([exp.experiment_id], max_results=1000)) == before  # nothing trained or logged
+    proc = run_birdplane("rerun", "--experiment", smoke_sweep["name"], "--tracking-uri", smoke_sweep["uri"],
+                         "--top", 1, "--register", "m")
+    assert proc.returncode == 2 and "--register goes with a rerun of one trial" in proc.stderr
