@@ -82,3 +82,29 @@ def test_export_writes_both_tables_or_neither(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         write_tables(trials, Unwritable(curves), fresh / "t.csv")
     assert list(fresh.iterdir()) == []  # the trials table, written first, was not left behind
+
+
+def test_the_persisted_study_gets_each_finished_trial_once_with_its_distributions(tmp_path):
+    from study.optuna_mirror import OptunaStudyMirror
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    dists = space().optuna_distributions()
+    assert set(dists) == {"depth", "width_0", "width_1", "batch_size", "lr", "weight_decay", "weight_decay_on", "loss"}
+    mirror = OptunaStudyMirror(url, "s", ["val_acc"], ["maximize"], dists)
+    config = {"depth": 1, "width_0": 32, "batch_size": 16, "lr": 0.01, "weight_decay_on": False, "loss": "ce",
+              "train": {"hidden_sizes": [32]}}
+    for epoch, acc in ((1, 0.6), (2, 0.7)):
+        mirror.curves.setdefault("t1", {})[epoch] = acc
+    assert mirror.write("t1", config, {"val_acc": 0.7, "epoch": 2}, error=False) is True
+    assert mirror.write("t1", config, {"val_acc": 0.7, "epoch": 2}, error=False) is False  # a replay adds nothing
+    import pickle
+
+    revived = pickle.loads(pickle.dumps(mirror))  # as Tune restores it on --resume
+    assert revived.write("t1", config, {"val_acc": 0.7, "epoch": 2}, error=False) is False
+    assert revived.write("t2", config, {"val_acc": float("nan")}, error=False) is True
+    assert revived.write("t3", config, {"val_acc": 0.8}, error=True) is True
+    trials = optuna.load_study(study_name="s", storage=url).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL"]
+    assert trials[0].params == {k: v for k, v in config.items() if k != "train"} and trials[0].value == 0.7
+    assert trials[0].intermediate_values == {1: 0.6, 2: 0.7}
+    assert trials[0].user_attrs == {"ray_trial_id": "t1"}
