@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from analysis.figures import _finish
 from analysis.overfitting import capacity_frontier
 from analysis.report import StudyReport, _table, config_label
 
@@ -62,12 +63,7 @@ def frontier_figure(reports: list[StudyReport]):
             xs = list(front["param_count"]) + [t["param_count"].max()]
             ys = list(front["val_acc"]) + [front["val_acc"].iloc[-1]]
             ax.step(xs, ys, where="post", color=colour, lw=1.4, label=f"{r.experiment} (best at or below size)")
-    ax.set_xscale("log")
-    ax.set(xlabel="parameters", ylabel="val_acc (final epoch)", title="Capacity frontiers")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "parameters", "val_acc (final epoch)", "Capacity frontiers", 8, log_x=True)
 
 
 def gap_figure(reports: list[StudyReport]):
@@ -89,12 +85,7 @@ def gap_figure(reports: list[StudyReport]):
         else:
             ax.plot([], [], color=colour, label=f"{r.experiment}: no trend (one size)")
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xscale("log")
-    ax.set(xlabel="parameters", ylabel="train_acc - val_acc (final)", title="Generalisation gap, per study")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "parameters", "train_acc - val_acc (final)", "Generalisation gap, per study", 8, log_x=True)
 
 
 def write_comparison(reports: list[StudyReport], out: Path) -> list[Path]:
