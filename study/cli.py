@@ -220,6 +220,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.num_samples is not None:
             raise UsageError("--extend N gives the number of new trials: drop --num-samples")
         prep = prepare_extension(opts, None, args.extend)  # the sweep's own data, space and search flags
+        opts = prep.options
     else:
         prep = prepare(opts, data_config(args, subset=SMOKE_SUBSET if args.smoke else 0))
     if args.check:

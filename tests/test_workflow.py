@@ -110,6 +110,8 @@ def test_extend_refuses_what_it_cannot_do_in_one_line_and_writes_nothing(extende
         assert proc.returncode == 2, (args, proc.stderr[-2000:])
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("birdplane: error:") and message in lines[0], (args, lines)
+    check = run_birdplane("sweep", "--name", "wf", "--extend", 3, *storage, "--check")
+    assert check.returncode == 0 and "ok: sweep 'wf-ext2', 3 trials of up to 2 epochs" in check.stdout, check.stdout
     assert sorted(p.name for p in (folder / "ray").iterdir()) == listing
     assert len(_optuna_study(extended["url"], "wf").trials) == trials
 
