@@ -1,7 +1,5 @@
 """`birdplane capacity` end to end: synthetic data, real Ray, a real mlflow server; and its bad inputs."""
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -10,7 +8,7 @@ from mlflow import MlflowClient
 
 from study.cli import main
 from tests.conftest import last_json, make_image_tree, run_birdplane
-from tests.test_faults import epochs_of, ray_results, results_reported
+from tests.test_faults import epochs_of, finish, output, ray_results, results_reported, start
 
 
 @pytest.fixture(scope="module")
@@ -75,15 +73,14 @@ def test_an_interrupted_capacity_study_resumes_every_run_from_its_checkpoint(mlf
     common = ["--widths", "1024,2048", "--depths", "2", "--seeds", 2, "--epochs", 5, "--data-root", tree,
               "--cache-dir", tmp_path / "cache", "--name", "capres", "--storage-path", tmp_path / "ray",
               "--tracking-uri", mlflow_server.url, "--max-concurrent", 1]
-    proc = subprocess.Popen([sys.executable, "-m", "study.cli", "capacity", *map(str, common)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start(["capacity", *common])  # output to a file: a full pipe would block the study
     experiment = tmp_path / "ray" / "capres"
     deadline = time.monotonic() + 300
     while results_reported(experiment) < 7 and time.monotonic() < deadline:  # the second run at epoch 2
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert proc.poll() is None, output(proc)[-3000:]
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
+    out = finish(proc, 120)
     assert proc.returncode == 130 and "--resume" in out, out[-2000:]
     before = {t: epochs_of(rows) for t, rows in ray_results(experiment).items()}
     assert any(e[-1] < 5 for e in before.values()), before

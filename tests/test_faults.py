@@ -12,7 +12,7 @@ import yaml
 from mlflow import MlflowClient
 
 from tests.conftest import last_json, make_image_tree, run_birdplane
-from tests.servers import MlflowServer
+from tests.servers import MlflowServer, stop_group
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -39,9 +39,28 @@ def sweep_args(tmp_path, tree, uri, name, samples, space=None, *extra):
 
 
 def start(args, env=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "study.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
-                            start_new_session=True)
+    """The sweep in its own process group, its output going to a file: a pipe that nobody reads until
+    the end fills up (64 KiB) and blocks a chatty sweep mid-run (seen during an MLflow outage, when
+    every retried call logs a warning)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", prefix="birdplane-sweep-", suffix=".log", delete=False) as log:
+        proc = subprocess.Popen([sys.executable, "-m", "study.cli", *map(str, args)], stdout=log,
+                                stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
+                                start_new_session=True)
+    proc.log_path = log.name
+    return proc
+
+
+def output(proc: subprocess.Popen) -> str:
+    with open(proc.log_path, errors="replace") as f:
+        return f.read()
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> str:
+    """Wait for the sweep to end; its whole output."""
+    proc.wait(timeout=timeout)
+    return output(proc)
 
 
 def children(uri, experiment, deleted=False):
@@ -65,7 +84,7 @@ def wait_for(predicate, proc, timeout=300, what="", poll=0.5):
         except Exception:  # the store may be mid-creation
             pass
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"sweep ended before {what}: {proc.stdout.read()[-3000:]}")
+            raise AssertionError(f"sweep ended before {what}: {output(proc)[-3000:]}")
         time.sleep(poll)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -201,7 +220,7 @@ def test_a_killed_trial_process_is_retried_from_its_last_checkpoint(slow_tree, m
     # The process the trial reports it runs in, from Ray's record of its results: only that one is killed.
     (rows,) = ray_results(experiment).values()
     os.kill(int(rows[-1]["pid"]), signal.SIGKILL)
-    out, _ = proc.communicate(timeout=300)
+    out = finish(proc, 300)
     assert proc.returncode == 0, out[-3000:]
     summary = last_json(out)
     assert len(summary["trials"]) == 2
@@ -248,9 +267,11 @@ def test_mlflow_outage_mid_sweep_loses_nothing_and_delivers_soon_after_the_serve
         wait_for(lambda: assert_complete(server.url, "outage", 6, 6) is None, proc, timeout=30,
                  what="every run delivered within 30 s of the server's return")
         print(f"delivered {time.monotonic() - returned:.1f} s after the server returned")
-        out, _ = proc.communicate(timeout=120)
+        out = finish(proc, 120)
         assert proc.returncode == 0, out[-3000:]
     finally:
+        if "proc" in locals():
+            stop_group(proc)  # only if the test failed half-way: the sweep it started must not outlive it
         server.stop()
 
 
@@ -264,7 +285,7 @@ def test_mlflow_down_until_the_end_is_recovered_by_sync(slow_tree, tmp_path):
         proc = start(args, env={"BIRDPLANE_MLFLOW_DRAIN_S": "5"})
         wait_for(lambda: epochs_logged(server.url, "longoutage") >= 1, proc, what="the first epoch in MLflow")
         server.stop()
-        out, _ = proc.communicate(timeout=300)
+        out = finish(proc, 300)
         assert proc.returncode == 0 and "birdplane sync" in out, out[-3000:]
         server.start()
         synced = run_birdplane("sync", "--name", "longoutage", "--storage-path", storage)
@@ -274,6 +295,8 @@ def test_mlflow_down_until_the_end_is_recovered_by_sync(slow_tree, tmp_path):
         assert again.returncode == 0 and "0 runs completed" in again.stdout
         assert_complete(server.url, "longoutage", 3, 3)  # nothing duplicated by a second sync
     finally:
+        if "proc" in locals():
+            stop_group(proc)
         server.stop()
 
 
@@ -295,7 +318,7 @@ def test_a_crashed_node_s_trials_continue_from_their_checkpoints_on_the_other(sl
         raylets = [pid for pid, name in descendants(worker.proc.pid).items() if name == "raylet"]
         assert len(raylets) == 1, descendants(worker.proc.pid)
         os.kill(raylets[0], signal.SIGKILL)
-        out, _ = proc.communicate(timeout=300)
+        out = finish(proc, 300)
         assert proc.returncode == 0, out[-3000:]
         assert len(last_json(out)["trials"]) == 4
         assert_complete(mlflow_server.url, "nodeloss", 4, 5)

@@ -1,8 +1,6 @@
 """End-to-end sweeps: real Ray (local and a 2-node cluster), a real `mlflow server` on 127.0.0.1."""
 import collections
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -10,7 +8,7 @@ import yaml
 from mlflow import MlflowClient
 
 from tests.conftest import last_json, make_image_tree, run_birdplane
-from tests.test_faults import epochs_of, ray_results, results_reported
+from tests.test_faults import epochs_of, finish, output, ray_results, results_reported, start
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -88,15 +86,14 @@ def test_an_interrupted_sweep_resumes_to_exactly_num_samples_trials_and_runs(mlf
     common = ["--num-samples", 6, "--space", space, "--data-root", tree, "--cache-dir", tmp_path / "cache",
               "--name", "resumable", "--storage-path", tmp_path / "ray", "--tracking-uri", mlflow_server.url,
               "--scheduler", "none", "--max-concurrent", 1]
-    proc = subprocess.Popen([sys.executable, "-m", "study.cli", "sweep", *map(str, common)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start(["sweep", *common])  # output to a file: a full pipe would block the study
     # Interrupt at a known point: two trials done (6 epochs each) and the third at epoch 2.
     deadline = time.monotonic() + 300
     while results_reported(tmp_path / "ray" / "resumable") < 14 and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert proc.poll() is None, output(proc)[-3000:]
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=180)
+    out = finish(proc, 180)
     assert proc.returncode == 130 and "--resume" in out
     _, _, before = study_runs(mlflow_server.url, "resumable")
     finished_before = sum(c.info.status == "FINISHED" for c in before)
