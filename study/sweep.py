@@ -46,7 +46,7 @@ class SweepOptions:
     tracking_uri: str | None = None
     experiment: str | None = None
     smoke: bool = False
-    max_failures: int = 2
+    max_failures: int = 3  # a dead node's cached actor can fail a trial twice at once (seen in the node-crash test)
     search: str = "tpe"  # tpe (Optuna through OptunaSearch) or random (Ray's BasicVariantGenerator)
     optuna_storage: str | None = None  # an Optuna RDB URL: the study is persisted there (optuna-dashboard)
     sampler: str = "tpe"  # the Optuna sampler behind --search tpe: tpe, gp, qmc or random
