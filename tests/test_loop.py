@@ -6,7 +6,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from trainables.checkpoint import TrainState
 from trainables.config import TrainConfig
-from trainables.loop import fit, make_loader, random_crop, random_flip
+from trainables.loop import fit
+from trainables.steps import ShuffledBatchSampler, make_loader, random_crop, random_flip
 
 FAST = dict(hidden_sizes=(32,), epochs=4, batch_size=16, lr=0.05, threads=1, device="cpu")
 
@@ -90,7 +91,7 @@ def test_every_loss_trains(tiny_data, loss):
 
 def test_loader_yields_a_fresh_permutation_of_whole_batches_each_epoch():
     x, y = torch.arange(10).float().view(10, 1), torch.arange(10)
-    loader = make_loader(x, y, 4, torch.Generator().manual_seed(0))
+    loader = make_loader(x, y, ShuffledBatchSampler(10, 4, torch.Generator().manual_seed(0)))
     epoch1 = [yb for _, yb in loader]
     epoch2 = [yb for _, yb in loader]
     assert [len(b) for b in epoch1] == [4, 4, 2]
@@ -184,7 +185,7 @@ def reference_history(config: TrainConfig, data) -> tuple[list[tuple], dict]:
                 tops = torch.randint(0, 9, (len(yb),), generator=augment_gen)
                 lefts = torch.randint(0, 9, (len(yb),), generator=augment_gen)
                 padded = torch.nn.functional.pad(xb, (4, 4, 4, 4))
-                xb = torch.stack([padded[i, :, t:t + 32, l:l + 32] for i, (t, l) in enumerate(zip(tops, lefts))])
+                xb = torch.stack([image[:, top:top + 32, left:left + 32] for image, top, left in zip(padded, tops, lefts)])
             if "flip" in config.augment:
                 flips = torch.rand(len(yb), generator=augment_gen) < 0.5
                 xb = torch.stack([img.flip(2) if f else img for img, f in zip(xb, flips)])
