@@ -140,7 +140,9 @@ def reference_history(config: TrainConfig, data) -> tuple[list[tuple], dict]:
     """The chapter's loop written out plainly, with torch's own pieces: a DataLoader over a
     TensorDataset in a seeded permutation, per-image crop and flip, forward, loss, backward, step,
     schedule step; then both splits evaluated in eval mode. Returns the per-epoch
-    (train_loss, train_acc, val_loss, val_acc, lr) and the final weights."""
+    (train_loss, train_acc, val_loss, val_acc, lr) and the final weights. A DataLoader draws its
+    base seed from torch's global generator every epoch, which moves the later dropout masks, so
+    a loop without one would differ with dropout: both sides use one."""
     from torch.utils.data import DataLoader, TensorDataset
 
     from trainables.losses import ChapterLoss, output_units
