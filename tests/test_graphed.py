@@ -1,8 +1,11 @@
 """CUDA-graphed steps: the CPU falls back to eager steps and says why; on a GPU, graphed and eager
 steps give the same history (these run only where CUDA exists)."""
+import ast
+
 import pytest
 import torch
 
+from tests.conftest import REPO
 from trainables.config import TrainConfig
 from trainables.loop import fit
 
@@ -20,6 +23,33 @@ def test_on_the_cpu_steps_fall_back_to_eager_and_say_why_once(tiny_data):
     assert result.steps == "eager (CUDA graphs need a CUDA device)" == result.summary()["steps"]
     off = fit(TrainConfig(**FAST, device="cpu", graphs="off"), tiny_data)
     assert off.steps == "eager (CUDA graphs turned off)"
+
+
+def _package_imports(path) -> set[str]:
+    """The trainables modules that one file imports, anywhere in it (inside functions too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name.split(".")[1] for name in names if name.startswith("trainables.")}
+
+
+def test_the_steps_sit_below_the_loop_and_the_package_has_no_import_circle():
+    modules = {path.stem for path in (REPO / "trainables").glob("*.py")} - {"__init__"}
+    graph = {m: _package_imports(REPO / "trainables" / f"{m}.py") & modules for m in modules}
+    assert "loop" not in graph["graphed"] and not {"loop", "graphed"} & graph["steps"]
+    assert {"steps", "graphed"} <= graph["loop"]
+
+    def walk(path: list[str]) -> None:
+        for dep in graph[path[-1]]:
+            assert dep not in path, "import circle: " + " -> ".join([*path, dep])
+            walk([*path, dep])
+
+    for module in sorted(graph):
+        walk([module])
 
 
 @cuda

@@ -6,7 +6,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from trainables.checkpoint import TrainState
 from trainables.config import TrainConfig
-from trainables.loop import fit, make_loader, random_crop, random_flip
+from trainables.loop import fit
+from trainables.steps import ShuffledBatchSampler, make_loader, random_crop, random_flip
 
 FAST = dict(hidden_sizes=(32,), epochs=4, batch_size=16, lr=0.05, threads=1, device="cpu")
 
@@ -90,7 +91,7 @@ def test_every_loss_trains(tiny_data, loss):
 
 def test_loader_yields_a_fresh_permutation_of_whole_batches_each_epoch():
     x, y = torch.arange(10).float().view(10, 1), torch.arange(10)
-    loader = make_loader(x, y, 4, torch.Generator().manual_seed(0))
+    loader = make_loader(x, y, ShuffledBatchSampler(10, 4, torch.Generator().manual_seed(0)))
     epoch1 = [yb for _, yb in loader]
     epoch2 = [yb for _, yb in loader]
     assert [len(b) for b in epoch1] == [4, 4, 2]
@@ -117,3 +118,103 @@ def test_random_flip_mirrors_some_images_and_keeps_the_others():
     flipped = [torch.equal(out[i], TF.horizontal_flip(x[i])) for i in range(64)]
     kept = [torch.equal(out[i], x[i]) for i in range(64)]
     assert all(f or k for f, k in zip(flipped, kept)) and 10 < sum(flipped) < 54
+
+
+# ---------------------------------------------------------------- fit against a plain reference loop
+
+REFERENCE_RECIPES = {
+    "sgd constant": {},
+    "sgd momentum, weight decay, two layers": {"momentum": 0.9, "weight_decay": 1e-3, "hidden_sizes": (32, 16)},
+    "adamw onecycle crop+flip dropout": {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05,
+                                         "schedule": "onecycle", "warmup": 0.2, "augment": "crop+flip",
+                                         "dropout": 0.2, "activation": "relu"},
+    "adam cosine flip ce": {"optimizer": "adam", "lr": 1e-3, "schedule": "cosine", "warmup": 0.1, "augment": "flip",
+                            "loss": "ce"},
+    "bce": {"loss": "bce", "lr": 0.1},
+    "mse crop": {"loss": "mse", "lr": 0.1, "augment": "crop"},
+    "one batch larger than the split": {"batch_size": 500},
+}
+
+
+def reference_history(config: TrainConfig, data) -> tuple[list[tuple], dict]:
+    """The chapter's loop written out plainly, with torch's own pieces: a DataLoader over a
+    TensorDataset in a seeded permutation, per-image crop and flip, forward, loss, backward, step,
+    schedule step; then both splits evaluated in eval mode. Returns the per-epoch
+    (train_loss, train_acc, val_loss, val_acc, lr) and the final weights. A DataLoader draws its
+    base seed from torch's global generator every epoch, which moves the later dropout masks, so
+    a loop without one would differ with dropout: both sides use one."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from trainables.losses import ChapterLoss, output_units
+    from trainables.model import build_model
+
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    classes = len(data.classes)
+    model = build_model(3 * 32 * 32, config.hidden_sizes, output_units(config.loss, classes), config.activation,
+                        config.dropout)
+    mean, std = torch.tensor(data.mean).view(1, 3, 1, 1), torch.tensor(data.std).view(1, 3, 1, 1)
+    train_x, val_x = ((s.x.float() / 255 - mean) / std for s in (data.train, data.val))
+    train_y, val_y = data.train.y, data.val.y
+    loss_fn = ChapterLoss(config.loss, classes)
+    options = {"lr": config.lr, "weight_decay": config.weight_decay}
+    optimizer = {"sgd": lambda: torch.optim.SGD(model.parameters(), momentum=config.momentum, **options),
+                 "adam": lambda: torch.optim.Adam(model.parameters(), **options),
+                 "adamw": lambda: torch.optim.AdamW(model.parameters(), **options)}[config.optimizer]()
+    n = len(train_y)
+    total = config.epochs * math.ceil(n / config.batch_size)
+    warm = int(config.warmup * total)
+
+    def cosine(t: int) -> float:
+        if t < warm:
+            return (t + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (t - warm) / max(1, total - 1 - warm))))
+
+    scheduler = {"constant": lambda: None,
+                 "cosine": lambda: torch.optim.lr_scheduler.LambdaLR(optimizer, cosine),
+                 "onecycle": lambda: torch.optim.lr_scheduler.OneCycleLR(
+                     optimizer, max_lr=config.lr, total_steps=total, pct_start=config.warmup or 0.3,
+                     cycle_momentum=False)}[config.schedule]()
+    order_gen = torch.Generator().manual_seed(config.seed)
+    augment_gen = torch.Generator().manual_seed(config.seed + 1)
+    history = []
+    for _ in range(config.epochs):
+        model.train()
+        batches = [b.tolist() for b in torch.randperm(n, generator=order_gen).split(config.batch_size)]
+        loss_sum = torch.zeros(())
+        for xb, yb in DataLoader(TensorDataset(train_x, train_y), batch_sampler=batches):
+            if "crop" in config.augment:
+                tops = torch.randint(0, 9, (len(yb),), generator=augment_gen)
+                lefts = torch.randint(0, 9, (len(yb),), generator=augment_gen)
+                padded = torch.nn.functional.pad(xb, (4, 4, 4, 4))
+                xb = torch.stack([image[:, top:top + 32, left:left + 32] for image, top, left in zip(padded, tops, lefts)])
+            if "flip" in config.augment:
+                flips = torch.rand(len(yb), generator=augment_gen) < 0.5
+                xb = torch.stack([img.flip(2) if f else img for img, f in zip(xb, flips)])
+            loss = loss_fn(model(xb), yb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            loss_sum += loss.detach() * len(yb)
+        model.eval()
+        with torch.no_grad():
+            scores = []
+            for x, y in ((train_x, train_y), (val_x, val_y)):
+                logits = model(x)
+                scores += [float(loss_fn(logits, y).double() * len(y)) / len(y),
+                           int((loss_fn.predict(logits) == y).sum()) / len(y)]
+        history.append((float(loss_sum / n), scores[1], scores[2], scores[3], float(optimizer.param_groups[0]["lr"])))
+    return history, model.state_dict()
+
+
+@pytest.mark.parametrize("recipe", list(REFERENCE_RECIPES))
+def test_fit_reproduces_a_plain_reference_loop_bit_for_bit(tiny_data, recipe):
+    config = TrainConfig(**{**FAST, **REFERENCE_RECIPES[recipe]})
+    expected, weights = reference_history(config, tiny_data)
+    result = fit(config, tiny_data)
+    got = [(r["train_loss"], r["train_acc"], r["val_loss"], r["val_acc"], r["lr"]) for r in result.history]
+    assert got == expected
+    for key, value in result.model.state_dict().items():
+        assert torch.equal(value, weights[key]), key

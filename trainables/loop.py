@@ -1,8 +1,9 @@
-"""The chapter's DataLoader training loop: train an epoch, evaluate, fit(config, data) -> result.
+"""The training loop: fit(config, data) -> FitResult, epoch by epoch over a Steps object.
 
-The data set is normalised once and kept on the training device. The DataLoader's sampler yields
-whole shuffled index tensors and the dataset answers with whole batches, so there is no per-sample
-Python work and, on a GPU, no per-batch host-to-device copy.
+``setup_run`` builds what a run works on: the seeded net, its optimizer and schedule, and the
+data set normalised once and kept on the training device. ``fit`` restores any resumed state,
+picks the steps (trainables/steps.py: the chapter's DataLoader loop, or CUDA graphs of the same
+step on a GPU) and runs the epochs; each epoch's numbers come back in one host sync.
 """
 from __future__ import annotations
 
@@ -11,22 +12,19 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
 
 from trainables.checkpoint import TrainState
 from trainables.config import TrainConfig
 from trainables.data import StudyData
+from trainables.graphed import make_steps
 from trainables.losses import ChapterLoss, output_units
 from trainables.model import build_model, param_count
-
-EVAL_BATCH = 4096
-CROP_PADDING = 4
+from trainables.steps import ShuffledBatchSampler, Steps, TrainStep, evaluate_sums
 
 # on_epoch_end(metrics, snapshot): metrics of the epoch just finished; snapshot() returns the
 # TrainState to resume from (a deep copy, made only when the callback asks for it).
@@ -49,7 +47,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# ---------------------------------------------------------------- batches on the device
+# ---------------------------------------------------------------- data on the device
 
 def normalise(x: torch.Tensor, mean, std, device: torch.device) -> torch.Tensor:
     """uint8 (N,3,H,W) -> float32 on ``device``, (x/255 - mean) / std, as ToTensor + Normalize."""
@@ -58,66 +56,7 @@ def normalise(x: torch.Tensor, mean, std, device: torch.device) -> torch.Tensor:
     return (x.to(device).float().div_(255.0) - m) / s
 
 
-class BatchDataset(Dataset):
-    """Indexed by a tensor of indices, answers with the whole batch."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[index], self.y[index]
-
-
-class ShuffledBatchSampler(Sampler):
-    """A new permutation every epoch, cut into batches; its generator's state is checkpointed."""
-
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator):
-        self.n, self.batch_size, self.generator = n, batch_size, generator
-
-    def __len__(self) -> int:
-        return math.ceil(self.n / self.batch_size)
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        order = torch.randperm(self.n, generator=self.generator, device=self.generator.device)
-        return iter(order.split(self.batch_size))
-
-
-def make_loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator) -> DataLoader:
-    sampler = ShuffledBatchSampler(len(y), batch_size, generator)
-    return DataLoader(BatchDataset(x, y), sampler=sampler, batch_size=None)
-
-
-def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Per-sample random HxW crop of the zero-padded batch (RandomCrop(H, padding) on each image)."""
-    b, c, h, w = x.shape
-    padded = F.pad(x, (padding,) * 4)
-    top = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=x.device)
-    left = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=x.device)
-    rows = (top[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (left[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    batch = torch.arange(b, device=x.device)[:, None, None, None]
-    chans = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, chans, rows, cols]
-
-
-def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Each image mirrored left-right with probability 1/2."""
-    flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
-
-
-def augment(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
-    if "crop" in mode:
-        x = random_crop(x, CROP_PADDING, generator)
-    if "flip" in mode:
-        x = random_flip(x, generator)
-    return x
-
-
-# ---------------------------------------------------------------- one epoch, one evaluation
+# ---------------------------------------------------------------- optimizer, schedule, evaluation
 
 def make_optimizer(config: TrainConfig, params, device: torch.device | None = None) -> torch.optim.Optimizer:
     """The run's optimizer. On a CUDA device: torch's fused kernels, which CUDA graphs can capture,
@@ -165,40 +104,6 @@ def make_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
     return None
 
 
-def train_epoch(model, loader, loss_fn, optimizer, augment_mode: str, augment_gen, scheduler=None) -> torch.Tensor:
-    """One pass over the loader; returns the mean training loss (a device tensor, not synced)."""
-    model.train()
-    total = torch.zeros((), device=next(model.parameters()).device)
-    count = 0
-    for xb, yb in loader:
-        if augment_mode != "none":
-            xb = augment(xb, augment_mode, augment_gen)
-        loss = loss_fn(model(xb), yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        total += loss.detach() * len(yb)
-        count += len(yb)
-    return total / max(count, 1)
-
-
-@torch.inference_mode()
-def evaluate_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: ChapterLoss,
-                  chunk: int = EVAL_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed loss, correct count) over the whole split in eval mode, as device tensors (no sync)."""
-    model.eval()
-    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
-    correct = torch.zeros((), device=x.device, dtype=torch.int64)
-    for start in range(0, len(y), chunk):
-        xb, yb = x[start:start + chunk], y[start:start + chunk]
-        logits = model(xb)
-        loss_sum += loss_fn(logits, yb).double() * len(yb)
-        correct += (loss_fn.predict(logits) == yb).sum()
-    return loss_sum, correct
-
-
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: ChapterLoss) -> dict:
     """Mean loss and accuracy over the whole split, in eval mode."""
     loss_sum, correct = evaluate_sums(model, x, y, loss_fn)
@@ -239,62 +144,74 @@ class FitResult:
 
 
 @dataclass
+class Progress:
+    """How far a run got: one record per finished epoch, and the best epoch so far with its weights."""
+
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0  # the epoch of the best val_acc so far (earliest among ties); 0: none yet
+    best_model: dict | None = None  # its weights, kept apart from the training weights
+
+    @property
+    def epoch(self) -> int:
+        return self.history[-1]["epoch"] if self.history else 0
+
+    @property
+    def best_val_acc(self) -> float:
+        return next((r["val_acc"] for r in self.history if r["epoch"] == self.best_epoch), -math.inf)
+
+    def add(self, record: dict, model: nn.Module) -> None:
+        """Append the epoch's record; keep the weights of an epoch whose val_acc beats every earlier
+        one (selection on validation only)."""
+        self.history.append(record)
+        if math.isfinite(record["val_acc"]) and record["val_acc"] > self.best_val_acc:
+            self.best_epoch = record["epoch"]
+            self.best_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@dataclass(frozen=True, eq=False)
 class Run:
-    """Everything one training run works on, built once by ``setup_run``."""
+    """What one training run works on, built once by ``setup_run``; only ``progress`` and the
+    state inside the model, optimizer, schedule and generators change as it trains."""
 
     config: TrainConfig
     device: torch.device
     model: nn.Module
     loss_fn: ChapterLoss
     optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
     train_x: torch.Tensor
     train_y: torch.Tensor
     val_x: torch.Tensor
     val_y: torch.Tensor
-    sampler_gen: torch.Generator
+    order: ShuffledBatchSampler  # the batch order, drawn from its own generator
     augment_gen: torch.Generator
-    loader: DataLoader
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-    history: list[dict] = field(default_factory=list)
-    graphed: object | None = None  # trainables.graphed.GraphedSteps once captured
-    steps: str = "eager"  # how steps run: "graphed (CUDA graphs)" or "eager (the reason)"
-    best_epoch: int = 0  # the epoch of the best val_acc so far (earliest among ties); 0: none yet
-    best_model: dict | None = None  # its weights, kept apart from the training weights
+    progress: Progress = field(default_factory=Progress)
 
-    @property
-    def best_val_acc(self) -> float:
-        return next((r["val_acc"] for r in self.history if r["epoch"] == self.best_epoch), -math.inf)
-
-    def note_best(self, record: dict) -> None:
-        """Keep the weights of an epoch whose val_acc beats every earlier one (selection on validation only)."""
-        if math.isfinite(record["val_acc"]) and record["val_acc"] > self.best_val_acc:
-            self.best_epoch = record["epoch"]
-            self.best_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-
-    @property
-    def epoch(self) -> int:
-        return self.history[-1]["epoch"] if self.history else 0
+    def train_step(self) -> TrainStep:
+        return TrainStep(self.model, self.loss_fn, self.optimizer, self.scheduler, self.config.augment,
+                         self.augment_gen)
 
     def state(self) -> TrainState:
         """A deep copy of the resumable state: the caller may keep it while training goes on."""
+        progress = self.progress
         return TrainState(
-            epoch=self.epoch,
+            epoch=progress.epoch,
             model=copy.deepcopy(self.model.state_dict()),
             optimizer=copy.deepcopy(self.optimizer.state_dict()),
-            sampler_rng=self.sampler_gen.get_state(),
+            sampler_rng=self.order.generator.get_state(),
             augment_rng=self.augment_gen.get_state(),
-            history=[dict(r) for r in self.history],
+            history=[dict(r) for r in progress.history],
             config=self.config.to_dict(),
             scheduler=copy.deepcopy(self.scheduler.state_dict()) if self.scheduler is not None else None,
-            best_epoch=self.best_epoch,
-            best_model=self.best_model,  # replaced, never changed in place: no copy needed
+            best_epoch=progress.best_epoch,
+            best_model=progress.best_model,  # replaced, never changed in place: no copy needed
             global_rng=(torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.get_rng_state()),
         )
 
     def restore(self, state: TrainState) -> None:
         self.model.load_state_dict(state.model)
         self.optimizer.load_state_dict(state.optimizer)
-        self.sampler_gen.set_state(state.sampler_rng)
+        self.order.generator.set_state(state.sampler_rng)
         self.augment_gen.set_state(state.augment_rng)
         if state.global_rng is not None:
             if self.device.type == "cuda":
@@ -303,17 +220,14 @@ class Run:
                 torch.set_rng_state(state.global_rng)
         if self.scheduler is not None and state.scheduler is not None:
             self.scheduler.load_state_dict(state.scheduler)
-        self.history = [dict(r) for r in state.history]
-        self.best_epoch = state.best_epoch
-        self.best_model = ({k: v.to(self.device) for k, v in state.best_model.items()}
-                           if state.best_model is not None else None)
+        self.progress.history = [dict(r) for r in state.history]
+        self.progress.best_epoch = state.best_epoch
+        self.progress.best_model = ({k: v.to(self.device) for k, v in state.best_model.items()}
+                                    if state.best_model is not None else None)
 
 
 def setup_run(config: TrainConfig, data: StudyData) -> Run:
-    """Seeded model, optimizer, loss and the normalised data on the run's device (steps eager
-    until ``capture_steps``)."""
-    from trainables.graphed import graphs_unavailable
-
+    """Seeded model, optimizer, schedule, loss and the normalised data on the run's device."""
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
@@ -325,39 +239,14 @@ def setup_run(config: TrainConfig, data: StudyData) -> Run:
     train_x = normalise(data.train.x, data.mean, data.std, device)
     train_y = data.train.y.to(device)
     sampler_gen = torch.Generator(device=device).manual_seed(config.seed)
-    why_not = graphs_unavailable(device, config.graphs)
+    order = ShuffledBatchSampler(len(train_y), config.batch_size, sampler_gen)
     optimizer = make_optimizer(config, model.parameters(), device)
-    loader = make_loader(train_x, train_y, config.batch_size, sampler_gen)
     return Run(
         config=config, device=device, model=model, loss_fn=ChapterLoss(config.loss, n_classes),
-        optimizer=optimizer, train_x=train_x, train_y=train_y,
+        optimizer=optimizer, scheduler=make_scheduler(config, optimizer, len(order)),
+        train_x=train_x, train_y=train_y,
         val_x=normalise(data.val.x, data.mean, data.std, device), val_y=data.val.y.to(device),
-        sampler_gen=sampler_gen, augment_gen=torch.Generator(device=device).manual_seed(config.seed + 1),
-        loader=loader, scheduler=make_scheduler(config, optimizer, len(loader)),
-        steps="eager" if why_not is None else f"eager ({why_not})")
-
-
-def capture_steps(run: Run) -> None:
-    """On a CUDA device, capture the run's step and evaluation as CUDA graphs (after any resume:
-    the graphs point at the state tensors as they are now). Falls back to eager steps, saying
-    why in ``run.steps``, wherever capture is not possible."""
-    from trainables.graphed import GraphedSteps, graphs_unavailable
-
-    why_not = graphs_unavailable(run.device, run.config.graphs)
-    if why_not is not None:
-        run.steps = f"eager ({why_not})"
-        return
-    for group in run.optimizer.param_groups:  # a resumed CPU checkpoint brings a float rate, capturable off
-        if not torch.is_tensor(group["lr"]):
-            group["lr"] = torch.tensor(group["lr"], device=run.device)
-        if "capturable" in group:
-            group["capturable"] = True
-    try:
-        run.graphed = GraphedSteps(run)
-        run.steps = "graphed (CUDA graphs)"
-    except Exception as err:  # capture is not possible here: keep training, eagerly
-        run.graphed = None
-        run.steps = f"eager (CUDA graph capture failed: {type(err).__name__}: {str(err).splitlines()[0][:120]})"
+        order=order, augment_gen=torch.Generator(device=device).manual_seed(config.seed + 1))
 
 
 class _Clock:
@@ -381,23 +270,16 @@ class _Clock:
         return self.start.elapsed_time(self.mark_event) / 1000 if self.cuda else self.t1 - self.t0
 
 
-def run_epoch(run: Run, epoch: int) -> dict:
-    """Train one epoch, evaluate train and val in eval mode, append and return the record.
+def run_epoch(run: Run, steps: Steps, epoch: int) -> dict:
+    """Train one epoch, evaluate train and val in eval mode, record and return the epoch's metrics.
 
     The loss and both evaluations stay on the device; their numbers come back in one host sync.
     """
     started = time.perf_counter()
     clock = _Clock(run.device)
-    if run.graphed is not None:
-        mean_loss = run.graphed.train_epoch()
-        clock.mark()
-        sums = [*run.graphed.evaluate(run.train_x, run.train_y), *run.graphed.evaluate(run.val_x, run.val_y)]
-    else:
-        mean_loss = train_epoch(run.model, run.loader, run.loss_fn, run.optimizer, run.config.augment,
-                                run.augment_gen, run.scheduler)
-        clock.mark()
-        sums = [*evaluate_sums(run.model, run.train_x, run.train_y, run.loss_fn),
-                *evaluate_sums(run.model, run.val_x, run.val_y, run.loss_fn)]
+    mean_loss = steps.train_epoch()
+    clock.mark()
+    sums = [*steps.evaluate(run.train_x, run.train_y), *steps.evaluate(run.val_x, run.val_y)]
     train_loss, train_loss_sum, train_correct, val_loss_sum, val_correct = torch.stack(
         [mean_loss.double(), *(v.double() for v in sums)]).tolist()  # the epoch's one host sync
     n_train, n_val = max(len(run.train_y), 1), max(len(run.val_y), 1)
@@ -414,8 +296,7 @@ def run_epoch(run: Run, epoch: int) -> dict:
         "samples_per_second": len(run.train_y) / train_seconds if train_seconds > 0 else 0.0,
         "lr": float(lr),  # the rate the next step will use
     }
-    run.history.append(record)
-    run.note_best(record)
+    run.progress.add(record, run.model)
     return record
 
 
@@ -429,18 +310,20 @@ def fit(
     run = setup_run(config, data)
     if resume is not None:
         run.restore(resume)
-    capture_steps(run)
+    steps = make_steps(run.train_step(), run.train_x, run.train_y, run.order, config.graphs)  # after the resume
     count = param_count(run.model)
     status = "completed"
-    for epoch in range(run.epoch + 1, config.epochs + 1):
-        record = run_epoch(run, epoch)
+    for epoch in range(run.progress.epoch + 1, config.epochs + 1):
+        record = run_epoch(run, steps, epoch)
         if not math.isfinite(record["train_loss"]):
             status = "diverged"
         if on_epoch_end is not None:
             on_epoch_end({**record, "param_count": count, "status": status}, run.state)
         if status == "diverged":
             break
-    return FitResult(run.history, status, count, run.model, run.best_model, run.best_epoch, run.steps)
+    progress = run.progress
+    return FitResult(progress.history, status, count, run.model, progress.best_model, progress.best_epoch,
+                     steps.description)
 
 
 def evaluate_untrained(config: TrainConfig, data: StudyData) -> dict:
@@ -448,5 +331,5 @@ def evaluate_untrained(config: TrainConfig, data: StudyData) -> dict:
     run = setup_run(config, data)
     train_eval = evaluate(run.model, run.train_x, run.train_y, run.loss_fn)
     val_eval = evaluate(run.model, run.val_x, run.val_y, run.loss_fn)
-    return {"param_count": param_count(run.model), "train_eval_loss": train_eval["loss"], "train_acc": train_eval["acc"],
-            "val_loss": val_eval["loss"], "val_acc": val_eval["acc"]}
+    return {"param_count": param_count(run.model), "train_eval_loss": train_eval["loss"],
+            "train_acc": train_eval["acc"], "val_loss": val_eval["loss"], "val_acc": val_eval["acc"]}
