@@ -1,8 +1,8 @@
 """A birdplane run in MLflow: its tag and metric names, its parameter types, and what it summarises.
 
-The contract between both sides: ``study/records.py`` writes runs with these names (the only
-module that writes MLflow), ``analysis/`` reads them back with the same names and types. Pure:
-nothing here talks to MLflow.
+The contract between both floors: ``study/`` writes runs with these names (its writers are in
+``study/records.py``), ``analysis/`` reads them back with the same names and types. Pure: nothing
+here talks to MLflow, and nothing in ``analysis/`` writes to it (tests/test_floors.py).
 """
 from __future__ import annotations
 

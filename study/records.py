@@ -1,7 +1,7 @@
-"""Writing birdplane's runs to MLflow: every write, idempotent, with the names of analysis/record.py.
+"""Writing birdplane's runs to MLflow: idempotent writers, with the names of analysis/record.py.
 
-``analysis/record.py`` holds the contract (tag and metric names, parameter types) and reads runs
-back; this module is the only one that writes them.
+``analysis/record.py`` holds the contract (tag and metric names, parameter types) that
+``analysis/`` reads runs back with; the writes live on this floor, most of them here.
 
 How MLflow stays consistent with Ray (the path is spread over a few files; this is the map):
   * Ray's experiment folder is the source of truth: per-epoch results, checkpoints, trial states,

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 from mlflow import MlflowClient
 
-from analysis.record import (CONFIG_ARTIFACT, MODEL_ARTIFACT, REGISTERED_ALIAS, ROLE_CONFIRM, ROLE_RERUN, ROLE_RERUN_SEED,
-                             TAG_CONFIRMS, TAG_PARENT, TAG_REPRODUCED, TAG_RERUN_OF, TAG_ROLE, TAG_SEED, best_of,
-                             flat_params)
+from analysis.record import (CONFIG_ARTIFACT, MODEL_ARTIFACT, REGISTERED_ALIAS, ROLE_CONFIRM, ROLE_RERUN,
+                             ROLE_RERUN_SEED, TAG_CONFIRMS, TAG_PARENT, TAG_REPRODUCED, TAG_RERUN_OF, TAG_ROLE, TAG_SEED,
+                             best_of, flat_params)
 from analysis.runs import load_histories, read_json_artifact
 from study import records as store
 from study.errors import UsageError

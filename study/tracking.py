@@ -17,8 +17,8 @@ from typing import Callable
 from mlflow import MlflowClient
 from ray import tune
 
-from analysis.record import (EPOCH_METRICS, ROLE_SWEEP, ROLE_TRIAL, TAG_NODE, TAG_PARENT, TAG_ROLE, TAG_RUN_NAME, TAG_SWEEP,
-                             TAG_TRIAL, readable_name)
+from analysis.record import (EPOCH_METRICS, ROLE_SWEEP, ROLE_TRIAL, TAG_NODE, TAG_PARENT, TAG_ROLE, TAG_RUN_NAME,
+                             TAG_SWEEP, TAG_TRIAL, readable_name)
 from study import records as store
 from trainables.bundle import bundle_args
 from trainables.checkpoint import TrainState
