@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.overfitting import overfitting_onset
+from trainables.model import size_label
 
 # The per-size table's columns and what they mean (the report prints this line under the table).
 SIZE_COLUMNS = ("group", "depth", "hidden_sizes", "param_count", "seeds", "best_val_acc", "best_val_acc_sd", "final_val_acc",
@@ -37,10 +38,6 @@ def split_by_budget(trials: pd.DataFrame, budget: int | None) -> tuple[pd.DataFr
         return trials, trials.iloc[0:0]
     full = trials["epochs_run"].fillna(0) >= budget
     return trials[full].reset_index(drop=True), trials[~full].reset_index(drop=True)
-
-
-def size_label(hidden) -> str:
-    return "[" + ",".join(str(h) for h in hidden) + "]" if isinstance(hidden, (tuple, list)) else str(hidden)
 
 
 def curve_summary(histories: pd.DataFrame) -> pd.DataFrame:

@@ -1,34 +1,18 @@
-"""A birdplane run in MLflow: its tag and metric names, its parameter types, and how it is written.
+"""A birdplane run in MLflow: its tag and metric names, its parameter types, and what it summarises.
 
-One module for both sides of the contract: `study/` writes runs through these functions and
-names, `analysis/` reads them back with the same names and types.
-
-How MLflow stays consistent with Ray (the path is spread over a few files; this is the map):
-  * Ray's experiment folder is the source of truth: per-epoch results, checkpoints, trial states,
-    and birdplane's own manifest (``study/manifest.py``) naming the tracking URI and parent run.
-  * Every write here is idempotent. A run is found by its key tags before one is created
-    (``ensure_run``), and an epoch already logged to a run (its step) is not logged again
-    (``log_epochs``). Repeating any call, in any order of crashes, cannot duplicate anything.
-  * During a sweep, ``study/tracking.py``'s Tune callback turns trial events into these calls and
-    queues them in an ordered ``Outbox`` on a background thread: a failed call (the server went
-    away) is retried with back-off, never dropped, and Tune's event loop never waits on MLflow.
-  * ``study/sync.py`` replays Ray's results through the same calls: after an outage
-    (``birdplane sync``) and at the start of every ``--resume``. Runs of unfinished trials are
-    adopted by the resumed trial; runs of trials Ray's snapshot never knew are retired as orphans.
+The contract between both floors: ``study/`` writes runs with these names (its writers are in
+``study/records.py``), ``analysis/`` reads them back with the same names and types. Pure: nothing
+here talks to MLflow, and nothing in ``analysis/`` writes to it (tests/test_floors.py).
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-import time
 import typing
-from typing import Iterable
-
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
 
 from trainables.config import TrainConfig
+from trainables.model import size_label
+from trainables.selection import best_record
 
 # ---------------------------------------------------------------- names
 
@@ -56,8 +40,6 @@ TAG_REGULARISER = "birdplane.regulariser"  # "augment=crop+flip" (or "none")
 TAG_CONFIRMS = "confirms"  # the run id of the trial a confirmation run retrains
 TAG_NODE = "birdplane.node"  # the Ray node a trial ran on (its last one, if retried elsewhere)
 REGISTERED_ALIAS = "champion"  # the alias `rerun --register` moves to the version it registers
-
-OUTCOMES = ("completed", "stopped_early", "diverged", "failed", "orphaned")
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "gap", "epoch_seconds", "samples_per_second", "lr")
 CURVE_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "gap")
@@ -106,6 +88,7 @@ def cast_params(params: dict[str, str]) -> dict:
 
 
 def flat_params(values: dict) -> dict[str, str]:
+    """Params as MLflow stores them: strings, sequences joined by commas."""
     out = {}
     for key, value in values.items():
         if isinstance(value, (list, tuple)):
@@ -115,39 +98,11 @@ def flat_params(values: dict) -> dict[str, str]:
 
 
 def best_of(history: list[dict]) -> dict:
-    finite = [r for r in history if isinstance(r.get("val_acc"), float) and math.isfinite(r["val_acc"])]
-    if not finite:
+    """The best epoch's summary metrics (trainables.selection's rule); {} when there is none."""
+    best = best_record(history)
+    if best is None:
         return {}
-    best = max(finite, key=lambda r: (r["val_acc"], -r["epoch"]))
     return {"best_val_acc": best["val_acc"], "best_epoch": best["epoch"]}
-
-
-# ---------------------------------------------------------------- idempotent writes
-# synchronous=True everywhere: a user's MLFLOW_ENABLE_ASYNC_LOGGING=true would otherwise make
-# MLflow queue a write and drop it on failure, behind the back of the caller's retries.
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "\\'") + "'"
-
-
-def find_experiment_id(client: MlflowClient, name: str) -> str | None:
-    exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp is not None else None
-
-
-# MLflow 3.17's UI opens an experiment on its GenAI pages unless the experiment says it holds
-# model training (the UI reads this tag; "custom_model_development" is its model-training kind).
-TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
-
-
-def ensure_experiment(client: MlflowClient, name: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        return client.create_experiment(name, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
-    if TAG_EXPERIMENT_KIND not in exp.tags:
-        client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
-    return exp.experiment_id
 
 
 def headline(runs: list) -> dict[str, float]:
@@ -172,171 +127,8 @@ def headline(runs: list) -> dict[str, float]:
     return out
 
 
-def log_headline(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[str, float]:
-    import mlflow
-
-    mlflow.set_tracking_uri(client.tracking_uri)  # search_runs pages through every child
-    runs = mlflow.search_runs([experiment_id], output_format="list", filter_string=(
-        f"tags.`{TAG_PARENT}` = {_quote(parent_run_id)} and tags.`{TAG_ROLE}` = {_quote(ROLE_TRIAL)}"))
-    values = headline(runs)
-    log_metrics(client, parent_run_id, values, step=0)
-    return values
-
-
 def readable_name(train: dict) -> str:
     """A run name a person can read in the UI's runs list: "[505,103] relu bce adam"."""
-    sizes = ",".join(str(int(h)) for h in train.get("hidden_sizes", ()))
-    parts = [f"[{sizes}]", train.get("activation"), train.get("loss"), train.get("optimizer")]
+    parts = [size_label(train.get("hidden_sizes", ())), train.get("activation"), train.get("loss"),
+             train.get("optimizer")]
     return " ".join(str(x) for x in parts if x)
-
-
-def source_tags(entry_point: str) -> dict[str, str]:
-    """MLflow's standard source tags (the UI's Source and Version columns) for this checkout."""
-    return {**_checkout_tags(), "mlflow.source.name": entry_point}
-
-
-@functools.lru_cache(maxsize=1)
-def _checkout_tags() -> dict[str, str]:
-    import getpass
-    import subprocess
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parent.parent
-    tags = {"mlflow.source.type": "LOCAL"}
-    try:
-        tags["mlflow.user"] = getpass.getuser()
-    except Exception:  # no user name in a container
-        pass
-    try:
-        def git(*args: str) -> str:
-            out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=5)
-            return out.stdout.strip() if out.returncode == 0 else ""
-        commit = git("rev-parse", "HEAD")
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
-            branch, remote = git("rev-parse", "--abbrev-ref", "HEAD"), git("config", "--get", "remote.origin.url")
-            if branch and branch != "HEAD":
-                tags["mlflow.source.git.branch"] = branch
-            if remote:
-                tags["mlflow.source.git.repoURL"] = remote
-    except OSError:
-        pass
-    return tags
-
-
-def log_dataset(client: MlflowClient, run_id: str, data: dict, context: str = "training") -> None:
-    """The run's data set as an MLflow dataset input (the UI's Dataset column): its root, classes,
-    split and subset, with a digest of them (the same data gives the same digest)."""
-    import hashlib
-    import json
-
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-
-    described = {k: data.get(k) for k in ("root", "classes", "val_split", "val_fraction", "split_seed", "subset")}
-    digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    name = "cifar10-" + "-".join(data.get("classes") or ()) if data.get("classes") else "cifar10"
-    dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": str(data.get("root"))}),
-                      profile=json.dumps({k: v for k, v in described.items() if k != "root"}, default=str))
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
-
-
-def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> str | None:
-    query = " and ".join(f"tags.`{k}` = {_quote(v)}" for k, v in tags.items())
-    runs = client.search_runs([experiment_id], filter_string=query, max_results=2, order_by=["attributes.start_time ASC"])
-    return runs[0].info.run_id if runs else None
-
-
-def ensure_run(client: MlflowClient, experiment_id: str, key_tags: dict[str, str], name: str,
-               extra_tags: dict[str, str] | None = None, reopen: bool = True) -> tuple[str, bool]:
-    """(run_id, created). A run carrying ``key_tags`` is adopted (and, with reopen, marked RUNNING again)."""
-    run_id = find_run(client, experiment_id, key_tags)
-    if run_id is not None:
-        if reopen and client.get_run(run_id).info.status != "RUNNING":
-            client.update_run(run_id, status="RUNNING")
-        return run_id, False
-    run = client.create_run(experiment_id, tags={**key_tags, **(extra_tags or {})}, run_name=name)
-    return run.info.run_id, True
-
-
-def last_logged_step(client: MlflowClient, run_id: str, key: str = "val_acc") -> int:
-    history = client.get_metric_history(run_id, key)
-    return max((m.step for m in history), default=-1)
-
-
-def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
-    items = [Param(k, v[:6000]) for k, v in flat_params(params).items()]
-    existing = client.get_run(run_id).data.params
-    items = [p for p in items if p.key not in existing]
-    for start in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[start:start + 100], synchronous=True)
-
-
-def log_metrics(client: MlflowClient, run_id: str, values: dict[str, float], step: int) -> None:
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, step) for k, v in values.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if metrics:
-        client.log_batch(run_id, metrics=metrics, synchronous=True)
-
-
-def log_epochs(client: MlflowClient, run_id: str, records: Iterable[dict], after_step: int) -> int:
-    """Log the per-epoch metrics of records whose epoch > after_step, in one batch; returns the new last step."""
-    now = int(time.time() * 1000)
-    metrics, last = [], after_step
-    for r in records:
-        if r["epoch"] <= after_step:
-            continue
-        metrics += [Metric(k, float(r[k]), now, int(r["epoch"])) for k in EPOCH_METRICS if k in r]
-        last = max(last, int(r["epoch"]))
-    for start in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[start:start + 1000], synchronous=True)
-    return last
-
-
-def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
-    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
-
-
-def log_dict(client: MlflowClient, run_id: str, payload: dict, name: str) -> None:
-    """A JSON artifact (MLflow's own serialisation); values it cannot encode become strings first."""
-    import json
-
-    client.log_dict(run_id, json.loads(json.dumps(payload, default=str)), name)
-
-
-def finish_run(client: MlflowClient, run_id: str, ok: bool = True, status: str | None = None) -> None:
-    client.set_terminated(run_id, status=status or ("FINISHED" if ok else "FAILED"))
-
-
-def write_finished_run(client: MlflowClient, run_id: str, *, history: list[dict], after_step: int,
-                       param_count: int | None, outcome: str, resolved_config: dict,
-                       model: dict | None, extra_metrics: dict | None = None,
-                       ok: bool = True) -> int:
-    """Close one run the same way wherever it was trained (a sweep's trial, a rerun's seed).
-
-    Logs the epochs not yet logged, the summary metrics (best epoch, epochs run, param_count and
-    ``extra_metrics``), the outcome tag, config.json and, given ``model`` (save_bundle's
-    arguments: trainables.bundle.bundle_args), model.pt; then ends the run. Returns the last
-    logged step.
-    """
-    import os
-    import tempfile
-
-    from trainables.bundle import save_bundle
-
-    last_step = log_epochs(client, run_id, history, after_step)
-    summary = best_of(history)
-    if param_count is not None:
-        summary["param_count"] = param_count
-    summary["epochs_run"] = history[-1]["epoch"] if history else 0
-    summary.update(extra_metrics or {})
-    log_metrics(client, run_id, summary, step=summary["epochs_run"])
-    set_tags(client, run_id, {TAG_OUTCOME: outcome})
-    log_dict(client, run_id, resolved_config, CONFIG_ARTIFACT)
-    if model is not None:
-        with tempfile.TemporaryDirectory() as folder:
-            path = os.path.join(folder, MODEL_ARTIFACT)
-            save_bundle(path, **model)
-            client.log_artifact(run_id, path)
-    finish_run(client, run_id, ok=ok)
-    return last_step

@@ -159,7 +159,7 @@ def _table(frame: pd.DataFrame, columns: list[str] | None = None, legend: str = 
 
 
 def config_label(row) -> str:
-    hidden = ",".join(str(h) for h in row.get("hidden_sizes", ()) or ())
+    hidden = size_label(row.get("hidden_sizes", ()) or ())
     extras = []
     for key in ("optimizer", "schedule", "augment"):
         value = row.get(key)
@@ -169,7 +169,7 @@ def config_label(row) -> str:
         value = row.get(key)
         if isinstance(value, float) and value > 0:
             extras.append(f"{short}={value:.2g}")
-    return (f"[{hidden}] {row.get('activation')} {row.get('loss')} {' '.join(extras)} "
+    return (f"{hidden} {row.get('activation')} {row.get('loss')} {' '.join(extras)} "
             f"lr={row.get('lr', float('nan')):.2g} batch={row.get('batch_size')}").replace("  ", " ")
 
 

@@ -16,6 +16,7 @@ from study.errors import UsageError
 
 MANIFEST_FILE = "birdplane.json"
 FORMAT = 1
+DEFAULT_STORAGE_PATH = "~/ray_results"  # Ray Tune's own default
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,19 @@ class Manifest:
         return dataclasses.asdict(self)
 
 
+def storage_root(storage_path: str | None) -> str:
+    """Where studies live: ``--storage-path`` (a local folder, made absolute, or a URI as given),
+    by default Ray's own ~/ray_results."""
+    storage = storage_path or os.path.expanduser(DEFAULT_STORAGE_PATH)
+    return storage if "://" in storage else os.path.abspath(storage)
+
+
 def experiment_path(storage_path: str | None, name: str) -> str:
     """Ray's experiment folder of study ``name``: STORAGE/NAME, STORAGE a local path or a URI."""
-    storage = storage_path or os.path.expanduser("~/ray_results")
+    storage = storage_root(storage_path)
     if "://" in storage:
         return storage.rstrip("/") + "/" + name
-    return os.path.join(os.path.abspath(storage), name)
+    return os.path.join(storage, name)
 
 
 def _filesystem(path: str):

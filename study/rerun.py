@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 import pandas as pd
 from mlflow import MlflowClient
 
-from analysis import record as store
+from analysis.record import (CONFIG_ARTIFACT, MODEL_ARTIFACT, REGISTERED_ALIAS, ROLE_CONFIRM, ROLE_RERUN,
+                             ROLE_RERUN_SEED, TAG_CONFIRMS, TAG_PARENT, TAG_REPRODUCED, TAG_RERUN_OF, TAG_ROLE, TAG_SEED,
+                             best_of, flat_params)
 from analysis.runs import load_histories, read_json_artifact
+from study import records as store
 from study.errors import UsageError
 from study.reporting import open_study
 from trainables.config import DataConfig, TrainConfig
@@ -60,12 +63,12 @@ def pick_trial(trials: pd.DataFrame, rank: int, metric: str) -> pd.Series:
 
 
 def trial_configs(client: MlflowClient, trial: pd.Series) -> tuple[TrainConfig, DataConfig]:
-    resolved = read_json_artifact(client, trial["run_id"], store.CONFIG_ARTIFACT)
+    resolved = read_json_artifact(client, trial["run_id"], CONFIG_ARTIFACT)
     if not resolved or "train" not in resolved:
         raise UsageError(f"run {trial['run_id']} has no config.json artifact to rebuild the trial from")
     config = TrainConfig.from_dict(resolved["train"])
     params = client.get_run(trial["run_id"]).data.params
-    for key, value in store.flat_params(config.to_dict()).items():
+    for key, value in flat_params(config.to_dict()).items():
         if key in params and params[key] != value:
             raise UsageError(f"run {trial['run_id']}: config.json says {key}={value}, params say {params[key]}")
     return config, DataConfig.from_dict(resolved["data"])
@@ -160,17 +163,17 @@ def run_rerun(opts: RerunOptions) -> RerunSummary:
     outcomes = ray.get(futures)
 
     parent = client.create_run(study.experiment_id, run_name=f"rerun_{trial['trial_id']}", tags={
-        store.TAG_ROLE: store.ROLE_RERUN, store.TAG_RERUN_OF: trial["run_id"]})
+        TAG_ROLE: ROLE_RERUN, TAG_RERUN_OF: trial["run_id"]})
     parent_id = parent.info.run_id
     store.log_params(client, parent_id, {"rank": opts.rank, "metric": opts.metric, "seeds": ",".join(map(str, seeds)),
                                          "epochs": epochs, "trial_run_id": trial["run_id"]})
     summary = RerunSummary(trial["run_id"], trial["trial_id"], float(trial[opts.metric]), parent_id, seeds)
     for seed, outcome in zip(seeds, outcomes):
         run_id = log_seed_run(client, study.experiment_id, f"rerun_{trial['trial_id']}_seed{seed}", {
-            store.TAG_PARENT: parent_id, store.TAG_ROLE: store.ROLE_RERUN_SEED, store.TAG_RERUN_OF: trial["run_id"],
-            store.TAG_SEED: str(seed)}, outcome, data_cfg)
+            TAG_PARENT: parent_id, TAG_ROLE: ROLE_RERUN_SEED, TAG_RERUN_OF: trial["run_id"],
+            TAG_SEED: str(seed)}, outcome, data_cfg)
         last = outcome["history"][-1]
-        best = store.best_of(outcome["history"])
+        best = best_of(outcome["history"])
         summary.runs.append({"run_id": run_id, "seed": seed, "val_acc": last["val_acc"], "val_loss": last["val_loss"],
                              "best_val_acc": best.get("best_val_acc"), "best_epoch": outcome["best_epoch"],
                              "last_epoch": last["epoch"], "test_acc": outcome["test_acc"],
@@ -185,7 +188,7 @@ def run_rerun(opts: RerunOptions) -> RerunSummary:
         stats[f"{key}_mean"] = statistics.fmean(values)
         stats[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
     store.log_metrics(client, parent_id, stats, step=0)
-    store.set_tags(client, parent_id, {store.TAG_REPRODUCED: str(summary.reproduced)})
+    store.set_tags(client, parent_id, {TAG_REPRODUCED: str(summary.reproduced)})
     store.finish_run(client, parent_id)
     summary.model_uri = f"runs:/{summary.runs[0]['run_id']}/model.pt"
     if opts.register is not None:
@@ -224,14 +227,14 @@ def register_model(client, name: str, run_id: str, trial) -> dict:
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
-        path = client.download_artifacts(run_id, store.MODEL_ARTIFACT, folder)
+        path = client.download_artifacts(run_id, MODEL_ARTIFACT, folder)
         client.log_artifact(run_id, path, artifact_path=REGISTERED_FOLDER)
     source = f"{client.get_run(run_id).info.artifact_uri}/{REGISTERED_FOLDER}"
     version = client.create_model_version(name, source, run_id=run_id, tags={
         "birdplane.trial_run_id": str(trial["run_id"]), "format": "birdplane bundle (torch weights_only)"})
-    client.set_registered_model_alias(name, store.REGISTERED_ALIAS, version.version)
+    client.set_registered_model_alias(name, REGISTERED_ALIAS, version.version)
     return {"name": name, "version": int(version.version), "uri": f"models:/{name}/{version.version}",
-            "alias_uri": f"models:/{name}@{store.REGISTERED_ALIAS}"}
+            "alias_uri": f"models:/{name}@{REGISTERED_ALIAS}"}
 
 
 # ---------------------------------------------------------------- confirmation of a sweep
@@ -307,9 +310,9 @@ def run_confirm(opts: ConfirmOptions) -> ConfirmSummary:
     for trial, seed, future in jobs:
         outcome = ray.get(future)
         run_id = log_seed_run(client, study.experiment_id, f"confirm_{trial['trial_id']}_seed{seed}", {
-            store.TAG_PARENT: study.parent_run_id, store.TAG_ROLE: store.ROLE_CONFIRM,
-            store.TAG_CONFIRMS: trial["run_id"], store.TAG_SEED: str(seed)}, outcome, data_cfg)
-        best = store.best_of(outcome["history"])
+            TAG_PARENT: study.parent_run_id, TAG_ROLE: ROLE_CONFIRM,
+            TAG_CONFIRMS: trial["run_id"], TAG_SEED: str(seed)}, outcome, data_cfg)
+        best = best_of(outcome["history"])
         by_trial.setdefault(trial["run_id"], []).append(
             {"run_id": run_id, "seed": seed, "best_val_acc": best.get("best_val_acc"),
              "val_acc": outcome["history"][-1]["val_acc"], "train_acc": outcome["history"][-1]["train_acc"]})

@@ -466,7 +466,7 @@ def run_study(prep, kind: str, make_tuner, artifacts: dict | None = None, extra_
 
     from mlflow import MlflowClient
 
-    from analysis import record
+    from study import records as record
     from study.tracking import MlflowTrialLogger
     from trainables.data import load_study_data
 

@@ -11,9 +11,10 @@ import math
 
 from mlflow import MlflowClient
 
-from analysis import record as store
+from analysis.record import TAG_OUTCOME, TAG_PARENT, TAG_TRIAL
 from analysis.runs import search_runs
 from study import manifest
+from study import records as store
 from study.preflight import bound_mlflow_http, check_tracking_uri, resolve_tracking_uri
 from study.tracking import MlflowTrialLogger
 
@@ -54,11 +55,11 @@ def retire_orphans(client: MlflowClient, logger: MlflowTrialLogger, known: set[s
     before the driver died; the resumed searcher makes new trials instead). They are tagged
     outcome=orphaned, ended KILLED and soft-deleted (mlflow gc or the UI can restore them), so the
     study holds exactly one run per trial."""
-    query = f"tags.`{store.TAG_PARENT}` = '{logger.parent_run_id}'"
+    query = f"tags.`{TAG_PARENT}` = '{logger.parent_run_id}'"
     runs = search_runs(client, logger.experiment_id, query)
-    orphans = [r for r in runs if r.data.tags.get(store.TAG_TRIAL) not in known]
+    orphans = [r for r in runs if r.data.tags.get(TAG_TRIAL) not in known]
     for run in orphans:
-        store.set_tags(client, run.info.run_id, {store.TAG_OUTCOME: "orphaned"})
+        store.set_tags(client, run.info.run_id, {TAG_OUTCOME: "orphaned"})
         if run.info.status == "RUNNING":
             store.finish_run(client, run.info.run_id, status="KILLED")
         client.delete_run(run.info.run_id)

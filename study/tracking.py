@@ -3,7 +3,7 @@
 A Ray Tune callback turns trial events into MLflow calls and hands them to a background thread,
 so Tune's event loop never waits on the tracking server. Calls run in order; a failed call (the
 server went away) is retried with back-off and never dropped. Trials need no MLflow access.
-How this stays consistent with Ray's own record is mapped in ``analysis/record.py``.
+How this stays consistent with Ray's own record is mapped in ``study/records.py``.
 """
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from typing import Callable
 from mlflow import MlflowClient
 from ray import tune
 
-from analysis import record as store
+from analysis.record import (EPOCH_METRICS, ROLE_SWEEP, ROLE_TRIAL, TAG_NODE, TAG_PARENT, TAG_ROLE, TAG_RUN_NAME,
+                             TAG_SWEEP, TAG_TRIAL, readable_name)
+from study import records as store
 from trainables.bundle import bundle_args
 from trainables.checkpoint import TrainState
 from trainables.tune_adapter import read_checkpoint
@@ -111,7 +113,7 @@ class MlflowTrialLogger(tune.Callback):
 
     def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, parent_params: dict,
                  parent_artifacts: dict[str, dict], data_config: dict, key: str = "",
-                 drain_timeout: float | None = None, role: str = store.ROLE_SWEEP, resolve=None):
+                 drain_timeout: float | None = None, role: str = ROLE_SWEEP, resolve=None):
         self.key = key
         self.resolve = resolve  # trial config -> full config (a capacity grid's point index -> its point)
         self.role = role  # the parent run's role: a sweep or a capacity study
@@ -164,8 +166,8 @@ class MlflowTrialLogger(tune.Callback):
         if self.parent_run_id is None:
             self._client = MlflowClient(self.tracking_uri)
             self._experiment_id = store.ensure_experiment(self._client, self.experiment)
-            key = {store.TAG_SWEEP: self.sweep_name, store.TAG_ROLE: getattr(self, "role", store.ROLE_SWEEP)}
-            role = getattr(self, "role", store.ROLE_SWEEP)
+            key = {TAG_SWEEP: self.sweep_name, TAG_ROLE: getattr(self, "role", ROLE_SWEEP)}
+            role = getattr(self, "role", ROLE_SWEEP)
             self.parent_run_id, created = store.ensure_run(self._client, self._experiment_id, key, self.sweep_name,
                                                            store.source_tags(f"birdplane {role}"))
             store.log_params(self._client, self.parent_run_id, self.parent_params)
@@ -196,11 +198,11 @@ class MlflowTrialLogger(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         trial_id = trial.trial_id
-        record = {k: result[k] for k in ("epoch", *store.EPOCH_METRICS) if k in result}
+        record = {k: result[k] for k in ("epoch", *EPOCH_METRICS) if k in result}
         extra = {"param_count": result.get("param_count")}
         node = result.get("node_id")
         if node and (self._last_result.get(trial_id) or {}).get("node_id") != node:  # first result, or moved
-            self._enqueue(lambda: store.set_tags(self._client, self._child_id(trial_id), {store.TAG_NODE: node}))
+            self._enqueue(lambda: store.set_tags(self._client, self._child_id(trial_id), {TAG_NODE: node}))
         self._last_result[trial_id] = dict(result)
         self._enqueue(lambda: self._log_epoch(trial_id, record, extra))
 
@@ -253,20 +255,20 @@ class MlflowTrialLogger(tune.Callback):
 
     def _open_child(self, trial_id: str, config: dict | None, reopen: bool = True) -> None:
         client = self._client
-        key = {store.TAG_PARENT: self.parent_run_id, store.TAG_TRIAL: trial_id}
+        key = {TAG_PARENT: self.parent_run_id, TAG_TRIAL: trial_id}
         # A trial Tune created but never started holds placeholders (not dicts) where its sampled
         # values will go: its run gets those values when the trial starts.
         extra = (config or {}).get("tags")
         extra = extra if isinstance(extra, dict) else {}
         train = (config or {}).get("train")
-        tags = {store.TAG_ROLE: store.ROLE_TRIAL, store.TAG_SWEEP: self.sweep_name, **extra,
-                **store.source_tags(f"birdplane {getattr(self, 'role', store.ROLE_SWEEP)}")}
-        name = store.readable_name(train) if isinstance(train, dict) else f"trial_{trial_id}"
+        tags = {TAG_ROLE: ROLE_TRIAL, TAG_SWEEP: self.sweep_name, **extra,
+                **store.source_tags(f"birdplane {getattr(self, 'role', ROLE_SWEEP)}")}
+        name = readable_name(train) if isinstance(train, dict) else f"trial_{trial_id}"
         run_id, created = store.ensure_run(client, self._experiment_id, key, name, tags, reopen=reopen)
         if created:
             store.log_dataset(client, run_id, self.data_config)
         elif isinstance(train, dict):  # a run opened earlier without its config (a placeholder, a replay)
-            store.set_tags(client, run_id, {**extra, store.TAG_RUN_NAME: name})
+            store.set_tags(client, run_id, {**extra, TAG_RUN_NAME: name})
         if isinstance(train, dict):
             searched = {k: v for k, v in config.items() if k not in ("train", "tags")}
             store.log_params(client, run_id, {**train, "depth": len(train.get("hidden_sizes", [])),

@@ -14,9 +14,7 @@ from torch import nn
 
 from trainables.config import TrainConfig
 from trainables.losses import ChapterLoss, output_units
-from trainables.model import build_model
-
-WEIGHTS = ("best", "last")
+from trainables.model import IN_FEATURES, build_model
 
 
 @dataclass
@@ -31,6 +29,12 @@ class ModelBundle:
     @property
     def loss(self) -> ChapterLoss:
         return ChapterLoss(self.config.loss, len(self.classes))
+
+
+def build_model_for(config: TrainConfig, n_classes: int) -> nn.Module:
+    """The untrained net ``config`` describes, for images of ``n_classes`` classes."""
+    return build_model(IN_FEATURES, config.hidden_sizes, output_units(config.loss, n_classes), config.activation,
+                       config.dropout)
 
 
 def save_bundle(path: str | Path, state_dict: dict, config: dict, data_meta: dict, epoch: int | None = None,
@@ -57,8 +61,7 @@ def load_bundle(path: str | Path, weights: str = "best") -> ModelBundle:
     blob = torch.load(path, weights_only=True, map_location="cpu")
     config = TrainConfig.from_dict(blob["config"])
     meta = blob["data"]
-    model = build_model(3 * 32 * 32, config.hidden_sizes, output_units(config.loss, len(meta["classes"])),
-                        config.activation, config.dropout)
+    model = build_model_for(config, len(meta["classes"]))
     chosen = blob.get("last") if weights == "last" and blob.get("last") else {"model": blob["model"],
                                                                                "epoch": blob.get("epoch")}
     model.load_state_dict(chosen["model"])

@@ -6,6 +6,7 @@ from typing import Sequence
 from torch import nn
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+IN_FEATURES = 3 * 32 * 32  # a CIFAR-10 image, flattened
 
 
 def build_model(
@@ -37,3 +38,11 @@ def count_params(in_features: int, hidden_sizes: Sequence[int], out_features: in
     """Parameter count without building the model (cheap enough for a search space)."""
     widths = [in_features, *hidden_sizes, out_features]
     return sum(a * b + b for a, b in zip(widths, widths[1:]))
+
+
+def size_label(hidden_sizes) -> str:
+    """The hidden sizes as one label, everywhere a person reads them: (256, 256) -> "[256,256]".
+    A value that is not a sequence (a label already, a missing value) is shown as it is."""
+    if not isinstance(hidden_sizes, (tuple, list)):
+        return str(hidden_sizes)
+    return "[" + ",".join(str(int(h)) for h in hidden_sizes) + "]"
