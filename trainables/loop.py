@@ -22,8 +22,10 @@ from trainables.checkpoint import TrainState
 from trainables.config import TrainConfig
 from trainables.data import StudyData
 from trainables.graphed import make_steps
-from trainables.losses import ChapterLoss, output_units
-from trainables.model import build_model, param_count
+from trainables.bundle import build_model_for
+from trainables.losses import ChapterLoss
+from trainables.model import param_count
+from trainables.selection import best_record, improves
 from trainables.steps import ShuffledBatchSampler, Steps, TrainStep, evaluate_sums
 
 # on_epoch_end(metrics, snapshot): metrics of the epoch just finished; snapshot() returns the
@@ -125,8 +127,7 @@ class FitResult:
 
     def summary(self) -> dict:
         last = self.history[-1] if self.history else {}
-        finite = [r for r in self.history if math.isfinite(r["val_acc"])]
-        best = max(finite, key=lambda r: (r["val_acc"], -r["epoch"])) if finite else {}
+        best = best_record(self.history) or {}
         return {
             "param_count": self.param_count,
             "epochs": last.get("epoch", 0),
@@ -163,7 +164,7 @@ class Progress:
         """Append the epoch's record; keep the weights of an epoch whose val_acc beats every earlier
         one (selection on validation only)."""
         self.history.append(record)
-        if math.isfinite(record["val_acc"]) and record["val_acc"] > self.best_val_acc:
+        if improves(record["val_acc"], self.best_val_acc):
             self.best_epoch = record["epoch"]
             self.best_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -233,8 +234,7 @@ def setup_run(config: TrainConfig, data: StudyData) -> Run:
     device = pick_device(config.device)
     seed_everything(config.seed)
     n_classes = len(data.classes)
-    model = build_model(3 * 32 * 32, config.hidden_sizes, output_units(config.loss, n_classes), config.activation,
-                        config.dropout)
+    model = build_model_for(config, n_classes)
     model.to(device)
     train_x = normalise(data.train.x, data.mean, data.std, device)
     train_y = data.train.y.to(device)
