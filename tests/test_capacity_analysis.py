@@ -64,6 +64,26 @@ def test_per_size_means_and_spreads_over_seeds_with_val_loss_and_onset_from_the_
     assert list(table["param_count"]) == [100, 400]
 
 
+def test_per_size_uses_the_mean_of_the_last_epochs_and_gives_intervals():
+    from analysis.statistics import mean_interval
+
+    epochs = 8
+    trials = _trials([{"run_id": f"s{i}", "hidden_sizes": (16,), "param_count": 100, "val_acc": 0.0, "train_acc": 0.0,
+                       "best_val_acc": 0.9, "epochs_run": epochs} for i in range(3)])
+    rows = []
+    for i in range(3):
+        for e in range(1, epochs + 1):  # val_acc swings 0.80 / 0.84 by epoch; the last 5 epochs average 0.824 + i/100
+            val = (0.80 if e % 2 else 0.84) + i / 100
+            rows.append({"run_id": f"s{i}", "epoch": e, "val_acc": val, "train_acc": 0.95, "gap": 0.95 - val,
+                         "val_loss": 0.5})
+    table = per_size(trials, pd.DataFrame(rows), n_val=1000).iloc[0]
+    tails = [np.mean([(0.80 if e % 2 else 0.84) + i / 100 for e in range(4, 9)]) for i in range(3)]
+    assert table["final_val_acc"] == pytest.approx(np.mean(tails)), "final = mean over the last 5 epochs"
+    ci = mean_interval(np.mean(tails), np.std(tails, ddof=1), 3, n_val=1000)
+    assert (table["final_val_acc_low"], table["final_val_acc_high"]) == pytest.approx((ci["low"], ci["high"]))
+    assert table["gap_low"] < table["gap"] < table["gap_high"] and table["train_acc"] == pytest.approx(0.95)
+
+
 def test_per_size_keeps_groups_apart():
     trials = _trials([
         {"run_id": "a", "hidden_sizes": (16,), "param_count": 100, "val_acc": 0.70, "train_acc": 0.9, "augment": "none"},

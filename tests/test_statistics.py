@@ -145,6 +145,8 @@ def test_size_comparisons_are_adjacent_and_against_the_best_with_holm():
         ("adjacent", "b", "a"), ("adjacent", "c", "b"), ("vs best", "b", "a"), ("vs best", "b", "c")]
     assert rows[0]["diff"] == pytest.approx(0.05) and rows[0]["p_holm"] < 0.01
     assert rows[3]["p_holm"] == pytest.approx(holm([r["p"] for r in rows])[3]) and rows[3]["p_holm"] > 0.05
+    single = size_comparisons(["a", "b"], [0.80, 0.85], [math.nan] * 2, [1, 1])
+    assert math.isnan(single[0]["p"]) and math.isnan(single[0]["low"]), "one seed a size: nothing to test"
 
 
 # ---------------------------------------------------------------- trends over sizes: coverage and lack of fit
@@ -162,7 +164,7 @@ def test_lack_of_fit_flags_a_curve_and_not_a_line():
     for _ in range(400):
         values = (0.1 + TRUE_SLOPE * LOG_PARAMS)[:, None] + rng.normal(0, 0.01, (4, 3))
         rejections += size_trend(LOG_PARAMS, values.mean(1), values.std(1, ddof=1), [3] * 4)["lack_of_fit_p"] < 0.05
-    assert rejections / 400 <= 0.08
+    assert 0.02 <= rejections / 400 <= 0.08, "a level-5% test on a true line: ~5% rejections"
 
 
 # ---------------------------------------------------------------- shapes of a whole curve
@@ -195,15 +197,18 @@ def test_no_onset_on_curves_that_do_not_overfit_at_least_95_percent_of_the_time(
 def test_a_real_onset_is_found_near_where_it_is():
     found = [loss_onset(curve) for curve in onset_curves("onset", reps=300)]
     seen = [o for o in found if o is not None]
-    assert len(seen) / 300 >= 0.80
-    assert abs(np.median(seen) - 20) <= 3
+    assert len(seen) / 300 >= 0.90
+    assert abs(np.median(seen) - 20) <= 2
 
 
 def test_onset_uses_the_given_epochs_needs_later_epochs_and_counts_seeds():
     curve = np.concatenate([np.linspace(0.7, 0.4, 20), np.linspace(0.4, 0.8, 40)])
-    assert loss_onset(curve, epochs=range(101, 161)) in (119, 120, 121)
+    assert loss_onset(curve, epochs=range(101, 161)) == 121, "the 5-epoch mean centred on epoch 121 is lowest"
     assert loss_onset(curve[:25]) is None, "too few epochs after the minimum"
     assert loss_onset(np.linspace(0.7, 0.4, 60)) is None, "still falling"
+    late = 0.4 + np.random.default_rng(0).normal(0, 0.005, 60) + 0.03 * np.maximum(0, np.arange(60) - 51)
+    assert loss_onset(late) is None, "a rise in the last 8 epochs leaves fewer than min_after epochs to confirm it"
+    assert loss_onset(late, min_after=3) is not None
     assert onset_share([20, None, 30, float("nan")]) == {"seen": 2, "seeds": 4, "median": 25.0}
 
 
