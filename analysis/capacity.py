@@ -18,14 +18,17 @@ from analysis.statistics import (FINAL_EPOCHS, curve_shape, loss_onset, mean_int
 SIZE_COLUMNS = ("group", "depth", "hidden_sizes", "param_count", "seeds", "best_val_acc", "best_val_acc_sd", "final_val_acc",
                 "final_val_acc_sd", "final_val_acc_low", "final_val_acc_high", "train_acc", "train_acc_sd", "gap",
                 "gap_sd", "gap_low", "gap_high", "min_val_loss", "final_val_loss", "val_loss_rise", "val_loss_rise_sd",
-                "val_loss_rise_low", "val_loss_rise_high", "onset", "onset_seen")
+                "val_loss_rise_low", "val_loss_rise_high", "onset", "onset_seen", "train_eval_loss", "val_ece",
+                "val_ece_sd")
 SIZE_TABLE_LEGEND = (
     f"one row per size (and group); means over seeds, *_sd their standard deviations, *_low .. *_high 95% intervals "
     f"of the mean (t with seeds - 1 df, for accuracies widened by the validation split's binomial noise p(1-p)/n_val "
     f"when the split size is known); final_*: mean over the last {FINAL_EPOCHS} epochs of each seed; best_val_acc: "
     f"the best epoch's val_acc, selected on the validation split it is reported on (biased up); gap = train_acc - "
     f"val_acc (final); val_loss_rise = final minus minimum val loss; onset: median epoch where the smoothed val loss "
-    f"bottoms out before a sustained rise, over the seeds that show one (onset_seen of seeds)")
+    f"was last near its minimum before a sustained rise, over the seeds that show one (onset_seen of seeds); "
+    f"train_eval_loss: final train loss in eval mode on the whole training split, val_ece: final expected "
+    f"calibration error on val (15 bins), where the runs logged them")
 # Per-size metrics that are accuracies measured on the validation split (their intervals carry its binomial noise).
 _VAL_ACCURACIES = ("final_val_acc", "gap")
 
@@ -49,7 +52,10 @@ def size_label(hidden) -> str:
     return "[" + ",".join(str(h) for h in hidden) + "]" if isinstance(hidden, (tuple, list)) else str(hidden)
 
 
-CURVE_COLUMNS = ["run_id", "min_val_loss", "final_val_loss", "onset", "final_val_acc", "final_train_acc", "final_gap"]
+# Per-epoch metrics whose final (tail-mean) value the per-size table shows when the runs logged them.
+OPTIONAL_CURVES = ("train_eval_loss", "val_ece")
+CURVE_COLUMNS = ["run_id", "min_val_loss", "final_val_loss", "onset", "final_val_acc", "final_train_acc", "final_gap",
+                 *(f"final_{c}" for c in OPTIONAL_CURVES)]
 
 
 def curve_summary(histories: pd.DataFrame, tail: int = FINAL_EPOCHS) -> pd.DataFrame:
@@ -63,7 +69,7 @@ def curve_summary(histories: pd.DataFrame, tail: int = FINAL_EPOCHS) -> pd.DataF
         row["min_val_loss"] = float(losses["val_loss"].min()) if len(losses) else math.nan
         row["final_val_loss"] = tail_mean(losses["val_loss"], tail) if len(losses) else math.nan
         row["onset"] = loss_onset(losses["val_loss"].to_numpy(), losses["epoch"].tolist()) if len(losses) else None
-        for column in ("val_acc", "train_acc", "gap"):
+        for column in ("val_acc", "train_acc", "gap", *OPTIONAL_CURVES):
             row[f"final_{column}"] = tail_mean(curve[column], tail) if column in curve else math.nan
         rows.append(row)
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
@@ -84,7 +90,7 @@ def per_size(trials: pd.DataFrame, histories: pd.DataFrame | None = None, group:
         frame = frame.merge(curve_summary(histories, tail), on="run_id", how="left")
         for column in ("val_acc", "train_acc", "gap"):  # the tail mean where the run has a curve
             frame[column] = frame[f"final_{column}"].fillna(frame[column])
-    for column in ("min_val_loss", "final_val_loss", "onset"):
+    for column in ("min_val_loss", "final_val_loss", "onset", *(f"final_{c}" for c in OPTIONAL_CURVES)):
         if column not in frame:
             frame[column] = math.nan
     frame["onset"] = pd.to_numeric(frame["onset"], errors="coerce")
@@ -105,6 +111,8 @@ def per_size(trials: pd.DataFrame, histories: pd.DataFrame | None = None, group:
             "min_val_loss": seeds["min_val_loss"].mean(), "final_val_loss": seeds["final_val_loss"].mean(),
             "val_loss_rise": seeds["val_loss_rise"].mean(), "val_loss_rise_sd": sd("val_loss_rise"),
             "onset": share["median"], "onset_seen": f"{share['seen']}/{share['seeds']}",
+            "train_eval_loss": seeds["final_train_eval_loss"].mean(), "val_ece": seeds["final_val_ece"].mean(),
+            "val_ece_sd": sd("final_val_ece"),
         }
         for column in ("final_val_acc", "gap", "val_loss_rise"):
             # The gap's split noise is the val accuracy's: the training split is ~9x larger.

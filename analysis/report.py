@@ -311,9 +311,9 @@ def write_report(report: StudyReport, figs: dict, out: Path) -> list[Path]:
         "<h2>Overfitting per trial</h2>",
         _table(report.overfitting.sort_values("param_count"),
                ["trial_id", "param_count", "epochs", "best_epoch", "best_val_acc", "final_gap", "val_loss_onset"],
-               legend="val_loss_onset: the epoch where the smoothed val loss bottoms out before a sustained rise "
-                      "(5-epoch mean, 3 noise units above its minimum from 10 epochs later on; '—': none told from "
-                      "noise); best_val_acc: the best epoch's, selected on the split it is reported on; final_gap: "
+               legend="val_loss_onset: the last epoch where the smoothed val loss (5-epoch mean) was near its "
+                      "minimum before it left the minimum's band (4 noise units) for at least 10 epochs; '—': none "
+                      "told from noise; best_val_acc: the best epoch's, selected on the split it is reported on; final_gap: "
                       "train_acc - val_acc at the last epoch"),
         "<h2>Hyperparameters</h2>", _img(inline, "hyperparameters.png"),
         _table(report.edges, legend="per searched dimension: the best trials' values and whether most sit at an edge"),

@@ -75,13 +75,15 @@ def test_per_size_uses_the_mean_of_the_last_epochs_and_gives_intervals():
         for e in range(1, epochs + 1):  # val_acc swings 0.80 / 0.84 by epoch; the last 5 epochs average 0.824 + i/100
             val = (0.80 if e % 2 else 0.84) + i / 100
             rows.append({"run_id": f"s{i}", "epoch": e, "val_acc": val, "train_acc": 0.95, "gap": 0.95 - val,
-                         "val_loss": 0.5})
+                         "val_loss": 0.5, "val_ece": 0.02 * (i + 1), "train_eval_loss": 0.1})
     table = per_size(trials, pd.DataFrame(rows), n_val=1000).iloc[0]
     tails = [np.mean([(0.80 if e % 2 else 0.84) + i / 100 for e in range(4, 9)]) for i in range(3)]
     assert table["final_val_acc"] == pytest.approx(np.mean(tails)), "final = mean over the last 5 epochs"
     ci = mean_interval(np.mean(tails), np.std(tails, ddof=1), 3, n_val=1000)
     assert (table["final_val_acc_low"], table["final_val_acc_high"]) == pytest.approx((ci["low"], ci["high"]))
     assert table["gap_low"] < table["gap"] < table["gap_high"] and table["train_acc"] == pytest.approx(0.95)
+    assert table["val_ece"] == pytest.approx(0.04) and table["val_ece_sd"] == pytest.approx(0.02)
+    assert table["train_eval_loss"] == pytest.approx(0.1), "calibration and eval-mode train loss, when logged"
 
 
 def test_per_size_keeps_groups_apart():
