@@ -97,8 +97,7 @@ def capacity_figure(trials: pd.DataFrame, sizes: pd.DataFrame, short: pd.DataFra
     if short is not None and not short.empty:
         ax.scatter(short["param_count"], short["val_acc"], facecolors="none", edgecolors="0.6", s=22,
                    label=f"val, below the budget ({len(short)}, left out)")
-    title = "Capacity: accuracy against parameter count" + (" (final: mean of the last epochs; mean over seeds)"
-                                                            if _aggregated(sizes) else "")
+    title = "Capacity: accuracy against parameter count" + (" (means over seeds)" if _aggregated(sizes) else "")
     return _finish(fig, ax, "parameters", "accuracy", title, 7, log_x=True, legend_columns=2)
 
 

@@ -342,6 +342,8 @@ def loss_onset(val_loss: Sequence[float], epochs: Sequence[int] | None = None, w
     60 epochs: "no onset" on a flat curve in >= 95% of runs, with independent noise (~98%) and
     with AR(1) noise, phi 0.6 (~96%); a rise of 0.008 an epoch after epoch 20 (noise sd 0.02) is
     found in ~100% of runs at median epoch 21; after a long plateau the epoch comes out early.
+    Curves of fewer than ~40 epochs rarely show one: with under 8 windows the noise estimate also
+    takes in the bend of the early learning curve (conservative: too short to tell).
     """
     y = np.asarray(val_loss, dtype=float)
     ep = list(epochs) if epochs is not None else list(range(1, len(y) + 1))
