@@ -11,18 +11,27 @@ import math
 import numpy as np
 import pandas as pd
 
-from analysis.overfitting import overfitting_onset
+from analysis.statistics import (FINAL_EPOCHS, curve_shape, loss_onset, mean_interval, onset_share,
+                                 size_comparisons, size_trend, tail_mean)
 from trainables.model import size_label
 
 # The per-size table's columns and what they mean (the report prints this line under the table).
 SIZE_COLUMNS = ("group", "depth", "hidden_sizes", "param_count", "seeds", "best_val_acc", "best_val_acc_sd", "final_val_acc",
-                "final_val_acc_sd", "train_acc", "train_acc_sd", "gap", "gap_sd", "min_val_loss", "final_val_loss",
-                "val_loss_rise", "val_loss_rise_sd", "onset", "onset_seen")
+                "final_val_acc_sd", "final_val_acc_low", "final_val_acc_high", "train_acc", "train_acc_sd", "gap",
+                "gap_sd", "gap_low", "gap_high", "min_val_loss", "final_val_loss", "val_loss_rise", "val_loss_rise_sd",
+                "val_loss_rise_low", "val_loss_rise_high", "onset", "onset_seen", "train_eval_loss", "val_ece",
+                "val_ece_sd")
 SIZE_TABLE_LEGEND = (
-    "one row per size (and group); means over seeds, *_sd their standard deviations; best_val_acc: the best "
-    "epoch's, final_*: at the last epoch; gap = train_acc - val_acc at the last epoch; val_loss_rise = final "
-    "minus minimum val loss (the chapter's overfitting signal); onset: median overfitting-onset epoch of the "
-    "seeds where one was seen (onset_seen of seeds)")
+    f"one row per size (and group); means over seeds, *_sd their standard deviations, *_low .. *_high 95% intervals "
+    f"of the mean (t with seeds - 1 df, for accuracies widened by the validation split's binomial noise p(1-p)/n_val "
+    f"when the split size is known); final_*: mean over the last {FINAL_EPOCHS} epochs of each seed; best_val_acc: "
+    f"the best epoch's val_acc, selected on the validation split it is reported on (biased up); gap = train_acc - "
+    f"val_acc (final); val_loss_rise = final minus minimum val loss; onset: median epoch where the smoothed val loss "
+    f"was last near its minimum before a sustained rise, over the seeds that show one (onset_seen of seeds); "
+    f"train_eval_loss: final train loss in eval mode on the whole training split, val_ece: final expected "
+    f"calibration error on val (15 bins), where the runs logged them")
+# Per-size metrics that are accuracies measured on the validation split (their intervals carry its binomial noise).
+_VAL_ACCURACIES = ("final_val_acc", "gap")
 
 
 def budget_of(space: dict) -> int | None:
@@ -40,28 +49,45 @@ def split_by_budget(trials: pd.DataFrame, budget: int | None) -> tuple[pd.DataFr
     return trials[full].reset_index(drop=True), trials[~full].reset_index(drop=True)
 
 
-def curve_summary(histories: pd.DataFrame) -> pd.DataFrame:
-    """Per run: minimum and final val loss, and the overfitting onset, from its per-epoch curve."""
+# Per-epoch metrics whose final (tail-mean) value the per-size table shows when the runs logged them.
+OPTIONAL_CURVES = ("train_eval_loss", "val_ece")
+CURVE_COLUMNS = ["run_id", "min_val_loss", "final_val_loss", "onset", "final_val_acc", "final_train_acc", "final_gap",
+                 *(f"final_{c}" for c in OPTIONAL_CURVES)]
+
+
+def curve_summary(histories: pd.DataFrame, tail: int = FINAL_EPOCHS) -> pd.DataFrame:
+    """Per run, from its per-epoch curve: minimum and final val loss, the val-loss onset
+    (analysis.statistics.loss_onset) and the final (mean of the last ``tail`` epochs) accuracies."""
     rows = []
     for run_id, curve in histories.groupby("run_id"):
         curve = curve.sort_values("epoch")
-        losses = curve["val_loss"].dropna() if "val_loss" in curve else pd.Series(dtype=float)
-        accs = curve.dropna(subset=["train_acc", "val_acc"])
-        rows.append({"run_id": run_id,
-                     "min_val_loss": float(losses.min()) if len(losses) else math.nan,
-                     "final_val_loss": float(losses.iloc[-1]) if len(losses) else math.nan,
-                     "onset": overfitting_onset(accs["train_acc"], accs["val_acc"], accs["epoch"]) if len(accs) else None})
-    return pd.DataFrame(rows, columns=["run_id", "min_val_loss", "final_val_loss", "onset"])
+        row = {"run_id": run_id}
+        losses = curve.dropna(subset=["val_loss"]) if "val_loss" in curve else curve.iloc[0:0]
+        row["min_val_loss"] = float(losses["val_loss"].min()) if len(losses) else math.nan
+        row["final_val_loss"] = tail_mean(losses["val_loss"], tail) if len(losses) else math.nan
+        row["onset"] = loss_onset(losses["val_loss"].to_numpy(), losses["epoch"].tolist()) if len(losses) else None
+        for column in ("val_acc", "train_acc", "gap", *OPTIONAL_CURVES):
+            row[f"final_{column}"] = tail_mean(curve[column], tail) if column in curve else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
 
 
-def per_size(trials: pd.DataFrame, histories: pd.DataFrame | None = None, group: str | None = None) -> pd.DataFrame:
-    """Aggregate the seeds of each size (and ``group`` value): means and standard deviations."""
+def per_size(trials: pd.DataFrame, histories: pd.DataFrame | None = None, group: str | None = None,
+             tail: int = FINAL_EPOCHS, n_val: int | None = None) -> pd.DataFrame:
+    """Aggregate the seeds of each size (and ``group`` value): means, sds and 95% intervals.
+
+    With histories, "final" numbers are each seed's mean over its last ``tail`` epochs (else the
+    trial's last epoch). ``n_val``: the validation split's size, to widen the accuracies'
+    intervals by its binomial noise (analysis.statistics.mean_interval).
+    """
     if trials.empty:
         return pd.DataFrame(columns=SIZE_COLUMNS)
     frame = trials.copy()
     if histories is not None and not histories.empty:
-        frame = frame.merge(curve_summary(histories), on="run_id", how="left")
-    for column in ("min_val_loss", "final_val_loss", "onset"):
+        frame = frame.merge(curve_summary(histories, tail), on="run_id", how="left")
+        for column in ("val_acc", "train_acc", "gap"):  # the tail mean where the run has a curve
+            frame[column] = frame[f"final_{column}"].fillna(frame[column])
+    for column in ("min_val_loss", "final_val_loss", "onset", *(f"final_{c}" for c in OPTIONAL_CURVES)):
         if column not in frame:
             frame[column] = math.nan
     frame["onset"] = pd.to_numeric(frame["onset"], errors="coerce")
@@ -71,8 +97,8 @@ def per_size(trials: pd.DataFrame, histories: pd.DataFrame | None = None, group:
     rows = []
     for (grp, size), seeds in frame.groupby(["group", "size"], sort=False):
         sd = lambda column: float(seeds[column].std(ddof=1)) if len(seeds) > 1 else math.nan  # noqa: E731
-        onsets = seeds["onset"].dropna()
-        rows.append({
+        share = onset_share(seeds["onset"].tolist())
+        row = {
             "group": grp, "depth": size.count(",") + 1, "hidden_sizes": size,
             "param_count": int(seeds["param_count"].iloc[0]), "seeds": len(seeds),
             "best_val_acc": seeds["best_val_acc"].mean(), "best_val_acc_sd": sd("best_val_acc"),
@@ -81,80 +107,114 @@ def per_size(trials: pd.DataFrame, histories: pd.DataFrame | None = None, group:
             "gap": seeds["gap"].mean(), "gap_sd": sd("gap"),
             "min_val_loss": seeds["min_val_loss"].mean(), "final_val_loss": seeds["final_val_loss"].mean(),
             "val_loss_rise": seeds["val_loss_rise"].mean(), "val_loss_rise_sd": sd("val_loss_rise"),
-            "onset": float(onsets.median()) if len(onsets) else math.nan,
-            "onset_seen": f"{len(onsets)}/{len(seeds)}",
-        })
+            "onset": share["median"], "onset_seen": f"{share['seen']}/{share['seeds']}",
+            "train_eval_loss": seeds["final_train_eval_loss"].mean(), "val_ece": seeds["final_val_ece"].mean(),
+            "val_ece_sd": sd("final_val_ece"),
+        }
+        for column in ("final_val_acc", "gap", "val_loss_rise"):
+            # The gap's split noise is the val accuracy's: the training split is ~9x larger.
+            p = row["final_val_acc"] if column in _VAL_ACCURACIES else None
+            ci = mean_interval(row[column], row[f"{column}_sd"], len(seeds), n_val=n_val if p is not None else None,
+                               split_p=p)
+            row[f"{column}_low"], row[f"{column}_high"] = ci["low"], ci["high"]
+        rows.append(row)
     table = pd.DataFrame(rows, columns=SIZE_COLUMNS)
     return table.sort_values(["group", "depth", "param_count"]).reset_index(drop=True)
 
 
-def trend_with_interval(trials: pd.DataFrame, y: str = "gap", n_boot: int = 1000, seed: int = 0,
-                        level: float = 0.95) -> dict:
-    """Slope of ``y`` per decade of parameters, with a bootstrap interval over seeds.
+def curves(sizes: pd.DataFrame):
+    """The per-size table cut into curves: ((group, depth), rows by parameter count). One variable
+    at a time: nets of another depth or regulariser value differ in more than size."""
+    for (grp, depth), rows in sizes.groupby(["group", "depth"]):
+        yield (grp, int(depth)), rows.sort_values("param_count").reset_index(drop=True)
 
-    Each bootstrap draw keeps every size and resamples, with replacement, the seeds (trials) of
-    each size, then refits the line: the interval says how much the slope depends on which seeds
-    happened to be run. Needs at least two sizes.
-    """
-    ok = trials.dropna(subset=["param_count", y])
-    ok = ok[ok["param_count"] > 0]
-    sizes = [group[[y]].assign(x=np.log10(float(p))).to_numpy() for p, group in ok.groupby("param_count")]
-    out = {"y": y, "slope_per_decade": None, "low": None, "high": None, "sizes": len(sizes), "trials": len(ok)}
-    if len(sizes) < 2:
-        return out
-    data = np.concatenate(sizes)
-    out["slope_per_decade"] = float(np.polyfit(data[:, 1], data[:, 0], 1)[0])
-    if all(len(s) == 1 for s in sizes):  # one seed per size: nothing to resample, no interval
-        return out
-    rng = np.random.default_rng(seed)
-    slopes = []
-    for _ in range(n_boot):
-        draw = np.concatenate([s[rng.integers(0, len(s), len(s))] for s in sizes])
-        slopes.append(np.polyfit(draw[:, 1], draw[:, 0], 1)[0])
-    tail = (1 - level) / 2
-    out["low"], out["high"] = (float(v) for v in np.quantile(slopes, [tail, 1 - tail]))
+
+def curve_trend(rows: pd.DataFrame, column: str, delta: float | None = None) -> dict:
+    """One curve's ``column`` against log10(params): its shape (on the whole curve) and, where the
+    curve is monotone or flat, the size-level slope with its t interval and lack of fit; where it
+    is not, the peak (or dip) and the sizes not distinguishable from the peak instead of a slope."""
+    means, sds, ns = rows[column].tolist(), rows[f"{column}_sd"].tolist(), rows["seeds"].tolist()
+    shape = curve_shape(means, sds, ns, **({} if delta is None else {"delta": delta}))
+    trend = size_trend(np.log10(rows["param_count"].astype(float)), means, sds, ns)
+    labels = rows["hidden_sizes"].tolist()
+    out = {"y": column, **trend, "shape": shape["shape"], "moves": shape["moves"],
+           "peak": labels[shape["peak"]] if shape["peak"] is not None else None,
+           "dip": labels[shape["dip"]] if shape["dip"] is not None else None,
+           "peak_set": [labels[i] for i in shape["peak_set"]], "trials": int(sum(ns)), "delta": shape["delta"],
+           "monotone": shape["shape"] in ("rising", "falling", "flat", "no detectable shape")}
     return out
+
+
+def comparisons(rows: pd.DataFrame, column: str = "final_val_acc") -> pd.DataFrame:
+    """One curve's paired comparisons (adjacent sizes, each size against the best), Holm-corrected."""
+    table = pd.DataFrame(size_comparisons(rows["hidden_sizes"].tolist(), rows[column].tolist(),
+                                          rows[f"{column}_sd"].tolist(), rows["seeds"].tolist()),
+                         columns=["comparison", "a", "b", "diff", "low", "high", "p", "p_holm"])
+    return table
 
 
 def memorisation(table: pd.DataFrame, threshold: float = 0.99, rise: float = 0.005) -> dict:
     """Where a group's nets memorise the training set, where validation peaks, and what follows.
 
     ``table`` is one group and depth of ``per_size`` (rows by parameter count: one variable at a
-    time, since nets of another depth differ in more than size). The memorisation point is
-    the smallest size whose mean train_acc reaches ``threshold`` at the budget. The val peak is
-    the size with the highest mean final val_acc. ``beyond`` says what mean final val_acc does at
-    the larger sizes: keeps rising, falls, stays flat (within ``rise``), or dips and then rises again
-    more than ``rise`` above its low (a *second rise*, double-descent-like); reported as found,
-    never assumed.
+    time, since nets of another depth differ in more than size). The memorisation point is the
+    smallest size from which every larger size reaches mean train_acc ``threshold`` at the budget
+    (a size that falls back below it ends no memorised range). The val peak is the size with the
+    highest mean final val_acc; ``peak_set`` the sizes not significantly below it. ``beyond``
+    says what mean final val_acc does from the memorisation point on, judged on that whole stretch
+    by analysis.statistics.curve_shape when sizes have several seeds: keeps rising, falls, stays
+    flat, no detectable shape, rises then falls, or dips and then rises again (a *second rise*,
+    double-descent-like: judged on the whole curve, so a dip at the memorisation point counts);
+    ``shape`` is the whole curve's. With one seed a size there is no noise estimate: the plain rule of
+    ``rise`` (differences above it count) is used and said so in ``judged``.
     """
     rows = table.sort_values("param_count").reset_index(drop=True)
     out = {"memorised_at": None, "memorised_size": None, "val_peak_at": None, "val_peak_size": None,
            "val_peak": None, "peak_vs_memorisation": None, "beyond": None, "second_rise": False,
-           "second_rise_at": None}
+           "second_rise_at": None, "peak_set": [], "shape": None, "judged": None}
     if rows.empty:
         return out
     peak = rows.loc[rows["final_val_acc"].idxmax()]
     out.update(val_peak_at=int(peak["param_count"]), val_peak_size=peak["hidden_sizes"],
                val_peak=float(peak["final_val_acc"]))
-    memorised = rows[rows["train_acc"] >= threshold]
-    if memorised.empty:
+    noisy = "final_val_acc_sd" in rows and "seeds" in rows and (rows["seeds"] > 1).any()
+    if noisy:
+        whole = curve_shape(rows["final_val_acc"].tolist(), rows["final_val_acc_sd"].tolist(), rows["seeds"].tolist())
+        out["peak_set"] = [rows.loc[i, "hidden_sizes"] for i in whole["peak_set"]]
+        out["shape"] = whole["shape"]
+    reached = (rows["train_acc"] >= threshold).to_numpy()
+    if not reached[-1]:
         return out
-    first = memorised.index[0]
+    first = len(reached) - int(np.argmin(reached[::-1])) if not reached.all() else 0
     out.update(memorised_at=int(rows.loc[first, "param_count"]), memorised_size=rows.loc[first, "hidden_sizes"])
     out["peak_vs_memorisation"] = ("below" if peak["param_count"] < out["memorised_at"] else
                                    "at" if peak["param_count"] == out["memorised_at"] else "above")
-    beyond = rows.loc[first:, "final_val_acc"].to_numpy()
+    beyond = rows.loc[first:].reset_index(drop=True)
     if len(beyond) < 2:
         out["beyond"] = "no larger size"
         return out
-    low_index = int(np.argmin(beyond))
-    if 0 < low_index < len(beyond) - 1 and beyond[low_index + 1:].max() > beyond[low_index] + rise:
+    if noisy:
+        # A dip at the memorisation point itself (classic double descent) shows only on the whole curve.
+        shape = whole if whole["shape"] == "dip-then-rise" else curve_shape(
+            beyond["final_val_acc"].tolist(), beyond["final_val_acc_sd"].tolist(), beyond["seeds"].tolist())
+        beyond = rows if shape is whole else beyond
+        out["judged"] = f"on the noise of the seeds (flat: within ±{shape['delta']})"
+        words = {"rising": "keeps rising", "falling": "falls", "flat": "stays flat", "single peak": "rises, then falls",
+                 "dip-then-rise": "dips, then rises again"}
+        out["beyond"] = words.get(shape["shape"], shape["shape"])
+        if shape["shape"] == "dip-then-rise":
+            after = beyond.loc[shape["dip"] + 1:, "final_val_acc"]
+            out.update(second_rise=True, second_rise_at=int(beyond.loc[after.idxmax(), "param_count"]))
+        return out
+    out["judged"] = f"one seed a size: differences above {rise} count, without a noise estimate"
+    values = beyond["final_val_acc"].to_numpy()
+    low_index = int(np.argmin(values))
+    if 0 < low_index < len(values) - 1 and values[low_index + 1:].max() > values[low_index] + rise:
         out.update(beyond="dips, then rises again", second_rise=True,
-                   second_rise_at=int(rows.loc[first + low_index + 1 + int(np.argmax(beyond[low_index + 1:])),
-                                               "param_count"]))
-    elif beyond[-1] > beyond[0] + rise:
+                   second_rise_at=int(beyond.loc[low_index + 1 + int(np.argmax(values[low_index + 1:])), "param_count"]))
+    elif values[-1] > values[0] + rise:
         out["beyond"] = "keeps rising"
-    elif beyond[-1] < beyond[0] - rise:
+    elif values[-1] < values[0] - rise:
         out["beyond"] = "falls"
     else:
         out["beyond"] = "stays flat"
@@ -177,7 +237,7 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
     for column in out.columns:
         if column in ("param_count", "trials", "seeds") or column.endswith("_count"):
             out[column] = out[column].map(fmt_count)
-        elif column in ("onset", "epochs", "best_epoch", "epochs_run", "sweep_epochs"):
+        elif column in ("onset", "val_loss_onset", "epochs", "best_epoch", "epochs_run", "sweep_epochs"):
             out[column] = out[column].map(lambda v: fmt_acc(v, 0))
         elif pd.api.types.is_float_dtype(out[column]):
             out[column] = out[column].map(fmt_acc)

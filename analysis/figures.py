@@ -47,22 +47,41 @@ def _size_curves(sizes: pd.DataFrame):
         yield plt.cm.tab10(i % 10), "osD^v"[depths.index(depth) % 5], label, rows.sort_values("param_count")
 
 
+BAND_LABEL = "bands: 95% CI of the mean over seeds"
+
+
+def _band(ax, rows: pd.DataFrame, column: str, colour) -> None:
+    """The 95% interval of a per-size mean (``column``_low .. _high), where the size has one."""
+    low, high = f"{column}_low", f"{column}_high"
+    if low in rows and rows[low].notna().any():
+        ax.fill_between(rows["param_count"], rows[low], rows[high], color=colour, alpha=0.15, lw=0)
+
+
+def _band_legend(ax) -> None:
+    from matplotlib.patches import Patch
+
+    ax.add_artist(ax.legend(handles=[Patch(color="0.6", alpha=0.3, label=BAND_LABEL)], loc="lower right", fontsize=7))
+
+
 def capacity_figure(trials: pd.DataFrame, sizes: pd.DataFrame, short: pd.DataFrame, group: str | None):
     """Accuracy against parameter count.
 
-    Several seeds per size: one curve per group (regulariser value, or loss) of the mean final
-    val_acc (solid) and train_acc (dashed), with +/- 1 sd bands. One seed per size (a sweep):
-    val (filled) and train (hollow) points per group, with the best-val-at-or-below-size frontier.
-    Trials below the study's budget are grey and hollow: drawn, but not part of any curve.
+    Several seeds per size: one curve per group (regulariser value, or loss) and depth of the mean
+    final val_acc (solid, with its 95% interval as a band) and train_acc (dashed). One seed per
+    size (a sweep): val (filled) and train (hollow) points per group, with the
+    best-val-at-or-below-size frontier. Trials below the study's budget are grey and hollow:
+    drawn, but not part of any curve.
     """
     fig, ax = plt.subplots(figsize=(8, 5))
     if _aggregated(sizes):
         for colour, marker, label, rows in _size_curves(sizes):
             label = f" ({label})" if label else ""
-            for column, style, what in (("final_val_acc", "-", "val"), ("train_acc", "--", "train")):
-                mean, sd = rows[column], rows[f"{column}_sd"].fillna(0)
-                ax.plot(rows["param_count"], mean, style, color=colour, marker=marker, ms=4, label=f"{what}{label}")
-                ax.fill_between(rows["param_count"], mean - sd, mean + sd, color=colour, alpha=0.12, lw=0)
+            ax.plot(rows["param_count"], rows["final_val_acc"], "-", color=colour, marker=marker, ms=4,
+                    label=f"val{label}")
+            _band(ax, rows, "final_val_acc", colour)
+            ax.plot(rows["param_count"], rows["train_acc"], "--", color=colour, marker=marker, ms=4,
+                    label=f"train{label}")
+        _band_legend(ax)
     else:
         for i, (name, rows) in enumerate(trials.groupby(group) if group else [("all", trials)]):
             colour = _group_colour(i, name)
@@ -78,31 +97,22 @@ def capacity_figure(trials: pd.DataFrame, sizes: pd.DataFrame, short: pd.DataFra
     if short is not None and not short.empty:
         ax.scatter(short["param_count"], short["val_acc"], facecolors="none", edgecolors="0.6", s=22,
                    label=f"val, below the budget ({len(short)}, left out)")
-    title = "Capacity: accuracy against parameter count" + (" (mean ± sd over seeds)" if _aggregated(sizes) else "")
+    title = "Capacity: accuracy against parameter count" + (" (means over seeds)" if _aggregated(sizes) else "")
     return _finish(fig, ax, "parameters", "accuracy", title, 7, log_x=True, legend_columns=2)
 
 
-def gap_figure(trials: pd.DataFrame, sizes: pd.DataFrame, group: str | None, trend: dict | None = None):
-    """The final train - val gap against parameter count, per group, with the fitted trend."""
-    import numpy as np
-
+def gap_figure(trials: pd.DataFrame, sizes: pd.DataFrame, group: str | None):
+    """The final train - val gap against parameter count: one curve per group and depth (mean over
+    seeds with its 95% interval), never a line pooled over curves of different depths."""
     fig, ax = plt.subplots(figsize=(8, 4))
     if _aggregated(sizes):
         for colour, marker, label, rows in _size_curves(sizes):
             ax.plot(rows["param_count"], rows["gap"], "-" + marker, color=colour, ms=4, label=label or "gap")
-            ax.fill_between(rows["param_count"], rows["gap"] - rows["gap_sd"].fillna(0),
-                            rows["gap"] + rows["gap_sd"].fillna(0), color=colour, alpha=0.12, lw=0)
+            _band(ax, rows, "gap", colour)
+        _band_legend(ax)
     else:
         for i, (name, rows) in enumerate(trials.groupby(group) if group else [("all", trials)]):
             ax.scatter(rows["param_count"], rows["gap"], color=_group_colour(i, name), label=str(name), s=28)
-    if trend and trend.get("slope_per_decade") is not None:
-        ok = trials.dropna(subset=["param_count", "gap"])
-        logp = np.log10(ok["param_count"].to_numpy(dtype=float))
-        intercept = float(np.mean(ok["gap"]) - trend["slope_per_decade"] * np.mean(logp))
-        xs = np.linspace(logp.min(), logp.max(), 20)
-        interval = "" if trend["low"] is None else f" [{trend['low']:+.3f}, {trend['high']:+.3f}]"
-        ax.plot(10 ** xs, intercept + trend["slope_per_decade"] * xs, color="black", lw=1, ls=":",
-                label=f"trend {trend['slope_per_decade']:+.3f}/decade{interval}")
     ax.axhline(0, color="black", lw=0.8)
     return _finish(fig, ax, "parameters", "train_acc - val_acc (final)",
                    "Generalisation gap against parameter count", 8, log_x=True)

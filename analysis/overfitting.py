@@ -7,10 +7,17 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from analysis.statistics import loss_onset
+from trainables.selection import best_record
+
 
 def overfitting_onset(train_acc: Sequence[float], val_acc: Sequence[float], epochs: Sequence[int] | None = None,
                       tol: float = 0.0) -> int | None:
-    """The first epoch after which val keeps falling while train keeps rising.
+    """The first epoch after which val keeps falling while train keeps rising (on accuracy).
+
+    Kept for reference, not used by the report: on one noisy curve some epoch nearly always
+    qualifies (issue 17: 98% "onsets" on a flat val curve). The report's onset is
+    analysis.statistics.loss_onset, on the smoothed val loss, calibrated against a null.
 
     Precisely: the earliest epoch e, not the last, such that at every later epoch t
     val_acc[t] < val_acc[e] - tol (validation never gets back to where it was at e) and
@@ -111,18 +118,22 @@ def edge_flags(trials: pd.DataFrame, space: dict, metric: str = "val_acc", top: 
 
 
 def overfitting_summary(trials: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
-    """Per trial: param_count, best epoch by val, final gap and the overfitting onset."""
+    """Per trial: param_count, best epoch by val, final gap, the accuracy onset (overfitting_onset)
+    and the val-loss onset (analysis.statistics.loss_onset; what the report shows)."""
     rows = []
     for run_id, curve in histories.groupby("run_id"):
         curve = curve.sort_values("epoch").dropna(subset=["train_acc", "val_acc"])
         if curve.empty:
             continue
-        best = curve.loc[curve["val_acc"].idxmax()]
+        best = best_record(curve.to_dict("records"))
         rows.append({"run_id": run_id, "best_epoch": int(best["epoch"]), "best_val_acc": best["val_acc"],
                      "final_gap": curve["train_acc"].iloc[-1] - curve["val_acc"].iloc[-1],
                      "onset": overfitting_onset(curve["train_acc"], curve["val_acc"], curve["epoch"]),
+                     "val_loss_onset": (loss_onset(curve["val_loss"].to_numpy(), curve["epoch"].tolist())
+                                        if "val_loss" in curve and curve["val_loss"].notna().all() else None),
                      "epochs": int(curve["epoch"].max())})
-    summary = pd.DataFrame(rows, columns=["run_id", "best_epoch", "best_val_acc", "final_gap", "onset", "epochs"])
+    summary = pd.DataFrame(rows, columns=["run_id", "best_epoch", "best_val_acc", "final_gap", "onset",
+                                          "val_loss_onset", "epochs"])
     return summary.merge(trials[["run_id", "param_count", "trial_id"]], on="run_id", how="left")
 
 

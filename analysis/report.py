@@ -17,13 +17,20 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from analysis import figures
-from analysis.capacity import (SIZE_TABLE_LEGEND, budget_of, curve_summary, memorisation, per_size, readable,
-                               size_label, split_by_budget, trend_with_interval)
+from analysis.capacity import (SIZE_TABLE_LEGEND, budget_of, comparisons, curve_trend, curves, memorisation, per_size,
+                               readable, size_label, split_by_budget)
 from analysis.overfitting import compare_by, edge_flags, importances, overfitting_summary, pareto_front
+from analysis.statistics import confirmation
 
 FIGURE_FILES = ("capacity.png", "gap.png", "learning_curves.png", "hyperparameters.png", "importance.png")
 TABLE_FILE = "capacity_table.csv"
 LEFT_OUT_COLUMNS = ["run_id", "trial_id", "reason"]
+TREND_METRICS = {"final_val_acc": "final val_acc", "gap": "the final train-val gap",
+                 "val_loss_rise": "final minus minimum val loss"}
+COMPARISONS_LEGEND = (
+    "per curve: final val_acc of each size against the next smaller one (adjacent) and the best size against each "
+    "other (vs best); diff = a - b with its 95% Welch interval over seeds; p_holm: Holm-adjusted over the curve's "
+    "comparisons. Every size is scored on the same validation split: the split's own noise is not in these tests")
 
 
 @dataclass
@@ -39,10 +46,11 @@ class StudyReport:
     by_batch: pd.DataFrame
     edges: pd.DataFrame
     importances: dict
-    gap_trend: dict  # gap per decade of parameters, with a bootstrap interval over seeds (all trials)
-    loss_trend: dict  # (final - minimum val loss) per decade, likewise
-    group_trends: dict  # per group (regulariser value or loss), when there are groups: {"gap": ..., "val_loss_rise": ...}
-    sizes: pd.DataFrame  # per size (and group): means and spreads over seeds
+    # Per curve (one group and depth: never pooled), per metric: analysis.capacity.curve_trend (shape, and the
+    # size-level slope with its t interval where the curve is monotone).
+    trends: dict
+    comparisons: pd.DataFrame  # per curve: final val_acc of adjacent sizes and of each size against the best, Holm
+    sizes: pd.DataFrame  # per size (and group): means, spreads and 95% intervals over seeds
     group: str | None  # what separates the curves: the regulariser, the loss, or nothing
     memorisation: dict  # per group: analysis.capacity.memorisation
     budget: int | None
@@ -77,7 +85,9 @@ def grouping(trials: pd.DataFrame, kind: str) -> str | None:
 
 def analyse(experiment: str, trials: pd.DataFrame, histories: pd.DataFrame, space: dict,
             left_out: pd.DataFrame | None = None, kind: str = "sweep", include_short: bool = False,
-            confirmations: pd.DataFrame | None = None) -> StudyReport:
+            confirmations: pd.DataFrame | None = None, n_val: int | None = None) -> StudyReport:
+    """``n_val``: the validation split's size (else a ``val_size`` column of the trials, if any): it
+    widens the accuracies' intervals by the split's binomial noise."""
     budget = budget_of(space)
     full, short = (trials, trials.iloc[0:0]) if include_short else split_by_budget(trials, budget)
     left = pd.concat([left_out if left_out is not None else pd.DataFrame(columns=LEFT_OUT_COLUMNS),
@@ -90,18 +100,20 @@ def analyse(experiment: str, trials: pd.DataFrame, histories: pd.DataFrame, spac
     except (ValueError, RuntimeError):  # fANOVA needs some variety; the report stands without it
         imp = {}
     group = grouping(used, kind)
-    curves = used.merge(curve_summary(histories), on="run_id", how="left")
-    curves["val_loss_rise"] = curves["final_val_loss"] - curves["min_val_loss"]
-    sizes = per_size(used, histories, group)
+    if n_val is None and "val_size" in used and used["val_size"].notna().any():
+        n_val = int(used["val_size"].dropna().iloc[0])
+    sizes = per_size(used, histories, group, n_val=n_val)
+    trends, compared = {}, []
+    for (g, d), rows in curves(sizes):
+        name = curve_name(g, d, sizes)
+        trends[name] = {column: curve_trend(rows, column) for column in TREND_METRICS}
+        compared.append(comparisons(rows, "final_val_acc").assign(curve=name))
     return StudyReport(
         experiment=experiment, trials=used, pareto=pareto_front(used),
         overfitting=overfitting_summary(used, histories), by_loss=compare_by(used, "loss"),
         by_depth=compare_by(used, "depth"), by_batch=compare_by(used, "batch_size"),
-        edges=edge_flags(used, space), importances=imp, gap_trend=trend_with_interval(used, "gap"),
-        loss_trend=trend_with_interval(curves, "val_loss_rise"), sizes=sizes, group=group,
-        group_trends={str(g): {"gap": trend_with_interval(rows, "gap"),
-                               "val_loss_rise": trend_with_interval(rows, "val_loss_rise")}
-                      for g, rows in (curves.groupby(group) if group else [])},
+        edges=edge_flags(used, space), importances=imp, trends=trends,
+        comparisons=pd.concat(compared, ignore_index=True) if compared else pd.DataFrame(), sizes=sizes, group=group,
         memorisation={curve_name(g, d, sizes): memorisation(t) for (g, d), t in sizes.groupby(["group", "depth"])},
         budget=budget, short=short,
         curve_runs=top + ([largest] if largest not in top else []), left_out=left,
@@ -118,20 +130,35 @@ def curve_name(group: str, depth: int, sizes: pd.DataFrame) -> str:
 
 def confirmed(confirmations: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     """Per confirmed trial: its single-seed sweep numbers beside the mean ± sd of its full-budget
-    retrainings (rerun --pareto / --top)."""
+    retrainings (rerun --pareto / --top), and the like-for-like check of analysis.statistics.confirmation:
+    the retraining with the trial's own seed apart (it reproduces the trial), the independent seeds'
+    mean and 95% interval, and luck = sweep - that mean, for the last epoch's and the best epoch's
+    val_acc each (like_for_like: the sweep trial ran the confirmations' budget)."""
     ok = confirmations[confirmations["run_status"] == "FINISHED"]
     rows = []
     for run_id, seeds in ok.groupby("confirms"):
         original = trials[trials["run_id"] == run_id]
-        rows.append({"confirms": run_id, "param_count": int(seeds["param_count"].iloc[0]),
-                     "hidden_sizes": size_label(seeds["hidden_sizes"].iloc[0]), "seeds": len(seeds),
-                     "epochs": int(seeds["epochs_run"].max()),
-                     "sweep_val_acc": float(original["val_acc"].iloc[0]) if len(original) else float("nan"),
-                     "sweep_epochs": float(original["epochs_run"].iloc[0]) if len(original) else float("nan"),
-                     "best_val_acc": seeds["best_val_acc"].mean(),
-                     "best_val_acc_sd": seeds["best_val_acc"].std(ddof=1) if len(seeds) > 1 else float("nan"),
-                     "val_acc": seeds["val_acc"].mean(), "train_acc": seeds["train_acc"].mean(),
-                     "gap": seeds["gap"].mean()})
+        row = {"confirms": run_id, "param_count": int(seeds["param_count"].iloc[0]),
+               "hidden_sizes": size_label(seeds["hidden_sizes"].iloc[0]), "seeds": len(seeds),
+               "epochs": int(seeds["epochs_run"].max()),
+               "sweep_val_acc": float(original["val_acc"].iloc[0]) if len(original) else float("nan"),
+               "sweep_epochs": float(original["epochs_run"].iloc[0]) if len(original) else float("nan"),
+               "best_val_acc": seeds["best_val_acc"].mean(),
+               "best_val_acc_sd": seeds["best_val_acc"].std(ddof=1) if len(seeds) > 1 else float("nan"),
+               "val_acc": seeds["val_acc"].mean(), "train_acc": seeds["train_acc"].mean(),
+               "gap": seeds["gap"].mean()}
+        if len(original):
+            first = original.iloc[0]
+            own_seed = _seed_of(first)
+            runs = [{"seed": _seed_of(s), "final": s["val_acc"], "best": s["best_val_acc"]} for _, s in seeds.iterrows()]
+            final, best = confirmation({"seed": own_seed, "final": first["val_acc"], "best": first.get("best_val_acc")},
+                                       runs)
+            row.update(like_for_like=bool(row["sweep_epochs"] == row["epochs"]), own_seed_val_acc=final["own_seed"],
+                       independent_seeds=final["independent_seeds"], independent_val_acc=final["independent_mean"],
+                       independent_val_acc_low=final["low"], independent_val_acc_high=final["high"],
+                       luck_val_acc=final["luck"], sweep_best_val_acc=best["sweep"],
+                       independent_best_val_acc=best["independent_mean"], luck_best_val_acc=best["luck"])
+        rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
         return table
@@ -141,11 +168,30 @@ def confirmed(confirmations: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame
     return table
 
 
+def _seed_of(row) -> int | None:
+    """A run's training seed: its ``seed`` param, else its seed tag."""
+    for key in ("seed", "seed_tag"):
+        value = row.get(key)
+        if value is not None and not (isinstance(value, float) and pd.isna(value)):
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                continue
+    return None
+
+
+CONFIRMED_LEGEND = (
+    "one row per confirmed trial: sweep_* its single-seed sweep numbers (sweep_epochs as run), best_val_acc .. gap means "
+    "over all its full-budget retrainings; like for like: own_seed_val_acc is the retraining with the trial's own seed "
+    "(it reproduces the trial), independent_* the other seeds' mean (95% interval) of the last epoch's val_acc and of "
+    "the best epoch's (selected on the split it is reported on), luck_* = sweep - that mean; like_for_like: same "
+    "budget; on_confirmed_frontier: undominated by confirmed mean best_val_acc and param_count")
+
+
 def make_figures(report: StudyReport, histories: pd.DataFrame, space: dict) -> dict[str, "plt.Figure"]:
     return {
         "capacity.png": figures.capacity_figure(report.trials, report.sizes, report.short, report.group),
-        "gap.png": figures.gap_figure(report.trials, report.sizes, report.group,
-                                      None if report.group_trends else report.gap_trend),
+        "gap.png": figures.gap_figure(report.trials, report.sizes, report.group),
         "learning_curves.png": figures.learning_curves_figure(report.trials, histories, report.curve_runs),
         "hyperparameters.png": figures.hyperparameter_figure(report.trials, space),
         "importance.png": figures.importance_figure(report.importances),
@@ -174,22 +220,32 @@ def config_label(row) -> str:
 
 
 def trend_text(t: dict, what: str) -> str:
+    """One curve's metric in words: its shape, then a slope with its interval where the curve is
+    monotone, or where its peak (dip) is when it is not."""
     if t["slope_per_decade"] is None:
-        return f"{what}: not enough sizes for a trend"
-    interval = ("no interval: one seed per size" if t["low"] is None else
-                f"95% bootstrap interval over seeds {t['low']:+.3f} .. {t['high']:+.3f}")
-    return (f"{what} changes by {t['slope_per_decade']:+.3f} per tenfold increase in parameters "
-            f"({interval}; {t['sizes']} sizes, {t['trials']} trials)")
+        return f"{what}: not enough sizes for a trend ({t['sizes']} size{'s' if t['sizes'] != 1 else ''})"
+    counts = f"{t['sizes']} sizes, {t['trials']} trials"
+    if not t["monotone"]:
+        where = (f"peaks at {t['peak']}" if t["shape"] == "single peak" else
+                 f"dips at {t['dip']}, then rises again" + (f" (after a first peak at {t['peak']})" if t["peak"] else "")
+                 if t["shape"] == "dip-then-rise" else f"moves {'-'.join(t['moves'])}")
+        return (f"{what}: {t['shape']}, not a trend: it {where}; sizes not distinguishable from its highest: "
+                f"{', '.join(t['peak_set'])} (no slope reported; {counts})")
+    if t["low"] is None:
+        interval = "no interval: two sizes leave no residual degrees of freedom"
+    else:
+        fit = "" if t["lack_of_fit_p"] is None else f"; lack of fit p = {t['lack_of_fit_p']:.2g}"
+        interval = f"95% t interval over the size means {t['low']:+.3f} .. {t['high']:+.3f}, {t['df']} df{fit}"
+    shape = t["shape"] if not t["shape"].startswith("flat") else f"flat (within ±{t['delta']})"
+    return (f"{what}: {shape}; {t['slope_per_decade']:+.3f} per tenfold increase in parameters "
+            f"({interval}; {counts})")
 
 
 def trend_lines(report: StudyReport) -> list[str]:
-    """The trends as sentences: per group when the study has groups (pooling them would mix
-    regulariser values), else over all trials."""
-    if report.group_trends:
-        return [trend_text(t[key], f"{group}: {what}") for group, t in report.group_trends.items()
-                for key, what in (("gap", "the final train-val gap"), ("val_loss_rise", "final minus minimum val loss"))]
-    return [trend_text(report.gap_trend, "the final train-val gap"),
-            trend_text(report.loss_trend, "final minus minimum val loss")]
+    """The trends as sentences, one curve (group and depth) at a time: pooling depths or
+    regulariser values would mix curves of different shapes."""
+    return [trend_text(t[key], f"{curve}: {what}" if curve != "all" else what)
+            for curve, t in report.trends.items() for key, what in TREND_METRICS.items()]
 
 
 def memorisation_text(group: str, m: dict) -> str:
@@ -197,12 +253,15 @@ def memorisation_text(group: str, m: dict) -> str:
     if m["memorised_at"] is None:
         return (f"{name}no size reaches train_acc 0.99 at the budget; val_acc peaks at {m['val_peak_size']} "
                 f"({m['val_peak_at']:,} parameters, {m['val_peak']:.3f})")
-    text = (f"{name}train_acc reaches 0.99 from {m['memorised_size']} ({m['memorised_at']:,} parameters); "
-            f"final val_acc peaks at {m['val_peak_size']} ({m['val_peak_at']:,}, {m['val_peak']:.3f}), "
+    peers = (f" (not distinguishable from it: {', '.join(m['peak_set'])})" if len(m.get("peak_set") or []) > 1
+             else "")
+    text = (f"{name}train_acc reaches 0.99 from {m['memorised_size']} ({m['memorised_at']:,} parameters) on; "
+            f"final val_acc peaks at {m['val_peak_size']} ({m['val_peak_at']:,}, {m['val_peak']:.3f}){peers}, "
             f"{m['peak_vs_memorisation']} that point")
     if m["second_rise"]:
         return text + f"; beyond it val_acc dips and rises again up to {m['second_rise_at']:,} parameters (a second rise)"
-    return text + f"; beyond it val_acc {m['beyond']} (no second rise)"
+    judged = f", judged {m['judged']}" if m.get("judged") else ""
+    return text + f"; beyond it val_acc {m['beyond']} (no second rise{judged})"
 
 
 def write_report(report: StudyReport, figs: dict, out: Path) -> list[Path]:
@@ -237,12 +296,13 @@ def write_report(report: StudyReport, figs: dict, out: Path) -> list[Path]:
         _table(report.sizes, legend=SIZE_TABLE_LEGEND + f" (also in {TABLE_FILE})"),
         "<h2>Generalisation gap</h2>", _img(inline, "gap.png"),
         "<p>" + "<br>".join(html.escape(line) + "." for line in trend_lines(report)) + "</p>",
+        "<h2>Sizes compared</h2>",
+        _table(report.comparisons, ["curve", "comparison", "a", "b", "diff", "low", "high", "p", "p_holm"],
+               legend=COMPARISONS_LEGEND),
     ]
     if report.confirmations is not None:
         sections += ["<h2>Confirmed at the full budget</h2>",
-                     _table(report.confirmations, legend="one row per confirmed trial: sweep_* its single-seed sweep "
-                            "numbers (sweep_epochs as run), the rest means over its full-budget retrainings; "
-                            "on_confirmed_frontier: undominated by confirmed mean best_val_acc and param_count")]
+                     _table(report.confirmations, legend=CONFIRMED_LEGEND)]
     sections += [
         "<h2>Pareto set (val_acc up, param_count down)</h2>",
         _table(pareto, ["trial_id", "param_count", "val_acc", "train_acc", "gap", "config"],
@@ -250,9 +310,11 @@ def write_report(report: StudyReport, figs: dict, out: Path) -> list[Path]:
         "<h2>Learning curves</h2>", _img(inline, "learning_curves.png"),
         "<h2>Overfitting per trial</h2>",
         _table(report.overfitting.sort_values("param_count"),
-               ["trial_id", "param_count", "epochs", "best_epoch", "best_val_acc", "final_gap", "onset"],
-               legend="onset: the first epoch after which val_acc never returns to its level while train_acc "
-                      "stays above its level; final_gap: train_acc - val_acc at the last epoch"),
+               ["trial_id", "param_count", "epochs", "best_epoch", "best_val_acc", "final_gap", "val_loss_onset"],
+               legend="val_loss_onset: the last epoch where the smoothed val loss (5-epoch mean) was near its "
+                      "minimum before it left the minimum's band (4 noise units) for at least 10 epochs; '—': none "
+                      "told from noise; best_val_acc: the best epoch's, selected on the split it is reported on; final_gap: "
+                      "train_acc - val_acc at the last epoch"),
         "<h2>Hyperparameters</h2>", _img(inline, "hyperparameters.png"),
         _table(report.edges, legend="per searched dimension: the best trials' values and whether most sit at an edge"),
         "<h2>By loss</h2>", _table(report.by_loss, legend="trials per value; mean, median and best final val_acc"),

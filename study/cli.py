@@ -338,13 +338,16 @@ def compare_studies(args: argparse.Namespace) -> int:
     from study.reporting import build_comparison
 
     reports, paths, _ = build_comparison(args.tracking_uri, args.experiment, Path(args.out), args.include_short)
-    from analysis.compare import best_table
+    from analysis.compare import TRENDS_FILE, best_table, trends_table
 
     table = best_table(reports)
-    print("studies compared (best trial at each study's budget; trends per decade of parameters):")
-    print(readable(table[["experiment", "trials", "budget", "best_val_acc", "best_gap", "best_param_count",
-                          "gap_per_decade", "gap_low", "gap_high", "val_loss_rise_per_decade"]]).to_string(index=False))
-    print(f"\nwrote {len(paths)} files to {args.out}/ (compare.html; {BEST_FILE} holds the table)")
+    print("studies compared (best trial at each study's budget):")
+    print(readable(table[["experiment", "trials", "budget", "best_val_acc", "best_gap",
+                          "best_param_count"]]).to_string(index=False))
+    trends = trends_table(reports)
+    print("\ntrends per curve (shape; slope per decade with its 95% t interval over size means where monotone):")
+    print(readable(trends[trends["metric"] == "gap"].drop(columns=["metric"])).to_string(index=False))
+    print(f"\nwrote {len(paths)} files to {args.out}/ (compare.html; {BEST_FILE} and {TRENDS_FILE} hold the tables)")
     return 0
 
 

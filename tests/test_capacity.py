@@ -61,9 +61,9 @@ def test_a_capacity_study_runs_every_cell_seed_and_value_once_with_its_tags(capa
     report, _, _ = build_report(mlflow_server.url, "cap", out)
     assert set(report.sizes["group"]) == {"augment=none", "augment=flip"} and (report.sizes["seeds"] == 2).all()
     assert len(report.sizes) == 8 and report.left_out.empty
-    # Trends are fitted per regulariser value, never pooled across them.
-    assert set(report.group_trends) == {"augment=none", "augment=flip"}
-    assert all(t["gap"]["trials"] == 8 for t in report.group_trends.values())
+    # Trends are fitted per regulariser value and depth, never pooled across them.
+    assert set(report.trends) == {f"augment={a}, depth {d}" for a in ("none", "flip") for d in (1, 2)}
+    assert all(t["gap"]["trials"] == 4 and t["gap"]["sizes"] == 2 for t in report.trends.values())
 
 
 @pytest.mark.slow

@@ -160,7 +160,7 @@ def test_report_compares_studies_on_one_page(extended, smoke_sweep, tmp_path):
                          "--tracking-uri", extended["uri"], "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {p.name for p in out.iterdir()} == {"compare.html", "compare_capacity.png", "compare_gap.png",
-                                               "compare_best.csv"}
+                                               "compare_best.csv", "compare_trends.csv"}
     best = pd.read_csv(out / "compare_best.csv")
     assert list(best["experiment"]) == ["wf", smoke_sweep["name"]]
     for row in best.itertuples():
