@@ -41,8 +41,8 @@ TAG_CONFIRMS = "confirms"  # the run id of the trial a confirmation run retrains
 TAG_NODE = "birdplane.node"  # the Ray node a trial ran on (its last one, if retried elsewhere)
 REGISTERED_ALIAS = "champion"  # the alias `rerun --register` moves to the version it registers
 
-EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "gap", "epoch_seconds", "samples_per_second", "lr")
-CURVE_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "gap")
+EPOCH_METRICS = ("train_loss", "train_eval_loss", "train_acc", "val_loss", "val_acc", "val_ece", "gap", "epoch_seconds", "samples_per_second", "lr")
+CURVE_METRICS = ("train_loss", "train_eval_loss", "train_acc", "val_loss", "val_acc", "val_ece", "gap")
 FINAL_METRICS = ("param_count", "train_loss", "train_acc", "val_loss", "val_acc", "gap", "best_val_acc",
                  "best_epoch", "epochs_run", "test_acc", "test_loss", "test_acc_last")
 

@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 from analysis.report import StudyReport, analyse, make_figures, write_report
 import pandas as pd
 
-from analysis.runs import Study, StudyNotFound, finished, left_out, load_histories, load_study
+from analysis.runs import Study, StudyNotFound, finished, left_out, load_histories, load_study, read_json_artifact
 from study import preflight
 from study.errors import UsageError
 
@@ -44,8 +44,10 @@ def analyse_study(tracking_uri: str | None, experiment: str, include_short: bool
     client, study, trials, uri = open_study(tracking_uri, experiment)
     histories = load_histories(client, trials["run_id"])
     confirmations = finished(study.confirmations) if study.confirmations is not None else None
+    # The validation split's size widens each size's interval by the split's own sampling noise.
+    n_val = (read_json_artifact(client, study.parent_run_id, "data.json") or {}).get("val_size")
     report = analyse(experiment, trials, histories, study.space, left_out(study.trials), kind=study.kind,
-                     include_short=include_short, confirmations=confirmations)
+                     include_short=include_short, confirmations=confirmations, n_val=n_val)
     return report, histories, client, study, uri
 
 

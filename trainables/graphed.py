@@ -138,15 +138,15 @@ class GraphedSteps:
         (self.full_index if full else self.tail_index).copy_(index)
         (self.full_graph if full else self.tail_graph).replay()
 
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss sum, correct count) over the split, as device tensors; one graph per split."""
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``evaluate_sums`` over the split, as device tensors; one graph per split."""
         key = x.data_ptr()
         if key not in self.eval_graphs:
             self.eval_graphs[key] = self._capture_eval(x, y)
-        graph, loss_sum, correct = self.eval_graphs[key]
+        graph, sums = self.eval_graphs[key]
         self.step.model.eval()
         graph.replay()
-        return loss_sum, correct
+        return sums
 
     def _capture_eval(self, x: torch.Tensor, y: torch.Tensor):
         model, loss_fn = self.step.model, self.step.loss_fn
@@ -158,5 +158,5 @@ class GraphedSteps:
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            loss_sum, correct = evaluate_sums(model, x, y, loss_fn, EVAL_BATCH)
-        return graph, loss_sum, correct
+            sums = evaluate_sums(model, x, y, loss_fn, EVAL_BATCH)
+        return graph, sums

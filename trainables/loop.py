@@ -26,7 +26,8 @@ from trainables.bundle import build_model_for
 from trainables.losses import ChapterLoss
 from trainables.model import param_count
 from trainables.selection import best_record, improves
-from trainables.steps import ShuffledBatchSampler, Steps, TrainStep, evaluate_sums
+from trainables.steps import (CALIBRATION_BINS, ShuffledBatchSampler, Steps, TrainStep, calibration_error,
+                              evaluate_sums)
 
 # on_epoch_end(metrics, snapshot): metrics of the epoch just finished; snapshot() returns the
 # TrainState to resume from (a deep copy, made only when the callback asks for it).
@@ -108,7 +109,7 @@ def make_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: ChapterLoss) -> dict:
     """Mean loss and accuracy over the whole split, in eval mode."""
-    loss_sum, correct = evaluate_sums(model, x, y, loss_fn)
+    loss_sum, correct, _ = evaluate_sums(model, x, y, loss_fn)
     n = max(len(y), 1)
     return {"loss": loss_sum.item() / n, "acc": correct.item() / n}
 
@@ -279,18 +280,23 @@ def run_epoch(run: Run, steps: Steps, epoch: int) -> dict:
     clock = _Clock(run.device)
     mean_loss = steps.train_epoch()
     clock.mark()
-    sums = [*steps.evaluate(run.train_x, run.train_y), *steps.evaluate(run.val_x, run.val_y)]
-    train_loss, train_loss_sum, train_correct, val_loss_sum, val_correct = torch.stack(
-        [mean_loss.double(), *(v.double() for v in sums)]).tolist()  # the epoch's one host sync
+    train_loss_sum, train_correct, _ = steps.evaluate(run.train_x, run.train_y)
+    val_loss_sum, val_correct, val_calibration = steps.evaluate(run.val_x, run.val_y)
+    host = torch.cat([torch.stack([mean_loss.double(), train_loss_sum, train_correct.double(), val_loss_sum,
+                                   val_correct.double()]), val_calibration.flatten()]).tolist()  # the epoch's one host sync
+    train_loss, train_loss_sum, train_correct, val_loss_sum, val_correct = host[:5]
+    calibration = [host[5:5 + CALIBRATION_BINS], host[5 + CALIBRATION_BINS:]]
     n_train, n_val = max(len(run.train_y), 1), max(len(run.val_y), 1)
     train_seconds = clock.seconds()
     lr = run.optimizer.param_groups[0]["lr"]
     record = {
         "epoch": epoch,
-        "train_loss": train_loss,
+        "train_loss": train_loss,  # the mean minibatch loss during the epoch (train mode, augmented)
+        "train_eval_loss": train_loss_sum / n_train,  # the whole training split in eval mode, after the epoch
         "train_acc": train_correct / n_train,
         "val_loss": val_loss_sum / n_val,
         "val_acc": val_correct / n_val,
+        "val_ece": calibration_error(calibration, n_val),
         "gap": train_correct / n_train - val_correct / n_val,
         "epoch_seconds": time.perf_counter() - started,
         "samples_per_second": len(run.train_y) / train_seconds if train_seconds > 0 else 0.0,

@@ -91,19 +91,36 @@ def make_loader(x: torch.Tensor, y: torch.Tensor, order: ShuffledBatchSampler) -
 
 # ---------------------------------------------------------------- evaluation
 
+CALIBRATION_BINS = 15  # equal-width confidence bins of the expected calibration error (ECE)
+
+
 @torch.inference_mode()
 def evaluate_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: ChapterLoss,
-                  chunk: int = EVAL_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed loss, correct count) over the whole split in eval mode, as device tensors (no sync)."""
+                  chunk: int = EVAL_BATCH) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(summed loss, correct count, calibration sums) over the whole split in eval mode, as device
+    tensors (no sync). The calibration sums are a [2, CALIBRATION_BINS] tensor: per confidence bin
+    (the predicted class's probability), the summed confidence and the number of correct
+    predictions; ECE = sum over bins of |correct - confidence| / n (``calibration_error``)."""
     model.eval()
     loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    calibration = torch.zeros((2, CALIBRATION_BINS), device=x.device, dtype=torch.float64)
     for start in range(0, len(y), chunk):
         xb, yb = x[start:start + chunk], y[start:start + chunk]
         logits = model(xb)
         loss_sum += loss_fn(logits, yb).double() * len(yb)
-        correct += (loss_fn.predict(logits) == yb).sum()
-    return loss_sum, correct
+        hits = loss_fn.predict(logits) == yb
+        correct += hits.sum()
+        confidence = loss_fn.probabilities(logits).max(dim=1).values.double()
+        index = (confidence * CALIBRATION_BINS).long().clamp_(0, CALIBRATION_BINS - 1)  # a NaN (diverged) net: bin 0
+        calibration[0].index_add_(0, index, confidence)
+        calibration[1].index_add_(0, index, hits.double())
+    return loss_sum, correct, calibration
+
+
+def calibration_error(calibration: list[list[float]], n: int) -> float:
+    """The expected calibration error from ``evaluate_sums``' calibration sums (as host lists)."""
+    return sum(abs(hit - conf) for conf, hit in zip(*calibration, strict=True)) / max(n, 1)
 
 
 # ---------------------------------------------------------------- the one training step
@@ -161,8 +178,8 @@ class Steps(Protocol):
     def train_epoch(self) -> torch.Tensor:
         """One epoch in the next batch order; the mean training loss as a device tensor (no sync)."""
 
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(summed loss, correct count) over a split in eval mode, as device tensors (no sync)."""
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``evaluate_sums`` over a split in eval mode, as device tensors (no sync)."""
 
 
 class EagerSteps:
@@ -180,5 +197,5 @@ class EagerSteps:
     def _update(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         self.step.update(*batch, self.loss_sum)
 
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return evaluate_sums(self.step.model, x, y, self.step.loss_fn)
