@@ -29,6 +29,17 @@ def test_bad_values_name_their_key(key, value):
         TrainConfig(**{key: value})
 
 
+@pytest.mark.parametrize("p", [0.9, 0.95, 0.999, 1.0, -0.01])
+def test_dropout_of_0_9_or_more_or_below_0_is_refused(p):
+    with pytest.raises(ConfigError, match=r"dropout: must be in \[0, 0.9\)"):
+        TrainConfig(dropout=p)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 0.89])
+def test_dropout_below_0_9_is_accepted(p):
+    assert TrainConfig(dropout=p).dropout == p
+
+
 def test_from_dict_rejects_misspelled_keys():
     with pytest.raises(ConfigError, match="learning_rate"):
         TrainConfig.from_dict({"learning_rate": 0.1})
