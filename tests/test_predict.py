@@ -18,7 +18,7 @@ from trainables.tune_adapter import data_meta
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_rerun_reproduces_the_same_seed_trial_exactly_and_adds_test_numbers(smoke_sweep):
+def test_rerun_reproduces_the_same_seed_trial_exactly_and_adds_test_numbers(smoke_sweep, tmp_path):
     proc = run_birdplane("rerun", "--experiment", smoke_sweep["name"], "--tracking-uri", smoke_sweep["uri"],
                          "--seeds", 2, "--register", "birdplane-smoke", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -53,11 +53,13 @@ def test_rerun_reproduces_the_same_seed_trial_exactly_and_adds_test_numbers(smok
     from trainables.config import DataConfig as _DataConfig
 
     first = client.get_run(summary["runs"][0]["run_id"])
-    path = mlflow.artifacts.download_artifacts(summary["model_uri"], tracking_uri=smoke_sweep["uri"])
+    path = mlflow.artifacts.download_artifacts(summary["model_uri"], tracking_uri=smoke_sweep["uri"],
+                                               dst_path=str(tmp_path / "model"))
     bundle = load_bundle(path)
     assert bundle.epoch == int(first.data.metrics["best_epoch"]) == summary["runs"][0]["best_epoch"]
     cfg = _DataConfig.from_dict(json.loads(open(mlflow.artifacts.download_artifacts(
-        f"runs:/{first.info.run_id}/config.json", tracking_uri=smoke_sweep["uri"])).read())["data"])
+        f"runs:/{first.info.run_id}/config.json", tracking_uri=smoke_sweep["uri"],
+        dst_path=str(tmp_path / "config"))).read())["data"])
     data = load_study_data(cfg, include_test=True)
     x = normalise(data.test.x, bundle.mean, bundle.std, torch.device("cpu"))
     assert evaluate(bundle.model, x, data.test.y, bundle.loss)["acc"] == first.data.metrics["test_acc"]
