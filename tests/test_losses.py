@@ -65,3 +65,27 @@ def test_bce_uses_one_output_and_thresholds_at_half():
 def test_bce_needs_two_classes():
     with pytest.raises(ConfigError, match="bce"):
         output_units("bce", 3)
+
+
+def test_a_bce_loss_for_three_classes_is_refused_when_built():
+    with pytest.raises(ConfigError, match="bce needs exactly 2 classes"):
+        ChapterLoss("bce", 3)
+
+
+def test_a_bce_logit_of_exactly_zero_predicts_the_first_class():
+    assert ChapterLoss("bce", 2).predict(torch.tensor([[0.0], [-0.0], [1e-6]])).tolist() == [0, 0, 1]
+
+
+@pytest.mark.parametrize("name", ["nll", "ce", "mse"])
+def test_multi_output_losses_predict_the_argmax_and_give_softmax_probabilities_per_row(name):
+    loss = ChapterLoss(name, 3)
+    logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.5], [0.0, 0.2, 0.3], [-1.0, -2.0, -0.5]])
+    assert loss.predict(logits).tolist() == [1, 0, 2, 2]
+    probs = loss.probabilities(logits)
+    torch.testing.assert_close(probs, torch.exp(logits) / torch.exp(logits).sum(1, keepdim=True))
+
+
+def test_bce_probabilities_are_one_minus_p_and_p_of_the_logit_s_sigmoid():
+    logits = torch.tensor([[-2.0], [0.0], [1.5]])
+    p1 = 1 / (1 + torch.exp(-logits[:, 0]))
+    torch.testing.assert_close(ChapterLoss("bce", 2).probabilities(logits), torch.stack([1 - p1, p1], dim=1))
