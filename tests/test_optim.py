@@ -1,11 +1,10 @@
-"""The generalisation levers in the core: AdamW, lr schedules, dropout, best-epoch weights."""
+"""The generalisation levers in the core: AdamW, lr schedules, dropout (the best-epoch weights: test_loop, test_bundle)."""
 import math
 
 import pytest
 import torch
 
 from study.cli import main
-from trainables.bundle import bundle_args, load_bundle, save_bundle
 from trainables.checkpoint import TrainState
 from trainables.config import TrainConfig
 from trainables.loop import fit, make_optimizer, make_scheduler
@@ -116,32 +115,6 @@ def test_dropout_is_active_in_train_mode_and_inactive_in_eval_mode():
 @pytest.mark.parametrize("hidden,expected", [((512,), 1_574_402), ((1024, 512, 128), 3_737_474)])
 def test_dropout_leaves_the_chapter_nets_parameter_counts_alone(hidden, expected):
     assert param_count(build_model(3072, hidden, 2, "tanh", dropout=0.3)) == expected == count_params(3072, hidden, 2)
-
-
-def test_a_run_keeps_its_best_val_epoch_weights_beside_the_last_ones(tiny_data, tmp_path):
-    from trainables.loop import evaluate, normalise
-    from trainables.losses import ChapterLoss
-
-    # A learning rate high enough that val_acc peaks before the end.
-    config = TrainConfig(**{**FAST, "epochs": 8, "lr": 0.5, "activation": "relu"})
-    result = fit(config, tiny_data)
-    accs = [r["val_acc"] for r in result.history]
-    assert result.best_epoch == accs.index(max(accs)) + 1
-    best = build_model(3072, (32,), 2, "relu")
-    best.load_state_dict(result.best_model)
-    x = normalise(tiny_data.val.x, tiny_data.mean, tiny_data.std, torch.device("cpu"))
-    assert evaluate(best, x, tiny_data.val.y, ChapterLoss("nll", 2))["acc"] == max(accs)
-    # The bundle: best weights by default, the last ones on request.
-    meta = {"classes": list(tiny_data.classes), "mean": list(tiny_data.mean), "std": list(tiny_data.std)}
-    last_state = result.model.state_dict()
-    save_bundle(tmp_path / "m.pt", **bundle_args(config.to_dict(), meta, last_state, 8, result.best_model,
-                                                 result.best_epoch))
-    loaded = load_bundle(tmp_path / "m.pt")
-    assert loaded.epoch == result.best_epoch
-    for key, value in result.best_model.items():
-        assert torch.equal(loaded.model.state_dict()[key], value)
-    last = load_bundle(tmp_path / "m.pt", weights="last")
-    assert last.epoch == 8 and all(torch.equal(last.model.state_dict()[k], v) for k, v in last_state.items())
 
 
 BAD = [(["--dropout", "1.0"], "dropout"), (["--dropout", "-0.1"], "dropout"), (["--schedule", "linear"], "schedule"),

@@ -84,27 +84,60 @@ def test_export_writes_both_tables_or_neither(tmp_path):
     assert list(fresh.iterdir()) == []  # the trials table, written first, was not left behind
 
 
-def test_the_persisted_study_gets_each_finished_trial_once_with_its_distributions(tmp_path):
+CONFIG = {"depth": 1, "width_0": 32, "batch_size": 16, "lr": 0.01, "weight_decay_on": False, "loss": "ce",
+          "train": {"hidden_sizes": [32]}}
+
+
+def _mirror(tmp_path):
     from study.optuna_mirror import OptunaStudyMirror
 
     url = f"sqlite:///{tmp_path}/optuna.db"
-    dists = space().optuna_distributions()
-    assert set(dists) == {"depth", "width_0", "width_1", "batch_size", "lr", "weight_decay", "weight_decay_on", "loss"}
-    mirror = OptunaStudyMirror(url, "s", ["val_acc"], ["maximize"], dists)
-    config = {"depth": 1, "width_0": 32, "batch_size": 16, "lr": 0.01, "weight_decay_on": False, "loss": "ce",
-              "train": {"hidden_sizes": [32]}}
+    return url, OptunaStudyMirror(url, "s", ["val_acc"], ["maximize"], space().optuna_distributions())
+
+
+def _trials(url):
+    return optuna.load_study(study_name="s", storage=url).trials
+
+
+def test_the_distributions_are_every_parameter_the_define_by_run_space_can_suggest():
+    assert set(space().optuna_distributions()) == {"depth", "width_0", "width_1", "batch_size", "lr", "weight_decay",
+                                                   "weight_decay_on", "loss"}
+
+
+def test_a_finished_trial_is_written_with_its_params_value_curve_and_ray_trial_id(tmp_path):
+    url, mirror = _mirror(tmp_path)
     for epoch, acc in ((1, 0.6), (2, 0.7)):
         mirror.curves.setdefault("t1", {})[epoch] = acc
-    assert mirror.write("t1", config, {"val_acc": 0.7, "epoch": 2}, error=False) is True
-    assert mirror.write("t1", config, {"val_acc": 0.7, "epoch": 2}, error=False) is False  # a replay adds nothing
+    assert mirror.write("t1", CONFIG, {"val_acc": 0.7, "epoch": 2}, error=False) is True
+    (trial,) = _trials(url)
+    assert trial.state.name == "COMPLETE" and trial.value == 0.7
+    assert trial.params == {k: v for k, v in CONFIG.items() if k != "train"}
+    assert trial.intermediate_values == {1: 0.6, 2: 0.7}
+    assert trial.user_attrs == {"ray_trial_id": "t1"}
+
+
+def test_a_trial_is_written_once_even_replayed_or_after_the_mirror_is_unpickled(tmp_path):
     import pickle
 
+    url, mirror = _mirror(tmp_path)
+    assert mirror.write("t1", CONFIG, {"val_acc": 0.7, "epoch": 2}, error=False) is True
+    assert mirror.write("t1", CONFIG, {"val_acc": 0.7, "epoch": 2}, error=False) is False  # a replay adds nothing
     revived = pickle.loads(pickle.dumps(mirror))  # as Tune restores it on --resume
-    assert revived.write("t1", config, {"val_acc": 0.7, "epoch": 2}, error=False) is False
-    assert revived.write("t2", config, {"val_acc": float("nan")}, error=False) is True
-    assert revived.write("t3", config, {"val_acc": 0.8}, error=True) is True
-    trials = optuna.load_study(study_name="s", storage=url).trials
-    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL"]
-    assert trials[0].params == {k: v for k, v in config.items() if k != "train"} and trials[0].value == 0.7
-    assert trials[0].intermediate_values == {1: 0.6, 2: 0.7}
-    assert trials[0].user_attrs == {"ray_trial_id": "t1"}
+    assert revived.write("t1", CONFIG, {"val_acc": 0.7, "epoch": 2}, error=False) is False
+    assert len(_trials(url)) == 1
+
+
+def test_a_trial_without_a_finite_value_or_that_errored_is_written_as_failed(tmp_path):
+    url, mirror = _mirror(tmp_path)
+    assert mirror.write("t2", CONFIG, {"val_acc": float("nan")}, error=False) is True
+    assert mirror.write("t3", CONFIG, {"val_acc": 0.8}, error=True) is True
+    assert mirror.write("t4", CONFIG, {}, error=False) is True
+    assert [(t.state.name, t.value) for t in _trials(url)] == [("FAIL", None)] * 3
+
+
+def test_a_write_that_fails_is_skipped_without_raising(tmp_path):
+    from study.optuna_mirror import OptunaStudyMirror
+
+    mirror = OptunaStudyMirror(f"sqlite:///{tmp_path}/no/such/folder/optuna.db", "s", ["val_acc"], ["maximize"],
+                               space().optuna_distributions())
+    assert mirror.write("t1", CONFIG, {"val_acc": 0.7}, error=False) is False
