@@ -141,3 +141,37 @@ def test_a_write_that_fails_is_skipped_without_raising(tmp_path):
     mirror = OptunaStudyMirror(f"sqlite:///{tmp_path}/no/such/folder/optuna.db", "s", ["val_acc"], ["maximize"],
                                space().optuna_distributions())
     assert mirror.write("t1", CONFIG, {"val_acc": 0.7}, error=False) is False
+
+
+def _trial(trial_id, last_result=None):
+    """What Tune hands a callback: a trial with its id, config and last result."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(trial_id=trial_id, config=CONFIG, last_result=last_result)
+
+
+def test_the_callbacks_record_each_epoch_s_finite_metric_and_write_the_finished_trial(tmp_path):
+    url, mirror = _mirror(tmp_path)
+    mirror.setup()
+    assert _trials(url) == [], "the study exists (the dashboard lists it) from the sweep's start"
+    t = _trial("t1", {"val_acc": 0.7, "epoch": 3})
+    for epoch, value in ((1, 0.5), (2, float("nan")), (3, 0.7)):
+        mirror.on_trial_result(0, [], t, {"val_acc": value, "epoch": epoch})
+    mirror.on_trial_result(0, [], t, {"val_acc": 0.9})  # no epoch: not a point of the curve
+    mirror.on_trial_complete(0, [], t)
+    mirror.on_trial_error(0, [], _trial("t2", None))
+    first, second = _trials(url)
+    assert first.state.name == "COMPLETE" and first.intermediate_values == {1: 0.5, 3: 0.7} and first.value == 0.7
+    assert second.state.name == "FAIL" and second.user_attrs == {"ray_trial_id": "t2"}
+
+
+def test_a_multi_objective_trial_is_written_with_every_value_and_no_curve(tmp_path):
+    from study.optuna_mirror import OptunaStudyMirror
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    mirror = OptunaStudyMirror(url, "s", ["val_acc", "param_count"], ["maximize", "minimize"],
+                               space().optuna_distributions())
+    mirror.curves["t1"] = {1: 0.6}
+    assert mirror.write("t1", CONFIG, {"val_acc": 0.7, "param_count": 1000}, error=False) is True
+    (trial,) = _trials(url)
+    assert trial.values == [0.7, 1000.0] and trial.intermediate_values == {}
