@@ -155,3 +155,9 @@ def test_a_bad_data_config_is_refused_with_its_key_and_value(changes, message):
 def test_the_edges_of_the_data_config_are_accepted():
     assert DataConfig(val_fraction=0.001, subset=0).val_fraction == 0.001
     assert DataConfig(val_fraction=0.999, subset=1).subset == 1
+
+
+def test_the_book_mode_and_train_defaults_are_still_the_chapters():
+    c = TrainConfig()
+    assert (c.optimizer, c.lr, c.momentum, c.weight_decay, c.batch_size, c.epochs, c.augment, c.dropout,
+            c.schedule) == ("sgd", 1e-2, 0.0, 0.0, 64, 100, "none", 0.0, "constant")
