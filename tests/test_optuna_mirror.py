@@ -135,12 +135,26 @@ def test_a_trial_without_a_finite_value_or_that_errored_is_written_as_failed(tmp
     assert [(t.state.name, t.value) for t in _trials(url)] == [("FAIL", None)] * 3
 
 
-def test_a_write_that_fails_is_skipped_without_raising(tmp_path):
+def test_a_study_that_cannot_be_opened_is_logged_and_skipped_without_raising(tmp_path, caplog):
     from study.optuna_mirror import OptunaStudyMirror
 
-    mirror = OptunaStudyMirror(f"sqlite:///{tmp_path}/no/such/folder/optuna.db", "s", ["val_acc"], ["maximize"],
-                               space().optuna_distributions())
-    assert mirror.write("t1", CONFIG, {"val_acc": 0.7}, error=False) is False
+    url = f"sqlite:///{tmp_path}/no/such/folder/optuna.db"
+    mirror = OptunaStudyMirror(url, "s", ["val_acc"], ["maximize"], space().optuna_distributions())
+    with caplog.at_level("WARNING", logger="study.optuna_mirror"):
+        mirror.setup()
+        assert mirror.write("t1", CONFIG, {"val_acc": 0.7}, error=False) is False
+    first, second = (r.getMessage() for r in caplog.records)
+    assert first.startswith(f"Optuna study s at {url} not available: ")
+    assert second.startswith("could not copy trial t1 into the Optuna study s: ")
+
+
+def test_what_tune_snapshots_holds_the_settings_and_curves_but_no_live_study(tmp_path):
+    url, mirror = _mirror(tmp_path)
+    mirror.write("t1", CONFIG, {"val_acc": 0.7}, error=False)  # the study is open now
+    mirror.curves["t2"] = {1: 0.5}
+    state = mirror.__getstate__()
+    assert set(state) == {"url", "study_name", "metrics", "directions", "distributions", "curves"}
+    assert state["curves"] == {"t2": {1: 0.5}}
 
 
 def _trial(trial_id, last_result=None):
