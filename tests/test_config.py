@@ -9,7 +9,8 @@ def test_defaults_are_the_chapter_recipe():
         (512,), "tanh", "nll", "sgd", 1e-2, 64, 100)
 
 
-@pytest.mark.parametrize("text,expected", [("1024,512,128", (1024, 512, 128)), ("512", (512,)), ([64, 32], (64, 32))])
+@pytest.mark.parametrize("text,expected", [("1024,512,128", (1024, 512, 128)), ("512", (512,)), ([64, 32], (64, 32)),
+                                           ("1", (1,)), (1, (1,)), ("1,2", (1, 2))])
 def test_hidden_sizes_parse(text, expected):
     assert parse_hidden(text) == expected
 
