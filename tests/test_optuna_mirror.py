@@ -173,7 +173,7 @@ def test_the_callbacks_record_each_epoch_s_finite_metric_and_write_the_finished_
         mirror.on_trial_result(0, [], t, {"val_acc": value, "epoch": epoch})
     mirror.on_trial_result(0, [], t, {"val_acc": 0.9})  # no epoch: not a point of the curve
     mirror.on_trial_complete(0, [], t)
-    mirror.on_trial_error(0, [], _trial("t2", None))
+    mirror.on_trial_error(0, [], _trial("t2", {"val_acc": 0.8, "epoch": 1}))  # a value, but the trial errored
     first, second = _trials(url)
     assert first.state.name == "COMPLETE" and first.intermediate_values == {1: 0.5, 3: 0.7} and first.value == 0.7
     assert second.state.name == "FAIL" and second.user_attrs == {"ray_trial_id": "t2"}
@@ -189,3 +189,14 @@ def test_a_multi_objective_trial_is_written_with_every_value_and_no_curve(tmp_pa
     assert mirror.write("t1", CONFIG, {"val_acc": 0.7, "param_count": 1000}, error=False) is True
     (trial,) = _trials(url)
     assert trial.values == [0.7, 1000.0] and trial.intermediate_values == {}
+
+
+def test_a_second_mirror_of_the_same_study_adds_to_it_and_knows_its_trials(tmp_path):
+    """A resumed driver or an extension opens the persisted study again: loaded, not refused, and the
+    trials already there are not written twice."""
+    url, first = _mirror(tmp_path)
+    assert first.write("t1", CONFIG, {"val_acc": 0.7}, error=False) is True
+    _, second = _mirror(tmp_path)
+    assert second.write("t1", CONFIG, {"val_acc": 0.7}, error=False) is False
+    assert second.write("t2", CONFIG, {"val_acc": 0.6}, error=False) is True
+    assert [t.user_attrs["ray_trial_id"] for t in _trials(url)] == ["t1", "t2"]
