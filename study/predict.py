@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +25,9 @@ class Prediction:
     error: str | None = None
 
 
-def resolve_model(model: str, tracking_uri: str | None) -> Path:
-    """A local file, or an MLflow artifact URI (runs:/ID/model.pt, models:/..., mlflow-artifacts:/...)."""
+def resolve_model(model: str, tracking_uri: str | None, folder: Path) -> Path:
+    """A local file, or an MLflow artifact URI (runs:/ID/model.pt, models:/..., mlflow-artifacts:/...)
+    downloaded into ``folder`` (the caller's, which it removes)."""
     if "://" in model or model.startswith(("runs:/", "models:/")):
         import mlflow.artifacts
 
@@ -34,7 +36,7 @@ def resolve_model(model: str, tracking_uri: str | None) -> Path:
         try:
             uri = resolve_tracking_uri(tracking_uri)
             mlflow.set_registry_uri(uri)  # models:/ URIs are resolved by the registry, not the tracking URI
-            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, tracking_uri=uri))
+            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, tracking_uri=uri, dst_path=str(folder)))
         except Exception as err:  # MLflow raises several types for a bad URI
             raise UsageError(f"cannot fetch model {model}: {str(err).splitlines()[0]}") from None
         if path.is_dir():  # a registered version (models:/NAME/1) is a folder holding model.pt
@@ -49,11 +51,13 @@ def resolve_model(model: str, tracking_uri: str | None) -> Path:
 
 
 def load_model(model: str, tracking_uri: str | None = None, weights: str = "best") -> ModelBundle:
-    path = resolve_model(model, tracking_uri)
-    try:
-        return load_bundle(path, weights)
-    except Exception as err:  # not a bundle: a pickle with objects, a truncated file, another format
-        raise UsageError(f"{model} is not a birdplane model file ({type(err).__name__})") from None
+    """The bundle in memory; a downloaded copy lives in a temporary folder only while it is read."""
+    with tempfile.TemporaryDirectory(prefix="birdplane-model-") as folder:
+        path = resolve_model(model, tracking_uri, Path(folder))
+        try:
+            return load_bundle(path, weights)
+        except Exception as err:  # not a bundle: a pickle with objects, a truncated file, another format
+            raise UsageError(f"{model} is not a birdplane model file ({type(err).__name__})") from None
 
 
 def expand(inputs: list[str]) -> list[Path]:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,41 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "load" in item.keywords:
             item.add_marker(skip)
+
+
+# Variables pointing at per-user state that tests must not share with the machine: Ray's session
+# folder (/tmp/ray by default), HOME-side files (~/.ray's auth token, ~/.config/mlflow,
+# ~/ray_results, ~/.cache/birdplane) and XDG folders.
+ISOLATED = ("RAY_TMPDIR", "HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "MPLCONFIGDIR", "BIRDPLANE_TEST_TMP")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_run_folders():
+    """One short temporary root for the whole test run, removed at its end: RAY_TMPDIR, HOME and the
+    XDG folders point into it, so every Ray session, token and config file a test (or a process it
+    starts) writes stays out of /tmp/ray and the user's home. Short on purpose: Ray's socket paths
+    (RAY_TMPDIR/session_.../sockets/...) must stay under the ~107-character limit of AF_UNIX."""
+    saved = {name: os.environ.get(name) for name in (*ISOLATED, "PYENV_ROOT")}
+    home = Path.home()
+    root = Path(tempfile.mkdtemp(prefix="bp-", dir="/tmp"))
+    if (home / ".pyenv").is_dir():  # pyenv's shims find their interpreters through HOME otherwise
+        os.environ.setdefault("PYENV_ROOT", str(home / ".pyenv"))
+    folders = {"RAY_TMPDIR": root / "ray", "HOME": root / "home", "XDG_CONFIG_HOME": root / "home" / ".config",
+               "XDG_CACHE_HOME": root / "home" / ".cache", "MPLCONFIGDIR": root / "mpl", "BIRDPLANE_TEST_TMP": root / "tmp"}
+    for name, folder in folders.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ[name] = str(folder)
+    try:
+        yield root
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(root, ignore_errors=True)
+
+
 REAL_DATA = Path(os.environ.get("BIRDPLANE_DATA") or REPO.parent / "shared" / "data" / "cifar10")
 
 # Each synthetic class has its own mean colour, so a small net can learn it but not perfectly.
@@ -129,3 +167,48 @@ def smoke_sweep(mlflow_server, tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"summary": last_json(proc.stdout), "uri": mlflow_server.url, "name": "smoke", "folder": folder,
             "data_root": tree}
+
+
+@dataclass(frozen=True)
+class NoisyStudy:
+    tree: Path
+    data: object  # trainables.data.StudyData, with its test split
+    config: object  # trainables.config.TrainConfig
+
+
+@pytest.fixture(scope="session")
+def noisy(tmp_path_factory) -> NoisyStudy:
+    """Two overlapping classes (colour jitter 80): 210 training, 90 validation and 120 test images,
+    and a recipe whose val_acc swings, so that its best epoch (6 of 8: 0.878 against 0.856 at the
+    end) is not its last, and the best and last weights score differently on the test split too.
+    The tests that use it assert that situation first: the behaviour they check shows only there."""
+    from trainables.config import DataConfig, TrainConfig
+    from trainables.data import load_study_data
+
+    folder = tmp_path_factory.mktemp("noisy")
+    tree = make_image_tree(folder / "images", per_class=150, test_per_class=60, classes=("airplane", "bird"), jitter=80)
+    data = load_study_data(DataConfig(root=str(tree), cache_dir=str(folder / "cache"), val_fraction=0.3),
+                           include_test=True)
+    config = TrainConfig(hidden_sizes=(32,), epochs=8, batch_size=16, lr=0.05, activation="relu", threads=1,
+                         device="cpu")
+    return NoisyStudy(tree, data, config)
+
+
+def eval_mode_logits(state: dict, config, x_uint8, mean, std):
+    """The logits of weights ``state`` on uint8 images, computed here, apart from the code under test:
+    the chapter's net in eval mode on (x/255 - mean) / std."""
+    import torch
+
+    from trainables.model import build_model
+
+    model = build_model(3 * 32 * 32, config.hidden_sizes, 2, config.activation, config.dropout)
+    model.load_state_dict(state)
+    model.eval()
+    x = (x_uint8.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return model(x)
+
+
+def correct(state: dict, config, split, mean, std) -> int:
+    """How many images of ``split`` the weights ``state`` classify right (an nll/ce net's argmax)."""
+    return int((eval_mode_logits(state, config, split.x, mean, std).argmax(1) == split.y).sum())

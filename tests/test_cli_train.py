@@ -95,3 +95,15 @@ print("LEAN-OK")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "LEAN-OK" in proc.stdout, proc.stderr[-2000:]
     assert "usage: birdplane" in proc.stdout and "untrained: param_count 1,574,402" in proc.stdout
+
+
+BAD_LEVERS = [(["--dropout", "1.0"], "dropout"), (["--dropout", "-0.1"], "dropout"), (["--schedule", "linear"], "schedule"),
+       (["--weight-decay", "-0.01"], "weight_decay"), (["--warmup", "1.5"], "warmup"),
+       (["--optimizer", "lamb"], "optimizer")]
+
+
+@pytest.mark.parametrize("flags,needle", BAD_LEVERS)
+def test_bad_values_of_the_new_levers_are_refused_in_one_line(image_tree, tmp_path, flags, needle, capsys):
+    assert main(["train", "--data-root", str(image_tree), "--cache-dir", str(tmp_path / "c"), *flags]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and not (tmp_path / "c").exists()

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from tests.conftest import correct, eval_mode_logits
 from trainables.checkpoint import TrainState
 from trainables.config import TrainConfig
 from trainables.loop import fit
@@ -218,3 +219,32 @@ def test_fit_reproduces_a_plain_reference_loop_bit_for_bit(tiny_data, recipe):
     assert got == expected
     for key, value in result.model.state_dict().items():
         assert torch.equal(value, weights[key]), key
+
+
+def test_fit_keeps_the_best_val_epoch_s_weights_not_the_last_ones(noisy):
+    result = fit(noisy.config, noisy.data)
+    accs = [r["val_acc"] for r in result.history]
+    n_val = len(noisy.data.val.y)
+    assert max(accs) > accs[-1], f"the situation this test needs: the best epoch is not the last ({accs})"
+    assert result.best_epoch == accs.index(max(accs)) + 1, "the earliest epoch of the best val_acc"
+    data, config = noisy.data, noisy.config
+    assert correct(result.best_model, config, data.val, data.mean, data.std) == round(max(accs) * n_val), \
+        "best_model scores the best epoch's val_acc"
+    assert correct(result.model.state_dict(), config, data.val, data.mean, data.std) == round(accs[-1] * n_val), \
+        "model holds the last epoch's weights"
+
+
+def test_dropout_is_on_while_training_and_off_while_evaluating(noisy):
+    data = noisy.data
+    config = noisy.config.replace(dropout=0.5, epochs=2)
+    result = fit(config, data)
+    # Evaluating: the recorded numbers are those of the eval-mode forward (no mask: deterministic).
+    logits = eval_mode_logits(result.model.state_dict(), config, data.val.x, data.mean, data.std)
+    last = result.history[-1]
+    assert last["val_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, data.val.y).item(), rel=1e-5), \
+        "val_loss is the eval-mode loss"
+    assert last["val_acc"] * len(data.val.y) == pytest.approx(int((logits.argmax(1) == data.val.y).sum()))
+    # Training: the masks change what is learnt; dropout in eval mode would train the plain net exactly.
+    plain = fit(config.replace(dropout=0.0), data)
+    assert [r["train_loss"] for r in result.history] != [r["train_loss"] for r in plain.history], \
+        "training with dropout 0.5 gave the history of training without it: the masks were off"

@@ -109,3 +109,124 @@ def test_space_file_is_parsed_safely(tmp_path):
     evil = "depth: !!python/object/apply:os.system ['echo pwned']\nwidth: {low: 32, high: 64}\n"
     with pytest.raises(UsageError, match="YAML"):
         load_space(write(tmp_path, evil))
+
+
+def _space(**changes):
+    from study.space import space_from_mapping
+
+    return space_from_mapping({k: v for k, v in {**BASE, **changes}.items() if v is not None}, "test")
+
+
+EXACT = [
+    ({"colour": "red"}, "search space: unknown key 'colour' (known: activation, augment, batch_size, depth, dropout, "
+                        "epochs, loss, lr, momentum, optimizer, schedule, warmup, weight_decay, width)"),
+    ({"depth": None}, "search space: missing key 'depth'"),
+    ({"loss": {"choices": "nll"}}, "search space: loss: choices must be a non-empty list"),
+    ({"loss": {"low": 1, "high": 2}}, "search space: loss: give a value or {choices: [...]}"),
+    ({"lr": {"low": 0.1}}, "search space: lr: expected {low, high[, log, or_zero]} or {choices}, got keys ['low']"),
+    ({"lr": {"low": 0.1, "high": 0.1}}, "search space: lr: low (0.1) must be < high (0.1)"),
+    ({"lr": {"low": 0.0, "high": 0.1}}, "search space: lr: low must be > 0, got 0.0"),
+    ({"batch_size": {"low": 0, "high": 4}}, "search space: batch_size: low must be > 0, got 0"),
+    ({"dropout": {"low": -0.1, "high": 0.1, "log": True}}, "search space: dropout: low must be > 0, got -0.1"),
+    ({"lr": {"low": 1e-3, "high": 0.1, "log": "yes"}}, "search space: lr: log and or_zero must be true or false"),
+    ({"epochs": {"low": 1, "high": 3, "or_zero": True}}, "search space: epochs: or_zero is for real-valued ranges"),
+    ({"epochs": 2.0}, "search space: epochs: 2.0 is not an integer"),
+    ({"lr": True}, "search space: lr: True is not a number"),
+    ({"loss": "hinge"}, "search space: loss: unknown value 'hinge' (choose from nll, ce, mse, bce)"),
+    ({"depth": 0}, "search space: depth: must be >= 1"),
+    ({"depth": {"choices": [0, 1]}}, "search space: depth: must be >= 1"),
+    ({"momentum": {"low": 0.5, "high": 1.0}}, "search space: momentum: must be in [0, 1), got 1.0"),
+    ({"optimizer": {"choices": ["sgd", "x"]}}, "search space: optimizer: unknown value 'x' (choose from sgd, adam, adamw)"),
+]
+
+
+@pytest.mark.parametrize("changes,message", EXACT, ids=[str(i) for i in range(len(EXACT))])
+def test_a_bad_dimension_is_refused_with_one_exact_message(changes, message):
+    with pytest.raises(UsageError) as refused:
+        _space(**changes)
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize("name,value", [("epochs", 2**31), ("width", -(2**31)), ("lr", float("nan")),
+                                        ("lr", float("inf"))])
+def test_numbers_beyond_2_31_or_not_finite_are_refused(name, value):
+    with pytest.raises(UsageError, match=f"search space: {name}: .* is not a finite"):
+        _space(**{name: value})
+
+
+def test_integers_just_inside_2_31_are_accepted():
+    assert _space(epochs=2**31 - 1).dimensions["epochs"].fixed == 2**31 - 1
+
+
+def test_a_non_string_key_is_refused():
+    from study.space import space_from_mapping
+
+    with pytest.raises(UsageError, match="search space: key 1 is not a dimension name"):
+        space_from_mapping({1: 2, **BASE}, "t")
+
+
+def test_a_space_round_trips_through_its_recorded_mapping():
+    space = _space(lr={"low": 1e-3, "high": 0.1, "log": True}, loss={"choices": ["nll", "ce"]},
+                   weight_decay={"low": 1e-5, "high": 1e-2, "log": True, "or_zero": True}, dropout=0.2)
+    assert space.to_dict() == {**BASE, "depth": {"low": 1, "high": 3, "log": False},
+                               "lr": {"low": 1e-3, "high": 0.1, "log": True}, "loss": {"choices": ["nll", "ce"]},
+                               "weight_decay": {"low": 1e-5, "high": 1e-2, "log": True, "or_zero": True}, "dropout": 0.2}
+    from study.space import space_from_mapping
+
+    assert space_from_mapping(space.to_dict(), "again").dimensions == space.dimensions
+
+
+def test_the_optuna_distributions_match_what_the_space_suggests():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    space = _space(lr={"low": 1e-3, "high": 0.1, "log": True}, loss={"choices": ["nll", "ce"]}, dropout={"low": 0.0, "high": 0.5},
+                   weight_decay={"low": 1e-5, "high": 1e-2, "log": True, "or_zero": True}, momentum=0.9)
+    assert space.optuna_distributions() == {
+        "depth": IntDistribution(1, 3), "width_0": IntDistribution(32, 256, log=True),
+        "width_1": IntDistribution(32, 256, log=True), "width_2": IntDistribution(32, 256, log=True),
+        "lr": FloatDistribution(1e-3, 0.1, log=True), "loss": CategoricalDistribution(["nll", "ce"]),
+        "dropout": FloatDistribution(0.0, 0.5), "weight_decay": FloatDistribution(1e-5, 1e-2, log=True),
+        "weight_decay_on": CategoricalDistribution([True, False])}
+
+
+@pytest.mark.parametrize("depth,expected", [(2, 2), ({"choices": [1, 4, 2]}, 4), ({"low": 1, "high": 5}, 5)])
+def test_the_deepest_net_of_the_space(depth, expected):
+    assert _space(depth=depth).max_depth() == expected
+
+
+def test_with_fixed_pins_a_dimension_and_keeps_the_rest():
+    space = _space(lr={"low": 1e-3, "high": 0.1, "log": True})
+    pinned = space.with_fixed(lr=0.01, depth=1)
+    assert pinned.dimensions["lr"].fixed == 0.01 and pinned.dimensions["depth"].fixed == 1
+    assert pinned.dimensions["width"] == space.dimensions["width"] and pinned.source == space.source
+    assert space.dimensions["lr"].fixed is None, "the original is unchanged"
+
+
+def test_random_search_samples_build_the_same_kind_of_config(tmp_path):
+    from types import SimpleNamespace
+
+    from study.space import TrainFromSample
+
+    space = _space(lr={"low": 1e-3, "high": 0.1, "log": True},
+                   weight_decay={"low": 1e-5, "high": 1e-2, "log": True, "or_zero": True})
+    param_space = space.tune_param_space(seed=7, threads=2, device="cpu")
+    assert {"depth", "width_0", "width_1", "width_2", "lr", "weight_decay", "weight_decay_on", "epochs", "seed",
+            "train"} == set(param_space)
+    sample = {"depth": 2, "width_0": 40, "width_1": 50, "width_2": 60, "lr": 0.02, "weight_decay": 1e-3,
+              "weight_decay_on": False, "epochs": 2, "seed": 5}
+    train = TrainFromSample(space, 7, 2, "cpu")(SimpleNamespace(config=sample))
+    assert (train["hidden_sizes"], train["lr"], train["weight_decay"], train["seed"], train["threads"]) == (
+        [40, 50], 0.02, 0.0, 12, 2)
+    sample["weight_decay_on"] = True
+    assert TrainFromSample(space, 7, 2, "cpu")(SimpleNamespace(config=sample))["weight_decay"] == 1e-3
+
+
+def test_integer_ranges_are_suggested_as_integers_on_their_scale():
+    space = _space(batch_size={"low": 16, "high": 128, "log": True})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(10):
+        trial = study.ask()
+        train = space.define_by_run(seed=0)(trial)["train"]
+        assert isinstance(train["batch_size"], int) and 16 <= train["batch_size"] <= 128
+        assert trial.distributions["batch_size"] == optuna.distributions.IntDistribution(16, 128, log=True)
+        study.tell(trial, 0.5)

@@ -1,15 +1,12 @@
-"""The generalisation levers in the core: AdamW, lr schedules, dropout, best-epoch weights."""
+"""The optimizers and learning-rate schedules (make_optimizer, make_scheduler): AdamW, cosine, one-cycle, resume."""
 import math
 
 import pytest
 import torch
 
-from study.cli import main
-from trainables.bundle import bundle_args, load_bundle, save_bundle
 from trainables.checkpoint import TrainState
 from trainables.config import TrainConfig
 from trainables.loop import fit, make_optimizer, make_scheduler
-from trainables.model import build_model, count_params, param_count
 
 FAST = dict(hidden_sizes=(32,), epochs=4, batch_size=16, lr=0.05, threads=1, device="cpu")
 
@@ -95,69 +92,3 @@ def test_adamw_decays_the_weights_apart_from_the_gradient():
     coupled = grad + wd * w0
     torch.testing.assert_close(one_step("adam"), w0 - lr * coupled / (coupled.abs() + eps))
     assert not torch.allclose(one_step("adam"), one_step("adamw"))
-
-
-def test_dropout_is_active_in_train_mode_and_inactive_in_eval_mode():
-    torch.manual_seed(0)
-    model = build_model(3072, (256, 256), 2, "relu", dropout=0.5)
-    x = torch.randn(8, 3, 32, 32)
-    model.train()
-    assert not torch.equal(model(x), model(x)), "train mode: a new mask each call"
-    model.eval()
-    assert torch.equal(model(x), model(x))
-    hidden = model[:3](x)  # Flatten, Linear, ReLU, then the Dropout below
-    model.train()
-    dropped = model[3](hidden)
-    alive = hidden != 0
-    zeroed = ((dropped == 0) & alive).sum().item() / alive.sum().item()
-    assert 0.4 < zeroed < 0.6 and torch.allclose(dropped[dropped != 0], 2 * hidden[dropped != 0])
-
-
-@pytest.mark.parametrize("hidden,expected", [((512,), 1_574_402), ((1024, 512, 128), 3_737_474)])
-def test_dropout_leaves_the_chapter_nets_parameter_counts_alone(hidden, expected):
-    assert param_count(build_model(3072, hidden, 2, "tanh", dropout=0.3)) == expected == count_params(3072, hidden, 2)
-
-
-def test_a_run_keeps_its_best_val_epoch_weights_beside_the_last_ones(tiny_data, tmp_path):
-    from trainables.loop import evaluate, normalise
-    from trainables.losses import ChapterLoss
-
-    # A learning rate high enough that val_acc peaks before the end.
-    config = TrainConfig(**{**FAST, "epochs": 8, "lr": 0.5, "activation": "relu"})
-    result = fit(config, tiny_data)
-    accs = [r["val_acc"] for r in result.history]
-    assert result.best_epoch == accs.index(max(accs)) + 1
-    best = build_model(3072, (32,), 2, "relu")
-    best.load_state_dict(result.best_model)
-    x = normalise(tiny_data.val.x, tiny_data.mean, tiny_data.std, torch.device("cpu"))
-    assert evaluate(best, x, tiny_data.val.y, ChapterLoss("nll", 2))["acc"] == max(accs)
-    # The bundle: best weights by default, the last ones on request.
-    meta = {"classes": list(tiny_data.classes), "mean": list(tiny_data.mean), "std": list(tiny_data.std)}
-    last_state = result.model.state_dict()
-    save_bundle(tmp_path / "m.pt", **bundle_args(config.to_dict(), meta, last_state, 8, result.best_model,
-                                                 result.best_epoch))
-    loaded = load_bundle(tmp_path / "m.pt")
-    assert loaded.epoch == result.best_epoch
-    for key, value in result.best_model.items():
-        assert torch.equal(loaded.model.state_dict()[key], value)
-    last = load_bundle(tmp_path / "m.pt", weights="last")
-    assert last.epoch == 8 and all(torch.equal(last.model.state_dict()[k], v) for k, v in last_state.items())
-
-
-BAD = [(["--dropout", "1.0"], "dropout"), (["--dropout", "-0.1"], "dropout"), (["--schedule", "linear"], "schedule"),
-       (["--weight-decay", "-0.01"], "weight_decay"), (["--warmup", "1.5"], "warmup"),
-       (["--optimizer", "lamb"], "optimizer")]
-
-
-@pytest.mark.parametrize("flags,needle", BAD)
-def test_bad_values_of_the_new_levers_are_refused_in_one_line(image_tree, tmp_path, flags, needle, capsys):
-    assert main(["train", "--data-root", str(image_tree), "--cache-dir", str(tmp_path / "c"), *flags]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0] and not (tmp_path / "c").exists()
-
-
-def test_the_book_mode_and_train_defaults_are_still_the_chapters():
-    c = TrainConfig()
-    assert (c.optimizer, c.lr, c.momentum, c.weight_decay, c.batch_size, c.epochs, c.augment, c.dropout,
-            c.schedule) == ("sgd", 1e-2, 0.0, 0.0, 64, 100, "none", 0.0, "constant")
-    assert "Dropout" not in str(build_model(3072, (512,), 2))

@@ -1,29 +1,11 @@
+"""The chapter's four losses (trainables/losses.py): values, gradients, predictions and probabilities."""
 import pytest
 import torch
 from torch import nn
 
 from trainables.config import ConfigError
 from trainables.losses import ChapterLoss, output_units
-from trainables.model import build_model, count_params, param_count
-
-
-@pytest.mark.parametrize("hidden,expected", [((512,), 1_574_402), ((1024, 512, 128), 3_737_474)])
-def test_chapter_nets_have_the_books_parameter_counts(hidden, expected):
-    model = build_model(3072, hidden, 2, "tanh")
-    assert param_count(model) == expected
-    assert count_params(3072, hidden, 2) == expected
-
-
-def test_chapter_net_matches_the_books_sequential():
-    torch.manual_seed(0)
-    ours = build_model(3072, [512], 2, "tanh")
-    book = nn.Sequential(nn.Linear(3072, 512), nn.Tanh(), nn.Linear(512, 2), nn.LogSoftmax(dim=1))
-    book[0].load_state_dict(ours[1].state_dict())
-    book[2].load_state_dict(ours[3].state_dict())
-    x = torch.randn(8, 3, 32, 32)
-    y = torch.randint(0, 2, (8,))
-    expected = nn.NLLLoss()(book(x.view(8, -1)), y)
-    assert torch.equal(ChapterLoss("nll", 2)(ours(x), y), expected)
+from trainables.model import build_model
 
 
 def _loss_and_grads(loss_name: str, seed: int = 0):
@@ -65,3 +47,27 @@ def test_bce_uses_one_output_and_thresholds_at_half():
 def test_bce_needs_two_classes():
     with pytest.raises(ConfigError, match="bce"):
         output_units("bce", 3)
+
+
+def test_a_bce_loss_for_three_classes_is_refused_when_built():
+    with pytest.raises(ConfigError, match="bce needs exactly 2 classes"):
+        ChapterLoss("bce", 3)
+
+
+def test_a_bce_logit_of_exactly_zero_predicts_the_first_class():
+    assert ChapterLoss("bce", 2).predict(torch.tensor([[0.0], [-0.0], [1e-6]])).tolist() == [0, 0, 1]
+
+
+@pytest.mark.parametrize("name", ["nll", "ce", "mse"])
+def test_multi_output_losses_predict_the_argmax_and_give_softmax_probabilities_per_row(name):
+    loss = ChapterLoss(name, 3)
+    logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.5], [0.0, 0.2, 0.3], [-1.0, -2.0, -0.5]])
+    assert loss.predict(logits).tolist() == [1, 0, 2, 2]
+    probs = loss.probabilities(logits)
+    torch.testing.assert_close(probs, torch.exp(logits) / torch.exp(logits).sum(1, keepdim=True))
+
+
+def test_bce_probabilities_are_one_minus_p_and_p_of_the_logit_s_sigmoid():
+    logits = torch.tensor([[-2.0], [0.0], [1.5]])
+    p1 = 1 / (1 + torch.exp(-logits[:, 0]))
+    torch.testing.assert_close(ChapterLoss("bce", 2).probabilities(logits), torch.stack([1 - p1, p1], dim=1))

@@ -74,6 +74,9 @@ def test_extend_continues_the_optuna_study_and_the_mlflow_parent_run(extended):
     assert _states(study) == ["COMPLETE"] * 3 + ["FAIL"] + ["COMPLETE"] * 2
     new_lrs = sorted(t.params["lr"] for t in study.trials[4:])
     assert all(1e-4 <= lr <= 0.3 for lr in new_lrs)
+    # The searcher itself (not only the persisted copy) started from the 3 finished trials: in its own
+    # study the new trials are numbers 3 and 4, and a trial's seed is the sweep's base seed + its number.
+    assert sorted(t["config"]["seed"] % 100_000 for t in ext["trials"]) == [3, 4], [t["config"] for t in ext["trials"]]
     # The same parent run, which now holds 5 trial runs and is FINISHED again, with the study's headline.
     assert ext["parent_run_id"] == first["parent_run_id"] and len(ext["trials"]) == 2
     children = [r for r in _children(client, "wf", first["parent_run_id"]) if r.data.tags["birdplane.role"] == "trial"]

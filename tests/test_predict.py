@@ -7,8 +7,8 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from study.cli import main
-from tests.conftest import run_birdplane
-from trainables.bundle import save_bundle
+from tests.conftest import eval_mode_logits, run_birdplane
+from trainables.bundle import bundle_args, save_bundle
 from trainables.config import DataConfig, TrainConfig
 from trainables.data import load_study_data
 from trainables.loop import evaluate, fit, normalise
@@ -18,7 +18,7 @@ from trainables.tune_adapter import data_meta
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_rerun_reproduces_the_same_seed_trial_exactly_and_adds_test_numbers(smoke_sweep):
+def test_rerun_reproduces_the_same_seed_trial_exactly_and_adds_test_numbers(smoke_sweep, tmp_path):
     proc = run_birdplane("rerun", "--experiment", smoke_sweep["name"], "--tracking-uri", smoke_sweep["uri"],
                          "--seeds", 2, "--register", "birdplane-smoke", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -53,11 +53,13 @@ def test_rerun_reproduces_the_same_seed_trial_exactly_and_adds_test_numbers(smok
     from trainables.config import DataConfig as _DataConfig
 
     first = client.get_run(summary["runs"][0]["run_id"])
-    path = mlflow.artifacts.download_artifacts(summary["model_uri"], tracking_uri=smoke_sweep["uri"])
+    path = mlflow.artifacts.download_artifacts(summary["model_uri"], tracking_uri=smoke_sweep["uri"],
+                                               dst_path=str(tmp_path / "model"))
     bundle = load_bundle(path)
     assert bundle.epoch == int(first.data.metrics["best_epoch"]) == summary["runs"][0]["best_epoch"]
     cfg = _DataConfig.from_dict(json.loads(open(mlflow.artifacts.download_artifacts(
-        f"runs:/{first.info.run_id}/config.json", tracking_uri=smoke_sweep["uri"])).read())["data"])
+        f"runs:/{first.info.run_id}/config.json", tracking_uri=smoke_sweep["uri"],
+        dst_path=str(tmp_path / "config"))).read())["data"])
     data = load_study_data(cfg, include_test=True)
     x = normalise(data.test.x, bundle.mean, bundle.std, torch.device("cpu"))
     assert evaluate(bundle.model, x, data.test.y, bundle.loss)["acc"] == first.data.metrics["test_acc"]
@@ -99,6 +101,33 @@ def test_predict_on_the_real_test_images_matches_direct_evaluation(real_data_roo
     assert len(predictions) == 2000
     correct = sum(p["label"] == ("airplane" if "/airplane/" in p["path"] else "bird") for p in predictions)
     assert correct / 2000 == direct["acc"]
+
+
+def test_predict_uses_the_best_epoch_s_weights_unless_told_the_last(noisy, tmp_path, capsys):
+    import numpy as np
+
+    data, config = noisy.data, noisy.config
+    result = fit(config, data)
+    last_epoch = result.history[-1]["epoch"]
+    assert result.best_epoch < last_epoch, "the situation this test needs: the best epoch is not the last"
+    last_state = result.model.state_dict()
+    meta = {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)}
+    save_bundle(tmp_path / "m.pt", **bundle_args(config.to_dict(), meta, last_state, last_epoch, result.best_model,
+                                                 result.best_epoch))
+    images = sorted((noisy.tree / "test").rglob("*.png"))
+    pixels = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in images])).permute(0, 3, 1, 2)
+    expected = {}
+    for weights, state in (("best", result.best_model), ("last", last_state)):
+        probs = torch.softmax(eval_mode_logits(state, config, pixels, data.mean, data.std), dim=1)
+        expected[weights] = [(data.classes[int(i)], float(p)) for p, i in zip(*probs.max(dim=1))]
+    assert expected["best"] != expected["last"], "the situation: best and last weights predict differently"
+    for flags, weights in (([], "best"), (["--weights", "last"], "last"), (["--weights", "best"], "best")):
+        assert main(["predict", "--model", str(tmp_path / "m.pt"), *map(str, images), "--json", *flags]) == 0
+        got = json.loads(capsys.readouterr().out)
+        assert [p["path"] for p in got] == [str(p) for p in images]
+        assert [p["label"] for p in got] == [label for label, _ in expected[weights]], f"{flags}: {weights} labels"
+        assert [p["probability"] for p in got] == pytest.approx([prob for _, prob in expected[weights]], abs=1e-5), \
+            f"{flags}: the probabilities of the {weights} epoch's weights"
 
 
 def test_predict_reports_bad_files_on_their_own_line_and_classifies_the_rest(image_tree, tmp_path, capsys):
@@ -230,3 +259,24 @@ def test_a_capacity_recipe_can_come_from_a_sweep_trial(smoke_sweep, capsys):
         assert plan["recipe"][key] == best["config"][key], key
     assert "hidden_sizes" not in plan["recipe"] and "seed" not in plan["recipe"]
     assert plan["recipe_source"] == f"run {best['run_id']}"
+
+
+def test_predict_from_an_mlflow_uri_leaves_no_downloaded_copy_behind(image_tree, tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    model = tmp_path / "model.pt"
+    _train_bundle(image_tree, tmp_path / "cache", model)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("predict", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(experiment)
+    client.log_artifact(run.info.run_id, str(model))
+    scratch = tmp_path / "tmp"  # the process's temporary folder, for this test
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    image = sorted((image_tree / "test" / "bird").iterdir())[0]
+    assert main(["predict", "--model", f"runs:/{run.info.run_id}/model.pt", "--tracking-uri", uri, str(image)]) == 0
+    assert capsys.readouterr().out.split("\t")[1] in ("airplane", "bird")
+    assert list(scratch.iterdir()) == [], "the downloaded model was removed after loading"
