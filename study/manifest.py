@@ -20,7 +20,7 @@ FORMAT = 1
 
 @dataclass(frozen=True)
 class Manifest:
-    kind: str  # "sweep"
+    kind: str  # the study's design: "sweep" or "capacity"
     name: str
     experiment: str
     tracking_uri: str
