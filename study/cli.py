@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import logging
 import math
@@ -412,10 +411,11 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         print(json.dumps(json_safe(asdict(summary))))
         return 0
     print(f"trial {summary.trial_id} (run {summary.trial_run_id}): {args.metric} {summary.trial_metric:.4f} in the sweep")
+    runs = summary.runs
     print(f"reruns, seeds {', '.join(map(str, summary.seeds))}: best val_acc "
-          f"{mean_sd_text([r['best_val_acc'] for r in summary.runs])} (epochs {', '.join(str(r['best_epoch']) for r in summary.runs)} "
-          f"of {summary.runs[0]['last_epoch']}), test_acc {mean_sd_text([r['test_acc'] for r in summary.runs])} with those "
-          f"best-epoch weights (last epoch's: {mean_sd_text([r['test_acc_last'] for r in summary.runs])})")
+          f"{mean_sd_text([r['best_val_acc'] for r in runs])} (epochs {', '.join(str(r['best_epoch']) for r in runs)} "
+          f"of {runs[0]['last_epoch']}), test_acc {mean_sd_text([r['test_acc'] for r in runs])} with those "
+          f"best-epoch weights (last epoch's: {mean_sd_text([r['test_acc_last'] for r in runs])})")
     if summary.reproduced is not None:
         print(f"same-seed rerun reproduced the trial exactly: {'yes' if summary.reproduced else 'NO'}")
     print(f"MLflow: parent run {summary.parent_run_id}; model: {summary.model_uri}")

@@ -5,8 +5,9 @@ and supplies its tuner pieces through the ``Design`` protocol; ``run_study`` sta
 opens the MLflow parent run, writes birdplane's manifest, builds (or restores) the Tuner, runs it
 and returns a ``StudySummary``.
 
-Ray, MLflow and Optuna are imported inside the functions that use them: the command line imports
-this module to build its parser, and `train`, `predict` and `--help` must run without them.
+Ray, MLflow and Optuna (and pandas) are imported inside the functions that use them: the command
+line imports this module to build its parser, and `train`, `predict` and `--help` must run (and
+start quickly) without them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, Callable, Generic, Protocol, TypeVar
 from study import manifest, preflight
 from study.errors import UsageError
 from trainables.config import DataConfig
+from trainables.data import load_study_data
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 SMOKE_SUBSET = 100  # training images per class in a --smoke study
@@ -305,7 +307,6 @@ def run_study(prep: Prepared, design: Design, extra_callbacks: list = ()) -> Stu
     from analysis import record
     from study.sync import replay
     from study.tracking import MlflowTrialLogger
-    from trainables.data import load_study_data
 
     opts, kind = prep.options, design.kind
     if opts.resume and extra_callbacks:

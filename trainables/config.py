@@ -83,7 +83,8 @@ class TrainConfig:
         "help": "share of the steps spent warming up (cosine), or onecycle's rising share (0: 0.3)"})
     seed: int = field(default=0, metadata={"help": "seed of the weights, the batch order and augmentation"})
     device: str = field(default="auto", metadata={"choices": DEVICES})
-    threads: int = field(default=0, metadata={"help": "torch threads (0: torch's default, all CPUs the process may use)"})
+    threads: int = field(default=0, metadata={
+        "help": "torch threads (0: torch's default, all CPUs the process may use)"})
     graphs: str = field(default="auto", metadata={
         "choices": GRAPHS, "help": "auto: CUDA-graphed steps on a GPU (eager elsewhere, said once); off: always eager"})
 
