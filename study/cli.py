@@ -161,8 +161,8 @@ def study_options(args: argparse.Namespace, kind: str) -> dict:
     """The StudyOptions fields from the shared flags (a default name when --name is not given)."""
     if args.resume and not args.name:
         raise UsageError("--resume needs --name of the study to continue")
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(StudyOptions) if hasattr(args, f.name)}
-    return {**given, "name": args.name or default_name(kind)}
+    flags = {f.name for f in dataclasses.fields(StudyOptions)} - {"name", "max_failures"}  # add_study_flags' flags
+    return {**{name: getattr(args, name) for name in flags}, "name": args.name or default_name(kind)}
 
 
 def _sweep_parser(sub) -> None:
