@@ -21,7 +21,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generic, Protocol, TypeVar
+from typing import Any, Callable, Generic, Protocol, TypeVar, runtime_checkable
 
 from study import manifest, preflight
 from study.errors import UsageError
@@ -90,6 +90,7 @@ class Prepared(Generic[O, S]):
 Resolve = Callable[[dict], dict]
 
 
+@runtime_checkable
 class Design(Protocol):
     """What a kind of study supplies to ``run_study``."""
 

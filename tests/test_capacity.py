@@ -195,3 +195,12 @@ def test_sweep_and_capacity_read_the_shared_study_flags_into_the_same_study_opti
 def test_resume_without_a_name_is_refused_the_same_way_by_both_kinds_of_study(command, capsys):
     assert main([command, "--resume", "--check"]) == 2
     assert capsys.readouterr().err.strip() == "birdplane: error: --resume needs --name of the study to continue"
+
+
+def test_the_sweep_and_the_capacity_grid_are_designs_of_the_study_runner():
+    from study.capacity import Capacity
+    from study.runner import Design
+    from study.sweep import Sweep
+
+    assert isinstance(Sweep(), Design) and isinstance(Capacity(), Design)
+    assert (Sweep().kind, Capacity().kind) == ("sweep", "capacity"), "the manifest's kinds stay what they were"
