@@ -42,7 +42,7 @@ def one_sweep(search: str, seed: int, a, work: Path) -> dict:
     name = f"{search}-{seed}"
     uri = f"sqlite:///{work / 'mlflow.db'}"
     sampler = {"optuna-random": "random"}.get(search, search)
-    opts = SweepOptions(space=a.space, num_samples=a.trials, max_epochs=a.epochs, grace_epochs=a.grace, seed=seed,
+    opts = SweepOptions(space=a.space, num_samples=a.trials, epochs=a.epochs, grace_epochs=a.grace, seed=seed,
                         search="random" if search == "random" else "tpe", sampler="tpe" if search == "random" else sampler,
                         name=name, storage_path=str(work / "ray"), tracking_uri=uri)
     data = DataConfig(root=os.path.abspath(a.data_root), subset=a.subset)

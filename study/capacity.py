@@ -3,8 +3,11 @@
 One variable at a time: a grid of widths x depths, crossed with seeds (and optionally with a few
 values of one regulariser), every cell trained with one fixed recipe for the same number of
 epochs, with no early stopping. Tune's ``grid_search`` enumerates the cells; resources, the MLflow
-logger, the manifest and resume are the sweep's (``study.sweep.run_study``).
+logger, the manifest and resume are the study runner's (``study.runner.run_study``).
+
+Ray and MLflow are imported inside the functions that use them (see study/runner.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,10 +20,11 @@ import yaml
 
 from study import preflight
 from study.errors import UsageError
-from study.sweep import (Prepared, SweepSummary, check_resources, check_study_path, run_study, trial_dirname,
-                         trial_resources)
+from study.runner import (Prepared, StudyOptions, StudySummary, check_options, check_study_path, run_study,
+                          trial_dirname, trial_resources, tuner_for)
 from trainables.config import ConfigError, DataConfig, TrainConfig
 from trainables.data import check_data
+from trainables.model import count_params
 
 SIZE_FIELDS = ("hidden_sizes",)
 RUN_FIELDS = ("seed", "epochs", "threads", "device")  # set by the study, never by a recipe
@@ -32,12 +36,12 @@ DEFAULT_SEEDS = 3
 # still fits in about 15 minutes on 2 CPUs.
 DEFAULT_EPOCHS = 60
 SMOKE = {"widths": (16, 32), "depths": (1,), "seeds": 2, "epochs": 2}
-SMOKE_SUBSET = 100
 
 
 @dataclass(frozen=True)
-class Design:
-    """The grid: widths x depths x seeds (x the regulariser's values), each for ``epochs`` epochs."""
+class Grid:
+    """The capacity study's design: widths x depths x seeds (x the regulariser's values), each for
+    ``epochs`` epochs."""
 
     widths: tuple[int, ...] = DEFAULT_WIDTHS
     depths: tuple[int, ...] = DEFAULT_DEPTHS
@@ -49,8 +53,6 @@ class Design:
     def cells(self) -> list[str]:
         """Every width x depth, the largest first: the longest trials start first and do not leave
         CPUs idle at the end of the study."""
-        from trainables.model import count_params
-
         sizes = [[w] * d for d in self.depths for w in self.widths]
         return [cell_label(h) for h in sorted(sizes, key=lambda h: -count_params(3072, h, 2))]
 
@@ -107,8 +109,8 @@ def parse_regulariser(text: str) -> tuple[str, tuple]:
     return name, parsed
 
 
-def make_design(widths=None, depths=None, seeds=None, epochs=None, regulariser: str | None = None,
-                design_file: str | None = None, smoke: bool = False) -> Design:
+def make_grid(widths=None, depths=None, seeds=None, epochs=None, regulariser: str | None = None,
+              design_file: str | None = None, smoke: bool = False) -> Grid:
     """The design from a file (if any), overridden by flags; --smoke shrinks what was not given."""
     base: dict[str, Any] = dict(SMOKE) if smoke else {}
     if design_file:
@@ -135,7 +137,7 @@ def make_design(widths=None, depths=None, seeds=None, epochs=None, regulariser: 
     for key, value in (("seeds", seeds_value), ("epochs", epochs_value)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UsageError(f"--{key} must be an integer >= 1, got {value!r}")
-    return Design(widths=_ints("--widths", base.get("widths", DEFAULT_WIDTHS)),
+    return Grid(widths=_ints("--widths", base.get("widths", DEFAULT_WIDTHS)),
                   depths=_ints("--depths", base.get("depths", DEFAULT_DEPTHS)),
                   seeds=seeds_value, epochs=epochs_value, regulariser=name, values=values)
 
@@ -193,7 +195,7 @@ def recipe_from_run(run_id: str, tracking_uri: str) -> dict:
     return {name: resolved["train"][name] for name in RECIPE_FIELDS if name in resolved["train"]}
 
 
-def check_recipe(recipe: dict, design: Design) -> None:
+def check_recipe(recipe: dict, design: Grid) -> None:
     """Every cell with every regulariser value must make a valid TrainConfig."""
     for value in design.values or (None,):
         values = {**recipe, **({design.regulariser: value} if design.regulariser else {})}
@@ -207,7 +209,7 @@ def check_recipe(recipe: dict, design: Design) -> None:
 class CapacitySpec:
     """What the parent run and the manifest record of a capacity study: its design and recipe."""
 
-    design: Design
+    design: Grid
     recipe: dict
     recipe_source: str
 
@@ -217,30 +219,22 @@ class CapacitySpec:
 
 
 @dataclass(frozen=True)
-class CapacityOptions:
-    design: Design = Design()
+class CapacityOptions(StudyOptions):
+    """StudyOptions' ``seed`` is the first seed: cells use seed, seed + 1, ..."""
+
+    design: Grid = Grid()
     recipe: str = "chapter"  # chapter, or a recipe YAML file
     from_run: str | None = None
-    cpus_per_trial: int = 1
-    gpus_per_trial: float | None = None
-    max_concurrent: int | None = None
-    address: str | None = None
-    storage_path: str | None = None
-    name: str = ""
-    resume: bool = False
-    seed: int = 0  # the first seed; cells use seed, seed + 1, ...
-    tracking_uri: str | None = None
-    experiment: str | None = None
-    smoke: bool = False
-    max_failures: int = 3  # a dead node's cached actor can fail a trial twice at once (seen in the node-crash test)
 
 
-def prepare_capacity(opts: CapacityOptions, data: DataConfig) -> Prepared:
+CapacityPrepared = Prepared[CapacityOptions, CapacitySpec]
+
+
+def prepare_capacity(opts: CapacityOptions, data: DataConfig) -> CapacityPrepared:
     """Every check that needs neither Ray nor training; raises UsageError with one line."""
-    check_resources(opts)
     if opts.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {opts.seed}")
-    preflight.check_ray_address(opts.address)
+    check_options(opts)
     uri = preflight.resolve_tracking_uri(opts.tracking_uri)
     preflight.check_tracking_uri(uri)
     if opts.from_run:
@@ -257,14 +251,15 @@ def prepare_capacity(opts: CapacityOptions, data: DataConfig) -> Prepared:
     check_data(data)
     storage = check_study_path(opts.storage_path, opts.name, opts.resume, "capacity")
     spec = CapacitySpec(opts.design, recipe, source)
-    return Prepared(opts, spec, data, uri, opts.experiment or opts.name, storage, opts.design.epochs)
+    return Prepared(opts, spec, data, uri, opts.experiment or opts.name, storage, opts.design.epochs,
+                    study_name=opts.name)
 
 
-def design_points(spec: "CapacitySpec", first_seed: int, threads: int, device: str) -> list[dict]:
+def design_points(spec: CapacitySpec, first_seed: int, threads: int, device: str) -> list[dict]:
     """Every run of the design, in the order they should start: largest cells first, and within a
     cell every regulariser value and seed, so no CPU idles behind one long run at the end. Each
     point is {'train': TrainConfig dict, 'tags': its MLflow tags, and the grid coordinates}."""
-    from analysis import record
+    from analysis import record  # imports MLflow
 
     design = spec.design
     points = []
@@ -300,26 +295,32 @@ class PointOf:
         return {**{k: v for k, v in config.items() if k != "point"}, **self.points[int(config["point"])]}
 
 
-def build_capacity_tuner(prep: Prepared, data, callbacks: list, cluster: dict, resolve: PointOf):
-    from ray import tune
+@dataclass(frozen=True)
+class Capacity:
+    """The capacity grid as a ``study.runner.Design``: every point of the grid, no searcher, no
+    scheduler; the design and the recipe as artefacts; trials resolved from their grid index."""
 
-    from study.sweep import tuner_for
+    kind: str = "capacity"
 
-    resources, _, concurrency = trial_resources(prep.options, cluster)
-    # No scheduler and no searcher: every point of the grid trains the whole budget.
-    tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrency, reuse_actors=True,
-                                  trial_dirname_creator=trial_dirname)
-    param_space = {"point": tune.grid_search(list(range(len(resolve.points))))}
-    return tuner_for(prep, data, resources, callbacks, tune_config, param_space, resolve=resolve), concurrency
+    def build_tuner(self, prep: CapacityPrepared, data, callbacks: list, cluster: dict, resolve: PointOf):
+        from ray import tune
 
+        resources, _, concurrency = trial_resources(prep.options, cluster)
+        # No scheduler and no searcher: every point of the grid trains the whole budget.
+        tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrency, reuse_actors=True,
+                                      trial_dirname_creator=trial_dirname)
+        param_space = {"point": tune.grid_search(list(range(len(resolve.points))))}
+        return tuner_for(prep, data, resources, callbacks, tune_config, param_space, resolve=resolve), concurrency
 
-def run_capacity(prep: Prepared) -> SweepSummary:
-    spec, opts = prep.space, prep.options
+    def artifacts(self, prep: CapacityPrepared) -> dict:
+        spec = prep.space
+        return {"design.json": spec.design.to_dict(), "recipe.json": {**spec.recipe, "source": spec.recipe_source}}
 
-    def resolver(cluster: dict) -> PointOf:
+    def resolver(self, prep: CapacityPrepared, cluster: dict) -> PointOf:
+        opts = prep.options
         _, device, _ = trial_resources(opts, cluster)
-        return PointOf(tuple(design_points(spec, opts.seed, opts.cpus_per_trial, device)))
+        return PointOf(tuple(design_points(prep.space, opts.seed, opts.cpus_per_trial, device)))
 
-    return run_study(prep, "capacity", lambda data, callbacks, cluster, resolve: build_capacity_tuner(
-        prep, data, callbacks, cluster, resolve), artifacts={"design.json": spec.design.to_dict(), "recipe.json": {
-            **spec.recipe, "source": spec.recipe_source}}, resolver=resolver)
+
+def run_capacity(prep: CapacityPrepared) -> StudySummary:
+    return run_study(prep, Capacity())

@@ -2,20 +2,37 @@
 
 Every bad input ends as one line on stderr and exit code 2, before any data is loaded, Ray is
 started or an MLflow run is created. Everything else lives in the modules this one calls.
+
+`train`, `predict` and `--help` run where only torch is installed: what imports Ray, Optuna or
+MLflow (and the analysis and prediction modules, which load pandas, matplotlib or torchvision)
+is imported inside the command that needs it.
 """
+
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import math
 import os
 import sys
+import typing
+from dataclasses import asdict
+from pathlib import Path
 from typing import Callable, Sequence
 
+from study.capacity import (DEFAULT_DEPTHS, DEFAULT_EPOCHS, DEFAULT_SEEDS, DEFAULT_WIDTHS, CapacityOptions, make_grid,
+                            prepare_capacity, run_capacity)
+from study import preflight
 from study.errors import UsageError
-from trainables.config import (ACTIVATIONS, AUGMENTATIONS, DEVICES, LOSSES, OPTIMIZERS, SCHEDULES, ConfigError, DataConfig,
-                                TrainConfig)
-from trainables.data import DataError
+from study.manifest import experiment_path
+from study.runner import NAME_PATTERN, SMOKE_SUBSET, StudyOptions, default_name
+from study.sweep import SweepOptions, prepare, prepare_extension, run_sweep
+from trainables.config import ConfigError, DataConfig, TrainConfig
+from trainables.data import DataError, check_data, load_study_data
+from trainables.loop import evaluate_untrained, fit
+from trainables.losses import output_units
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,39 +58,32 @@ def data_config(args: argparse.Namespace, subset: int = 0) -> DataConfig:
                       subset=subset)
 
 
+def add_config_flags(p: argparse.ArgumentParser, config=TrainConfig) -> None:
+    """One flag per field of the config dataclass: its type, default, choices and help come from
+    the field (validation stays the config's own, in one place)."""
+    kinds = typing.get_type_hints(config)
+    for f in dataclasses.fields(config):
+        meta, default = f.metadata, f.default
+        kind = kinds[f.name] if kinds[f.name] in (int, float) else str
+        if isinstance(default, tuple):
+            default = ",".join(map(str, default))
+        text = meta.get("help", "")
+        if "choices" in meta:
+            text = f"one of {', '.join(meta['choices'])}" + (f"; {text}" if text else "")
+        p.add_argument(meta.get("flag", "--" + f.name.replace("_", "-")), dest=f.name, type=kind, default=default,
+                       help=(text + " " if text else "") + "(default: %(default)s)")
+
+
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train one network (the chapter's recipe by default)")
     add_data_flags(p)
-    d = TrainConfig()
-    p.add_argument("--hidden", default="512", help="hidden layer widths, e.g. 1024,512,128")
-    p.add_argument("--activation", default=d.activation, help=f"one of {', '.join(ACTIVATIONS)}")
-    p.add_argument("--loss", default=d.loss, help=f"one of {', '.join(LOSSES)}")
-    p.add_argument("--optimizer", default=d.optimizer, help=f"one of {', '.join(OPTIMIZERS)}")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--augment", default=d.augment, help=f"one of {', '.join(AUGMENTATIONS)}")
-    p.add_argument("--dropout", type=float, default=d.dropout, help="dropout after each hidden activation, [0, 0.9)")
-    p.add_argument("--schedule", default=d.schedule, help=f"learning rate per batch: one of {', '.join(SCHEDULES)}")
-    p.add_argument("--warmup", type=float, default=d.warmup,
-                   help="share of the steps spent warming up (cosine), or onecycle's rising share (0: 0.3)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device, help=f"one of {', '.join(DEVICES)}")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--graphs", default=d.graphs, choices=("auto", "off"),
-                   help="auto: CUDA-graphed steps on a GPU (eager elsewhere, said once); off: always eager")
+    add_config_flags(p)
     p.add_argument("--json", action="store_true", help="print one JSON object with the summary on stdout")
     p.set_defaults(handler=cmd_train)
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(hidden_sizes=args.hidden, activation=args.activation, loss=args.loss,
-                       optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
-                       weight_decay=args.weight_decay, batch_size=args.batch_size, epochs=args.epochs,
-                       augment=args.augment, dropout=args.dropout, schedule=args.schedule, warmup=args.warmup,
-                       seed=args.seed, device=args.device, threads=args.threads, graphs=args.graphs)
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
 def json_safe(value):
@@ -94,10 +104,6 @@ def format_epoch(m: dict) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from trainables.data import check_data, load_study_data
-    from trainables.loop import fit
-    from trainables.losses import output_units
-
     config, dcfg = train_config(args), data_config(args)
     check_data(dcfg)
     output_units(config.loss, len(dcfg.classes))
@@ -119,8 +125,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def untrained(config, data, as_json: bool) -> int:
     """--epochs 0: the seeded, untrained net's size and its accuracy by chance (nothing is trained)."""
-    from trainables.loop import evaluate_untrained
-
     summary = {**evaluate_untrained(config, data), "epochs": 0, "status": "untrained"}
     if as_json:
         print(json.dumps(json_safe({**summary, "config": config.to_dict(), "data": data.summary()})))
@@ -130,14 +134,44 @@ def untrained(config, data, as_json: bool) -> int:
     return 0
 
 
-def _sweep_parser(sub) -> None:
-    from study.sweep import SweepOptions
+def add_study_flags(p: argparse.ArgumentParser, kind: str, seed_help: str, smoke_help: str) -> None:
+    """The flags of StudyOptions, shared by every kind of study, and --check, --json, the data flags."""
+    d = StudyOptions()
+    p.add_argument("--seed", type=int, default=d.seed, help=seed_help)
+    p.add_argument("--cpus-per-trial", type=int, default=d.cpus_per_trial)
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="default 1/16 (16 trials a GPU) when the cluster has GPUs, else 0")
+    p.add_argument("--max-concurrent", type=int, default=None, help="default: as many as the resources hold")
+    p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: local)")
+    p.add_argument("--storage-path", default=None, help="Tune results and checkpoints (default ~/ray_results); "
+                                                       "shared storage or a cloud URI on a cluster")
+    p.add_argument("--name", default=None, help=f"study name (default {kind}-<timestamp>); --resume needs it")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted study --name")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's local sqlite:///mlflow.db)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: the study name)")
+    p.add_argument("--smoke", action="store_true", help=smoke_help)
+    p.add_argument("--check", action="store_true",
+                   help="validate every flag, the input files, the data root and the tracking URI, print the plan, "
+                        "and stop (nothing is started or written)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    add_data_flags(p)
 
+
+def study_options(args: argparse.Namespace, kind: str) -> dict:
+    """The StudyOptions fields from the shared flags (a default name when --name is not given)."""
+    if args.resume and not args.name:
+        raise UsageError("--resume needs --name of the study to continue")
+    flags = {f.name for f in dataclasses.fields(StudyOptions)} - {"name", "max_failures"}  # add_study_flags' flags
+    return {**{name: getattr(args, name) for name in flags}, "name": args.name or default_name(kind)}
+
+
+def _sweep_parser(sub) -> None:
     d = SweepOptions()
     p = sub.add_parser("sweep", help="run a study: Optuna TPE + ASHA on Ray Tune, every trial in MLflow")
     p.add_argument("--space", default=None, help="search-space YAML (default: the one shipped in study/spaces/)")
     p.add_argument("--num-samples", type=int, default=None, help=f"trials (default {d.num_samples}; 4 with --smoke)")
-    p.add_argument("--max-epochs", type=int, default=None, help="epochs per trial (overrides the space's epochs)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs per trial (overrides the space's epochs; 2 with --smoke)")
     p.add_argument("--metric", default=d.metric, help="val_acc (max) or val_loss (min)")
     p.add_argument("--objectives", default="", help="val_acc,param_count for a multi-objective search")
     p.add_argument("--scheduler", default=d.scheduler, help="asha or none")
@@ -146,54 +180,29 @@ def _sweep_parser(sub) -> None:
                    help="the Optuna sampler of --search tpe: tpe (default), gp, qmc or random")
     p.add_argument("--grace-epochs", type=int, default=None,
                    help="ASHA's minimum epochs per trial (default 4, or the trials' epochs when fewer)")
-    p.add_argument("--cpus-per-trial", type=int, default=d.cpus_per_trial)
-    p.add_argument("--gpus-per-trial", type=float, default=None, help="default 1/16 (16 trials a GPU) when the cluster has GPUs, else 0")
-    p.add_argument("--max-concurrent", type=int, default=None, help="default: as many as the resources hold")
-    p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: local)")
-    p.add_argument("--storage-path", default=None, help="Tune results and checkpoints (default ~/ray_results); "
-                                                       "shared storage or a cloud URI on a cluster")
-    p.add_argument("--name", default=None, help="sweep name (default sweep-<timestamp>); --resume needs it")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
     p.add_argument("--extend", type=int, default=None, metavar="N",
                    help="N more trials for the finished sweep --name: its Optuna study warm-starts the search, its "
                         "MLflow parent run gets them; --space may widen numeric ranges")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's local sqlite:///mlflow.db)")
-    p.add_argument("--experiment", default=None, help="MLflow experiment (default: the sweep name)")
     p.add_argument("--optuna-storage", default=None,
                    help="the Optuna study's database (study name = --name); default: optuna.db beside the MLflow "
                         "store; 'none' keeps it in memory. Watch it live with `optuna-dashboard URL`")
-    p.add_argument("--smoke", action="store_true", help="a tiny sweep: 4 trials, 2 epochs, 100 images per class")
-    p.add_argument("--check", action="store_true",
-                   help="validate every flag, the space file, the data root and the tracking URI, print the plan, "
-                        "and stop (nothing is started or written)")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
-    add_data_flags(p)
+    add_study_flags(p, "sweep", seed_help="seed of the search (the trials' training seeds start at 100000*SEED)",
+                    smoke_help="a tiny sweep: 4 trials, 2 epochs, 100 images per class")
     p.set_defaults(handler=cmd_sweep)
 
 
-def sweep_options(args: argparse.Namespace):
-    from study.sweep import SweepOptions, default_name
-
-    if args.resume and not args.name:
-        raise UsageError("--resume needs --name of the sweep to continue")
+def sweep_options(args: argparse.Namespace) -> SweepOptions:
     num_samples = args.num_samples if args.num_samples is not None else (4 if args.smoke else SweepOptions.num_samples)
     objectives = tuple(o.strip() for o in args.objectives.split(",") if o.strip())
-    return SweepOptions(space=args.space, num_samples=num_samples, max_epochs=args.max_epochs, metric=args.metric,
-                        objectives=objectives, scheduler=args.scheduler, grace_epochs=args.grace_epochs
-                        if not args.smoke else 1, cpus_per_trial=args.cpus_per_trial,
-                        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-                        address=args.address, storage_path=args.storage_path, name=args.name or default_name(),
-                        resume=args.resume, seed=args.seed, tracking_uri=args.tracking_uri,
-                        experiment=args.experiment, smoke=args.smoke, search=args.search,
+    return SweepOptions(**study_options(args, "sweep"), space=args.space, num_samples=num_samples, epochs=args.epochs,
+                        metric=args.metric, objectives=objectives, scheduler=args.scheduler,
+                        grace_epochs=args.grace_epochs if not args.smoke else 1, search=args.search,
                         optuna_storage=args.optuna_storage, sampler=args.sampler)
 
 
 def run_and_summarise(args: argparse.Namespace, run) -> tuple:
     """Run a study; (its summary, the exit code: 130 when interrupted). With --json, print the
     summary as one JSON object."""
-    from dataclasses import asdict
-
     quiet_libraries()
     summary = run()
     if args.json:
@@ -209,12 +218,8 @@ def format_trial(t: dict) -> str:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from study.sweep import SMOKE_SUBSET, prepare, run_sweep
-
     opts = sweep_options(args)
     if args.extend is not None:
-        from study.sweep import prepare_extension
-
         if not args.name:
             raise UsageError("--extend needs --name of the sweep to extend")
         if args.num_samples is not None:
@@ -225,10 +230,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         prep = prepare(opts, data_config(args, subset=SMOKE_SUBSET if args.smoke else 0))
     if args.check:
         plan = {"name": opts.name, "experiment": prep.experiment, "tracking_uri": prep.tracking_uri,
-                "experiment_path": prep.path, "epochs": prep.max_epochs, "num_samples": opts.num_samples,
+                "experiment_path": prep.path, "epochs": prep.epochs, "num_samples": opts.num_samples,
                 "space": prep.space.to_dict(), "data": prep.data.to_dict()}
         print(json.dumps(json_safe(plan)) if args.json else
-              f"ok: sweep {opts.name!r}, {opts.num_samples} trials of up to {prep.max_epochs} epochs, "
+              f"ok: sweep {opts.name!r}, {opts.num_samples} trials of up to {prep.epochs} epochs, "
               f"results in {prep.path}, MLflow {prep.tracking_uri}")
         return 0
     summary, code = run_and_summarise(args, lambda: run_sweep(prep))
@@ -262,16 +267,10 @@ def review_hint(uri: str, experiment: str) -> str:
     except Exception:  # the store went away at the end: the hint is not worth a traceback
         exp = None
     page = f"#/experiments/{exp.experiment_id}?workflowType=machine_learning" if exp is not None else ""
-    if store_is_local(uri):
+    if preflight.is_local_store(uri):
         return (f"review: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, then open "
                 f"http://127.0.0.1:5000/{page}")
     return f"review: open {uri.rstrip('/')}/{page}"
-
-
-def store_is_local(uri: str) -> bool:
-    from study.preflight import is_local_store
-
-    return is_local_store(uri)
 
 
 def _report_parser(sub) -> None:
@@ -287,8 +286,6 @@ def _report_parser(sub) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from analysis.capacity import readable
     from analysis.report import TABLE_FILE, config_label, memorisation_text, trend_lines
     from study.reporting import build_report
@@ -331,15 +328,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def compare_studies(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from analysis.capacity import readable
-    from analysis.compare import BEST_FILE
+    from analysis.compare import BEST_FILE, TRENDS_FILE, best_table, trends_table
     from study.reporting import build_comparison
 
     reports, paths, _ = build_comparison(args.tracking_uri, args.experiment, Path(args.out), args.include_short)
-    from analysis.compare import TRENDS_FILE, best_table, trends_table
-
     table = best_table(reports)
     print("studies compared (best trial at each study's budget):")
     print(readable(table[["experiment", "trials", "budget", "best_val_acc", "best_gap",
@@ -360,7 +353,7 @@ def _export_parser(sub) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from mlflow import MlflowClient
 
     from analysis.export import FORMATS, curves_path, study_tables, write_tables
     from analysis.runs import StudyNotFound
@@ -371,10 +364,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not out.parent.resolve().is_dir():
         raise UsageError(f"--out {args.out}: folder {out.parent} does not exist")
     quiet_libraries()
-    from mlflow import MlflowClient
-
-    from study import preflight
-
     uri = preflight.resolve_tracking_uri(args.tracking_uri)
     preflight.check_tracking_uri(uri)
     preflight.check_store_exists(uri)
@@ -409,15 +398,8 @@ def _rerun_parser(sub) -> None:
     p.set_defaults(handler=cmd_rerun)
 
 
-def _mean_std(values: list[float]) -> str:
-    import statistics
-
-    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
-
-
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
+    from analysis.aggregate import mean_sd_text
     from study.rerun import RerunOptions, run_rerun
 
     quiet_libraries()
@@ -432,10 +414,11 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         print(json.dumps(json_safe(asdict(summary))))
         return 0
     print(f"trial {summary.trial_id} (run {summary.trial_run_id}): {args.metric} {summary.trial_metric:.4f} in the sweep")
+    runs = summary.runs
     print(f"reruns, seeds {', '.join(map(str, summary.seeds))}: best val_acc "
-          f"{_mean_std([r['best_val_acc'] for r in summary.runs])} (epochs {', '.join(str(r['best_epoch']) for r in summary.runs)} "
-          f"of {summary.runs[0]['last_epoch']}), test_acc {_mean_std([r['test_acc'] for r in summary.runs])} with those "
-          f"best-epoch weights (last epoch's: {_mean_std([r['test_acc_last'] for r in summary.runs])})")
+          f"{mean_sd_text([r['best_val_acc'] for r in runs])} (epochs {', '.join(str(r['best_epoch']) for r in runs)} "
+          f"of {runs[0]['last_epoch']}), test_acc {mean_sd_text([r['test_acc'] for r in runs])} with those "
+          f"best-epoch weights (last epoch's: {mean_sd_text([r['test_acc_last'] for r in runs])})")
     if summary.reproduced is not None:
         print(f"same-seed rerun reproduced the trial exactly: {'yes' if summary.reproduced else 'NO'}")
     print(f"MLflow: parent run {summary.parent_run_id}; model: {summary.model_uri}")
@@ -449,8 +432,6 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
 
 def confirm(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
     from study.rerun import ConfirmOptions, run_confirm
 
     summary = run_confirm(ConfirmOptions(experiment=args.experiment, pareto=args.pareto, top=args.top, seeds=args.seeds,
@@ -483,8 +464,6 @@ def _predict_parser(sub) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
     from study.predict import expand, load_model, predict
 
     bundle = load_model(args.model, args.tracking_uri, args.weights)
@@ -498,30 +477,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _sync_parser(sub) -> None:
-    p = sub.add_parser("sync", help="replay a sweep's Ray results into MLflow (after an outage); adds only what is missing")
-    p.add_argument("--name", required=True, help="the sweep's name")
-    p.add_argument("--storage-path", default=None, help="as given to the sweep (default ~/ray_results)")
-    p.add_argument("--tracking-uri", default=None, help="default: the URI the sweep used")
+    p = sub.add_parser("sync", help="replay a study's Ray results into MLflow (after an outage); adds only what is missing")
+    p.add_argument("--name", required=True, help="the study's name")
+    p.add_argument("--storage-path", default=None, help="as given to the study (default ~/ray_results)")
+    p.add_argument("--tracking-uri", default=None, help="default: the URI the study used")
     p.set_defaults(handler=cmd_sync)
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from study.manifest import experiment_path
-    from study.sweep import NAME_PATTERN
-    from study.sync import sync_sweep
+    from study.sync import sync_study
 
     if not NAME_PATTERN.match(args.name):
         raise UsageError(f"--name {args.name!r}: use letters, digits, '_', '-', '.'")
     quiet_libraries()
-    counts = sync_sweep(experiment_path(args.storage_path, args.name), args.tracking_uri)
+    counts = sync_study(experiment_path(args.storage_path, args.name), args.tracking_uri)
     print(f"synced {counts['trials']} trials to {counts['tracking_uri']}: {counts['closed']} runs completed, "
-          f"{counts['open']} trials unfinished (resume the sweep to finish them); parent run {counts['parent_run_id']}")
+          f"{counts['open']} trials unfinished (resume the study to finish them); parent run {counts['parent_run_id']}")
     return 0
 
 
 def _capacity_parser(sub) -> None:
-    from study.capacity import DEFAULT_DEPTHS, DEFAULT_EPOCHS, DEFAULT_SEEDS, DEFAULT_WIDTHS
-
     p = sub.add_parser("capacity", help="a controlled capacity study: widths x depths x seeds, one fixed recipe, "
                                         "equal budgets, on Ray Tune, every run in MLflow")
     p.add_argument("--widths", default=None, help=f"hidden widths (default {','.join(map(str, DEFAULT_WIDTHS))})")
@@ -537,79 +512,37 @@ def _capacity_parser(sub) -> None:
     p.add_argument("--recipe", default="chapter",
                    help="everything but size: chapter (default), or a recipe YAML of TrainConfig fields")
     p.add_argument("--from-run", default=None, help="take the recipe from a trial's run (its non-size hyperparameters)")
-    p.add_argument("--seed", type=int, default=0, help="the first seed (cells use seed, seed+1, ...)")
-    p.add_argument("--cpus-per-trial", type=int, default=1)
-    p.add_argument("--gpus-per-trial", type=float, default=None, help="default 1/16 (16 trials a GPU) when the cluster has GPUs, else 0")
-    p.add_argument("--max-concurrent", type=int, default=None, help="default: as many as the resources hold")
-    p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: local)")
-    p.add_argument("--storage-path", default=None, help="Tune results and checkpoints (default ~/ray_results)")
-    p.add_argument("--name", default=None, help="study name (default capacity-<timestamp>); --resume needs it")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted study --name")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's local sqlite:///mlflow.db)")
-    p.add_argument("--experiment", default=None, help="MLflow experiment (default: the study name)")
-    p.add_argument("--smoke", action="store_true", help="a tiny study: widths 16,32, depth 1, 2 seeds, 2 epochs, "
-                                                        "100 images per class")
-    p.add_argument("--check", action="store_true", help="validate everything, print the plan, and stop")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
-    add_data_flags(p)
+    add_study_flags(p, "capacity", seed_help="the first seed (cells use seed, seed+1, ...)",
+                    smoke_help="a tiny study: widths 16,32, depth 1, 2 seeds, 2 epochs, 100 images per class")
     p.set_defaults(handler=cmd_capacity)
 
 
 def cmd_capacity(args: argparse.Namespace) -> int:
-    import datetime
+    from analysis.aggregate import capacity_table  # imports MLflow (through analysis.record)
 
-    from study.capacity import SMOKE_SUBSET, CapacityOptions, make_design, prepare_capacity, run_capacity
-
-    if args.resume and not args.name:
-        raise UsageError("--resume needs --name of the study to continue")
-    design = make_design(args.widths, args.depths, args.seeds, args.epochs, args.regulariser, args.design, args.smoke)
-    name = args.name or "capacity-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    opts = CapacityOptions(design=design, recipe=args.recipe, from_run=args.from_run, cpus_per_trial=args.cpus_per_trial,
-                           gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, address=args.address,
-                           storage_path=args.storage_path, name=name, resume=args.resume, seed=args.seed,
-                           tracking_uri=args.tracking_uri, experiment=args.experiment, smoke=args.smoke)
+    study = study_options(args, "capacity")
+    grid = make_grid(args.widths, args.depths, args.seeds, args.epochs, args.regulariser, args.design, args.smoke)
+    opts = CapacityOptions(**study, design=grid, recipe=args.recipe, from_run=args.from_run)
     prep = prepare_capacity(opts, data_config(args, subset=SMOKE_SUBSET if args.smoke else 0))
     if args.check:
-        plan = {"name": name, "design": design.to_dict(), "runs": design.runs(), "recipe": prep.space.recipe,
+        plan = {"name": opts.name, "design": grid.to_dict(), "runs": grid.runs(), "recipe": prep.space.recipe,
                 "recipe_source": prep.space.recipe_source, "experiment_path": prep.path, "tracking_uri": prep.tracking_uri}
         print(json.dumps(json_safe(plan)) if args.json else
-              f"ok: capacity study {name!r}: {design.label()} = {design.runs()} runs, recipe "
+              f"ok: capacity study {opts.name!r}: {grid.label()} = {grid.runs()} runs, recipe "
               f"{prep.space.recipe_source}; results in {prep.path}, MLflow {prep.tracking_uri}")
         return 0
     summary, code = run_and_summarise(args, lambda: run_capacity(prep))
     if args.json:
         return code
-    print(f"\ncapacity study {summary.name}: {design.label()}; {len(summary.trials)} runs; results in "
+    print(f"\ncapacity study {summary.name}: {grid.label()}; {len(summary.trials)} runs; results in "
           f"{summary.experiment_path}")
     if summary.interrupted:
         print(f"interrupted: continue with `birdplane capacity --name {summary.name} --resume` (and the same flags)")
     print(capacity_table(summary.trials))
     print(f"MLflow: experiment {summary.experiment!r}, parent run {summary.parent_run_id} at {summary.tracking_uri}")
     print(f"analyse: birdplane report --experiment {summary.experiment}"
-          + (f" --tracking-uri {summary.tracking_uri}" if not store_is_local(summary.tracking_uri) else ""))
+          + (f" --tracking-uri {summary.tracking_uri}" if not preflight.is_local_store(summary.tracking_uri) else ""))
     return code
-
-
-def capacity_table(trials: list[dict]) -> str:
-    """Final val_acc and train_acc per cell (and regulariser value), mean ± sd over seeds."""
-    import statistics
-
-    from analysis import record
-
-    cells: dict[tuple, list[dict]] = {}
-    for t in trials:
-        tags = t.get("tags") or {}
-        key = (tags.get(record.TAG_REGULARISER, "none"), t.get("param_count") or 0, tags.get(record.TAG_CELL, "?"))
-        cells.setdefault(key, []).append(t)
-    lines = [f"  {'regulariser':<22} {'cell':<14} {'params':>11} {'seeds':>5} {'val_acc':>15} {'train_acc':>15}"]
-    for (reg, count, cell), runs in sorted(cells.items()):
-        def ms(key):
-            values = [r[key] for r in runs if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
-            if not values:
-                return "—"
-            return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0:.3f}"
-        lines.append(f"  {reg:<22} {cell:<14} {count:>11,} {len(runs):>5} {ms('val_acc'):>15} {ms('train_acc'):>15}")
-    return "final epoch, mean ± sd over seeds:\n" + "\n".join(lines)
 
 
 COMMANDS: list[Callable] = [_train_parser, _sweep_parser, _capacity_parser, _report_parser, _export_parser, _rerun_parser,
@@ -633,8 +566,6 @@ def quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow prints "View run ... at URL" to stdout whenever a run ends: that would break --json.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    import logging
-
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

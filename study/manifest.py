@@ -21,7 +21,7 @@ DEFAULT_STORAGE_PATH = "~/ray_results"  # Ray Tune's own default
 
 @dataclass(frozen=True)
 class Manifest:
-    kind: str  # "sweep"
+    kind: str  # the study's design: "sweep" or "capacity"
     name: str
     experiment: str
     tracking_uri: str

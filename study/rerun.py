@@ -149,7 +149,7 @@ def prepare_rerun(opts: RerunOptions):
 
 
 def run_rerun(opts: RerunOptions) -> RerunSummary:
-    from study.sweep import connect_ray
+    from study.runner import connect_ray
     from trainables.data import load_study_data
 
     client, study, trial, config, data_cfg = prepare_rerun(opts)
@@ -280,7 +280,7 @@ def run_confirm(opts: ConfirmOptions) -> ConfirmSummary:
     equal-budget, multi-seed numbers. Validation only: the test split stays untouched.
     """
     from analysis.capacity import budget_of
-    from study.sweep import connect_ray
+    from study.runner import connect_ray
     from trainables.data import check_data, load_study_data
 
     if opts.pareto == (opts.top is not None):

@@ -1,4 +1,4 @@
-"""`birdplane sync`: replay a sweep's Ray Tune results into MLflow, adding only what is missing.
+"""`birdplane sync`: replay a study's Ray Tune results into MLflow, adding only what is missing.
 
 Ray's experiment folder is the source of truth (results per epoch, checkpoints, trial status);
 MLflow is brought up to date from it through the same idempotent calls the live callback makes.
@@ -67,7 +67,7 @@ def retire_orphans(client: MlflowClient, logger: MlflowTrialLogger, known: set[s
 
 
 def load_logger(experiment_path: str, tracking_uri: str | None) -> MlflowTrialLogger:
-    """A logger for the sweep at ``experiment_path``, rebuilt from birdplane's manifest there."""
+    """A logger for the study at ``experiment_path``, rebuilt from birdplane's manifest there."""
     record = manifest.read(experiment_path)
     uri = resolve_tracking_uri(tracking_uri) if tracking_uri else record.tracking_uri
     check_tracking_uri(uri)
@@ -77,7 +77,7 @@ def load_logger(experiment_path: str, tracking_uri: str | None) -> MlflowTrialLo
                              data_config=record.data, key=experiment_path, role=record.kind)
 
 
-def sync_sweep(experiment_path: str, tracking_uri: str | None = None) -> dict:
+def sync_study(experiment_path: str, tracking_uri: str | None = None) -> dict:
     """`birdplane sync`: replay everything, then end the parent run as FINISHED or KILLED."""
     bound_mlflow_http()
     logger = load_logger(experiment_path, tracking_uri)

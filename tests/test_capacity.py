@@ -169,3 +169,38 @@ def test_the_shipped_design_and_recipe_files_make_a_valid_plan(capacity_tree, tm
     plan = __import__("json").loads(capsys.readouterr().out)
     assert plan["runs"] == 4 * 2 * 3 * 2 and plan["design"]["regulariser"] == "augment"
     assert plan["recipe"]["optimizer"] == "adamw" and plan["recipe"]["schedule"] == "onecycle"
+
+
+SHARED = ["--name", "same", "--storage-path", "/tmp/nowhere", "--tracking-uri", "sqlite:///x.db", "--experiment", "e",
+          "--address", "auto", "--cpus-per-trial", "2", "--gpus-per-trial", "0.5", "--max-concurrent", "3",
+          "--seed", "4", "--smoke", "--resume"]
+
+
+def test_sweep_and_capacity_read_the_shared_study_flags_into_the_same_study_options():
+    import dataclasses
+
+    from study.cli import build_parser, study_options, sweep_options
+    from study.runner import StudyOptions
+
+    sweep = sweep_options(build_parser().parse_args(["sweep", *SHARED]))
+    capacity = study_options(build_parser().parse_args(["capacity", *SHARED]), "capacity")
+    shared = {f.name: getattr(sweep, f.name) for f in dataclasses.fields(StudyOptions)}
+    assert shared == {**capacity, "max_failures": StudyOptions.max_failures}
+    assert capacity == {"name": "same", "storage_path": "/tmp/nowhere", "tracking_uri": "sqlite:///x.db",
+                        "experiment": "e", "resume": True, "address": "auto", "cpus_per_trial": 2,
+                        "gpus_per_trial": 0.5, "max_concurrent": 3, "seed": 4, "smoke": True}
+
+
+@pytest.mark.parametrize("command", ["sweep", "capacity"])
+def test_resume_without_a_name_is_refused_the_same_way_by_both_kinds_of_study(command, capsys):
+    assert main([command, "--resume", "--check"]) == 2
+    assert capsys.readouterr().err.strip() == "birdplane: error: --resume needs --name of the study to continue"
+
+
+def test_the_sweep_and_the_capacity_grid_are_designs_of_the_study_runner():
+    from study.capacity import Capacity
+    from study.runner import Design
+    from study.sweep import Sweep
+
+    assert isinstance(Sweep(), Design) and isinstance(Capacity(), Design)
+    assert (Sweep().kind, Capacity().kind) == ("sweep", "capacity"), "the manifest's kinds stay what they were"

@@ -49,7 +49,7 @@ documents = st.one_of(
 )
 flag_values = st.one_of(st.text(max_size=10), numbers.map(str), st.sampled_from(["", "-1", "0", "nan", "1e999"]))
 flags = st.dictionaries(
-    st.sampled_from(["--num-samples", "--max-epochs", "--grace-epochs", "--cpus-per-trial", "--gpus-per-trial",
+    st.sampled_from(["--num-samples", "--epochs", "--grace-epochs", "--cpus-per-trial", "--gpus-per-trial",
                      "--max-concurrent", "--metric", "--objectives", "--scheduler", "--search", "--name", "--seed",
                      "--classes", "--val-split", "--split-seed", "--optuna-storage"]),
     flag_values, max_size=4)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -82,10 +83,11 @@ import sys
 for name in ("ray", "optuna", "mlflow"):
     sys.modules[name] = None  # importing any of them now raises ImportError
 from study.cli import main
-try:
-    main(["--help"])
-except SystemExit as exit:
-    assert exit.code == 0
+for help in (["--help"], ["train", "--help"]):
+    try:
+        main(help)
+    except SystemExit as exit:
+        assert exit.code == 0
 assert main(["train", "--data-root", {str(image_tree)!r}, "--cache-dir", {str(tmp_path / "c")!r}, "--hidden", "8",
              "--epochs", "1", "--batch-size", "16", "--threads", "1"]) == 0
 assert main(["train", "--data-root", {str(image_tree)!r}, "--cache-dir", {str(tmp_path / "c")!r}, "--epochs", "0"]) == 0
@@ -95,6 +97,7 @@ print("LEAN-OK")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "LEAN-OK" in proc.stdout, proc.stderr[-2000:]
     assert "usage: birdplane" in proc.stdout and "untrained: param_count 1,574,402" in proc.stdout
+    assert "usage: birdplane train" in proc.stdout and "--weight-decay" in proc.stdout
 
 
 BAD_LEVERS = [(["--dropout", "1.0"], "dropout"), (["--dropout", "-0.1"], "dropout"), (["--schedule", "linear"], "schedule"),
@@ -107,3 +110,27 @@ def test_bad_values_of_the_new_levers_are_refused_in_one_line(image_tree, tmp_pa
     assert main(["train", "--data-root", str(image_tree), "--cache-dir", str(tmp_path / "c"), *flags]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and not (tmp_path / "c").exists()
+
+
+
+def test_every_train_flag_comes_from_a_trainconfig_field_and_reaches_the_config():
+    from study.cli import build_parser, train_config
+    from trainables.config import TrainConfig
+
+    assert train_config(build_parser().parse_args(["train"])) == TrainConfig(), "the flags' defaults are the config's"
+    changed = {"hidden_sizes": [64, 32], "activation": "relu", "loss": "ce", "optimizer": "adamw", "lr": 0.003,
+               "momentum": 0.5, "weight_decay": 0.01, "batch_size": 32, "epochs": 7, "augment": "flip",
+               "dropout": 0.2, "schedule": "cosine", "warmup": 0.1, "seed": 5, "device": "cpu", "threads": 2,
+               "graphs": "off"}
+    assert set(changed) == {f.name for f in dataclasses.fields(TrainConfig)}, "the test names every field"
+    argv = ["train"]
+    for name, value in changed.items():
+        flag = "--hidden" if name == "hidden_sizes" else "--" + name.replace("_", "-")
+        argv += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    assert train_config(build_parser().parse_args(argv)).to_dict() == changed
+
+
+def test_a_bad_choice_is_refused_by_the_config_with_its_choices(image_tree, tmp_path, capsys):
+    assert main(["train", "--data-root", str(image_tree), "--cache-dir", str(tmp_path / "c"), "--graphs", "sometimes"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["birdplane: error: graphs: unknown value 'sometimes' (choose from auto, off)"], err

@@ -8,7 +8,8 @@ from analysis.export import curves_path, write_tables
 from analysis.record import readable_name
 from study.errors import UsageError
 from study.space import check_extension, space_from_mapping
-from study.sweep import default_optuna_storage, fail_stale_optuna_trials
+from study.runner import fail_stale_optuna_trials
+from study.sweep import default_optuna_storage
 
 BASE = {"depth": {"low": 1, "high": 2}, "width": {"low": 16, "high": 128, "log": True},
         "batch_size": {"choices": [16, 32]}, "lr": {"low": 1e-3, "high": 1e-1, "log": True},

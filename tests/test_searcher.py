@@ -3,7 +3,7 @@ import math
 
 import optuna
 
-from study.sweep import pareto_set
+from study.runner import pareto_set
 from trainables.tune_adapter import reportable
 
 

@@ -141,7 +141,7 @@ def test_sweep_on_a_two_node_cluster_runs_trials_on_both_nodes(mlflow_server, tw
     # Trials of a few seconds, so two run at once, one per node.
     tree = make_image_tree(tmp_path / "images", per_class=200, test_per_class=5, classes=("airplane", "bird"))
     space = small_space(tmp_path, width={"low": 1024, "high": 2048}, depth=2)
-    args = ["sweep", "--num-samples", 4, "--max-epochs", 2, "--space", space, "--scheduler", "none",
+    args = ["sweep", "--num-samples", 4, "--epochs", 2, "--space", space, "--scheduler", "none",
             "--data-root", tree, "--cache-dir", tmp_path / "cache", "--address", two_node_cluster.address]
     refused = run_birdplane(*args, "--name", "local-store", "--storage-path", tmp_path / "shared",
                             "--tracking-uri", f"sqlite:///{tmp_path / 'local.db'}", env=env)

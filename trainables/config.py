@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 ACTIVATIONS = ("tanh", "relu")
@@ -56,25 +56,37 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyperparameters of one run. The defaults are the chapter's recipe."""
+    """Hyperparameters of one run. The defaults are the chapter's recipe.
 
-    hidden_sizes: tuple[int, ...] = (512,)
-    activation: str = "tanh"
-    loss: str = "nll"
-    optimizer: str = "sgd"
-    lr: float = 1e-2
-    momentum: float = 0.0
-    weight_decay: float = 0.0  # sgd, adam: L2 added to the gradient; adamw: decoupled decay
-    batch_size: int = 64
-    epochs: int = 100
-    augment: str = "none"
-    dropout: float = 0.0  # after each hidden activation; 0: no Dropout layer at all
-    schedule: str = "constant"  # learning rate per batch: constant, cosine (to 0), onecycle
-    warmup: float = 0.0  # share of all steps spent rising to lr (cosine); onecycle's rising share, 0: torch's 0.3
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0  # 0: leave torch's default (all CPUs the process may use)
-    graphs: str = "auto"  # auto: CUDA-graphed steps on a CUDA device (eager elsewhere); off: always eager
+    Each field's metadata feeds `birdplane train`'s flag of the same name: ``help``, ``choices``
+    (listed in the help; the check is ``__post_init__``'s) and ``flag`` where the flag is not
+    the field's name.
+    """
+
+    hidden_sizes: tuple[int, ...] = field(default=(512,), metadata={
+        "flag": "--hidden", "help": "hidden layer widths, e.g. 1024,512,128"})
+    activation: str = field(default="tanh", metadata={"choices": ACTIVATIONS})
+    loss: str = field(default="nll", metadata={"choices": LOSSES})
+    optimizer: str = field(default="sgd", metadata={"choices": OPTIMIZERS})
+    lr: float = field(default=1e-2, metadata={"help": "learning rate, > 0"})
+    momentum: float = field(default=0.0, metadata={"help": "SGD momentum, [0, 1)"})
+    weight_decay: float = field(default=0.0, metadata={
+        "help": "sgd, adam: L2 added to the gradient; adamw: decoupled decay"})
+    batch_size: int = field(default=64, metadata={"help": "training batch size"})
+    epochs: int = field(default=100, metadata={"help": "epochs to train (0: evaluate the untrained net)"})
+    augment: str = field(default="none", metadata={"choices": AUGMENTATIONS})
+    dropout: float = field(default=0.0, metadata={
+        "help": "dropout after each hidden activation, [0, 0.9); 0: no Dropout layer at all"})
+    schedule: str = field(default="constant", metadata={
+        "choices": SCHEDULES, "help": "the learning rate per batch (cosine decays to 0)"})
+    warmup: float = field(default=0.0, metadata={
+        "help": "share of the steps spent warming up (cosine), or onecycle's rising share (0: 0.3)"})
+    seed: int = field(default=0, metadata={"help": "seed of the weights, the batch order and augmentation"})
+    device: str = field(default="auto", metadata={"choices": DEVICES})
+    threads: int = field(default=0, metadata={
+        "help": "torch threads (0: torch's default, all CPUs the process may use)"})
+    graphs: str = field(default="auto", metadata={
+        "choices": GRAPHS, "help": "auto: CUDA-graphed steps on a GPU (eager elsewhere, said once); off: always eager"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", parse_hidden(self.hidden_sizes))
