@@ -4,6 +4,7 @@ A *size* is one architecture (its hidden sizes, hence its parameter count); a *g
 of the study's second axis (a regulariser's value, or the loss in a sweep). Only trials that ran
 the study's whole budget enter the aggregates: a trial stopped early is not comparable.
 """
+
 from __future__ import annotations
 
 import math
@@ -11,16 +12,49 @@ import math
 import numpy as np
 import pandas as pd
 
-from analysis.statistics import (FINAL_EPOCHS, curve_shape, loss_onset, mean_interval, onset_share,
-                                 size_comparisons, size_trend, tail_mean)
+from analysis.statistics import (
+    FINAL_EPOCHS,
+    curve_shape,
+    loss_onset,
+    mean_interval,
+    onset_share,
+    size_comparisons,
+    size_trend,
+    tail_mean,
+)
 from trainables.model import size_label
 
 # The per-size table's columns and what they mean (the report prints this line under the table).
-SIZE_COLUMNS = ("group", "depth", "hidden_sizes", "param_count", "seeds", "best_val_acc", "best_val_acc_sd", "final_val_acc",
-                "final_val_acc_sd", "final_val_acc_low", "final_val_acc_high", "train_acc", "train_acc_sd", "gap",
-                "gap_sd", "gap_low", "gap_high", "min_val_loss", "final_val_loss", "val_loss_rise", "val_loss_rise_sd",
-                "val_loss_rise_low", "val_loss_rise_high", "onset", "onset_seen", "train_eval_loss", "val_ece",
-                "val_ece_sd")
+SIZE_COLUMNS = (
+    "group",
+    "depth",
+    "hidden_sizes",
+    "param_count",
+    "seeds",
+    "best_val_acc",
+    "best_val_acc_sd",
+    "final_val_acc",
+    "final_val_acc_sd",
+    "final_val_acc_low",
+    "final_val_acc_high",
+    "train_acc",
+    "train_acc_sd",
+    "gap",
+    "gap_sd",
+    "gap_low",
+    "gap_high",
+    "min_val_loss",
+    "final_val_loss",
+    "val_loss_rise",
+    "val_loss_rise_sd",
+    "val_loss_rise_low",
+    "val_loss_rise_high",
+    "onset",
+    "onset_seen",
+    "train_eval_loss",
+    "val_ece",
+    "val_ece_sd",
+)
 SIZE_TABLE_LEGEND = (
     f"one row per size (and group); means over seeds, *_sd their standard deviations, *_low .. *_high 95% intervals "
     f"of the mean (t with seeds - 1 df, for accuracies widened by the validation split's binomial noise p(1-p)/n_val "
@@ -29,7 +63,8 @@ SIZE_TABLE_LEGEND = (
     f"val_acc (final); val_loss_rise = final minus minimum val loss; onset: median epoch where the smoothed val loss "
     f"was last near its minimum before a sustained rise, over the seeds that show one (onset_seen of seeds); "
     f"train_eval_loss: final train loss in eval mode on the whole training split, val_ece: final expected "
-    f"calibration error on val (15 bins), where the runs logged them")
+    f"calibration error on val (15 bins), where the runs logged them"
+)
 # Per-size metrics that are accuracies measured on the validation split (their intervals carry its binomial noise).
 _VAL_ACCURACIES = ("final_val_acc", "gap")
 
@@ -51,8 +86,16 @@ def split_by_budget(trials: pd.DataFrame, budget: int | None) -> tuple[pd.DataFr
 
 # Per-epoch metrics whose final (tail-mean) value the per-size table shows when the runs logged them.
 OPTIONAL_CURVES = ("train_eval_loss", "val_ece")
-CURVE_COLUMNS = ["run_id", "min_val_loss", "final_val_loss", "onset", "final_val_acc", "final_train_acc", "final_gap",
-                 *(f"final_{c}" for c in OPTIONAL_CURVES)]
+CURVE_COLUMNS = [
+    "run_id",
+    "min_val_loss",
+    "final_val_loss",
+    "onset",
+    "final_val_acc",
+    "final_train_acc",
+    "final_gap",
+    *(f"final_{c}" for c in OPTIONAL_CURVES),
+]
 
 
 def curve_summary(histories: pd.DataFrame, tail: int = FINAL_EPOCHS) -> pd.DataFrame:
@@ -72,8 +115,13 @@ def curve_summary(histories: pd.DataFrame, tail: int = FINAL_EPOCHS) -> pd.DataF
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
 
 
-def per_size(trials: pd.DataFrame, histories: pd.DataFrame | None = None, group: str | None = None,
-             tail: int = FINAL_EPOCHS, n_val: int | None = None) -> pd.DataFrame:
+def per_size(
+    trials: pd.DataFrame,
+    histories: pd.DataFrame | None = None,
+    group: str | None = None,
+    tail: int = FINAL_EPOCHS,
+    n_val: int | None = None,
+) -> pd.DataFrame:
     """Aggregate the seeds of each size (and ``group`` value): means, sds and 95% intervals.
 
     With histories, "final" numbers are each seed's mean over its last ``tail`` epochs (else the
@@ -99,23 +147,35 @@ def per_size(trials: pd.DataFrame, histories: pd.DataFrame | None = None, group:
         sd = lambda column: float(seeds[column].std(ddof=1)) if len(seeds) > 1 else math.nan  # noqa: E731
         share = onset_share(seeds["onset"].tolist())
         row = {
-            "group": grp, "depth": size.count(",") + 1, "hidden_sizes": size,
-            "param_count": int(seeds["param_count"].iloc[0]), "seeds": len(seeds),
-            "best_val_acc": seeds["best_val_acc"].mean(), "best_val_acc_sd": sd("best_val_acc"),
-            "final_val_acc": seeds["val_acc"].mean(), "final_val_acc_sd": sd("val_acc"),
-            "train_acc": seeds["train_acc"].mean(), "train_acc_sd": sd("train_acc"),
-            "gap": seeds["gap"].mean(), "gap_sd": sd("gap"),
-            "min_val_loss": seeds["min_val_loss"].mean(), "final_val_loss": seeds["final_val_loss"].mean(),
-            "val_loss_rise": seeds["val_loss_rise"].mean(), "val_loss_rise_sd": sd("val_loss_rise"),
-            "onset": share["median"], "onset_seen": f"{share['seen']}/{share['seeds']}",
-            "train_eval_loss": seeds["final_train_eval_loss"].mean(), "val_ece": seeds["final_val_ece"].mean(),
+            "group": grp,
+            "depth": size.count(",") + 1,
+            "hidden_sizes": size,
+            "param_count": int(seeds["param_count"].iloc[0]),
+            "seeds": len(seeds),
+            "best_val_acc": seeds["best_val_acc"].mean(),
+            "best_val_acc_sd": sd("best_val_acc"),
+            "final_val_acc": seeds["val_acc"].mean(),
+            "final_val_acc_sd": sd("val_acc"),
+            "train_acc": seeds["train_acc"].mean(),
+            "train_acc_sd": sd("train_acc"),
+            "gap": seeds["gap"].mean(),
+            "gap_sd": sd("gap"),
+            "min_val_loss": seeds["min_val_loss"].mean(),
+            "final_val_loss": seeds["final_val_loss"].mean(),
+            "val_loss_rise": seeds["val_loss_rise"].mean(),
+            "val_loss_rise_sd": sd("val_loss_rise"),
+            "onset": share["median"],
+            "onset_seen": f"{share['seen']}/{share['seeds']}",
+            "train_eval_loss": seeds["final_train_eval_loss"].mean(),
+            "val_ece": seeds["final_val_ece"].mean(),
             "val_ece_sd": sd("final_val_ece"),
         }
         for column in ("final_val_acc", "gap", "val_loss_rise"):
             # The gap's split noise is the val accuracy's: the training split is ~9x larger.
             p = row["final_val_acc"] if column in _VAL_ACCURACIES else None
-            ci = mean_interval(row[column], row[f"{column}_sd"], len(seeds), n_val=n_val if p is not None else None,
-                               split_p=p)
+            ci = mean_interval(
+                row[column], row[f"{column}_sd"], len(seeds), n_val=n_val if p is not None else None, split_p=p
+            )
             row[f"{column}_low"], row[f"{column}_high"] = ci["low"], ci["high"]
         rows.append(row)
     table = pd.DataFrame(rows, columns=SIZE_COLUMNS)
@@ -137,19 +197,29 @@ def curve_trend(rows: pd.DataFrame, column: str, delta: float | None = None) -> 
     shape = curve_shape(means, sds, ns, **({} if delta is None else {"delta": delta}))
     trend = size_trend(np.log10(rows["param_count"].astype(float)), means, sds, ns)
     labels = rows["hidden_sizes"].tolist()
-    out = {"y": column, **trend, "shape": shape["shape"], "moves": shape["moves"],
-           "peak": labels[shape["peak"]] if shape["peak"] is not None else None,
-           "dip": labels[shape["dip"]] if shape["dip"] is not None else None,
-           "peak_set": [labels[i] for i in shape["peak_set"]], "trials": int(sum(ns)), "delta": shape["delta"],
-           "monotone": shape["shape"] in ("rising", "falling", "flat", "no detectable shape")}
+    out = {
+        "y": column,
+        **trend,
+        "shape": shape["shape"],
+        "moves": shape["moves"],
+        "peak": labels[shape["peak"]] if shape["peak"] is not None else None,
+        "dip": labels[shape["dip"]] if shape["dip"] is not None else None,
+        "peak_set": [labels[i] for i in shape["peak_set"]],
+        "trials": int(sum(ns)),
+        "delta": shape["delta"],
+        "monotone": shape["shape"] in ("rising", "falling", "flat", "no detectable shape"),
+    }
     return out
 
 
 def comparisons(rows: pd.DataFrame, column: str = "final_val_acc") -> pd.DataFrame:
     """One curve's paired comparisons (adjacent sizes, each size against the best), Holm-corrected."""
-    table = pd.DataFrame(size_comparisons(rows["hidden_sizes"].tolist(), rows[column].tolist(),
-                                          rows[f"{column}_sd"].tolist(), rows["seeds"].tolist()),
-                         columns=["comparison", "a", "b", "diff", "low", "high", "p", "p_holm"])
+    table = pd.DataFrame(
+        size_comparisons(
+            rows["hidden_sizes"].tolist(), rows[column].tolist(), rows[f"{column}_sd"].tolist(), rows["seeds"].tolist()
+        ),
+        columns=["comparison", "a", "b", "diff", "low", "high", "p", "p_holm"],
+    )
     return table
 
 
@@ -169,14 +239,26 @@ def memorisation(table: pd.DataFrame, threshold: float = 0.99, rise: float = 0.0
     ``rise`` (differences above it count) is used and said so in ``judged``.
     """
     rows = table.sort_values("param_count").reset_index(drop=True)
-    out = {"memorised_at": None, "memorised_size": None, "val_peak_at": None, "val_peak_size": None,
-           "val_peak": None, "peak_vs_memorisation": None, "beyond": None, "second_rise": False,
-           "second_rise_at": None, "peak_set": [], "shape": None, "judged": None}
+    out = {
+        "memorised_at": None,
+        "memorised_size": None,
+        "val_peak_at": None,
+        "val_peak_size": None,
+        "val_peak": None,
+        "peak_vs_memorisation": None,
+        "beyond": None,
+        "second_rise": False,
+        "second_rise_at": None,
+        "peak_set": [],
+        "shape": None,
+        "judged": None,
+    }
     if rows.empty:
         return out
     peak = rows.loc[rows["final_val_acc"].idxmax()]
-    out.update(val_peak_at=int(peak["param_count"]), val_peak_size=peak["hidden_sizes"],
-               val_peak=float(peak["final_val_acc"]))
+    out.update(
+        val_peak_at=int(peak["param_count"]), val_peak_size=peak["hidden_sizes"], val_peak=float(peak["final_val_acc"])
+    )
     noisy = "final_val_acc_sd" in rows and "seeds" in rows and (rows["seeds"] > 1).any()
     if noisy:
         whole = curve_shape(rows["final_val_acc"].tolist(), rows["final_val_acc_sd"].tolist(), rows["seeds"].tolist())
@@ -187,31 +269,49 @@ def memorisation(table: pd.DataFrame, threshold: float = 0.99, rise: float = 0.0
         return out
     first = len(reached) - int(np.argmin(reached[::-1])) if not reached.all() else 0
     out.update(memorised_at=int(rows.loc[first, "param_count"]), memorised_size=rows.loc[first, "hidden_sizes"])
-    out["peak_vs_memorisation"] = ("below" if peak["param_count"] < out["memorised_at"] else
-                                   "at" if peak["param_count"] == out["memorised_at"] else "above")
+    out["peak_vs_memorisation"] = (
+        "below"
+        if peak["param_count"] < out["memorised_at"]
+        else "at"
+        if peak["param_count"] == out["memorised_at"]
+        else "above"
+    )
     beyond = rows.loc[first:].reset_index(drop=True)
     if len(beyond) < 2:
         out["beyond"] = "no larger size"
         return out
     if noisy:
         # A dip at the memorisation point itself (classic double descent) shows only on the whole curve.
-        shape = whole if whole["shape"] == "dip-then-rise" else curve_shape(
-            beyond["final_val_acc"].tolist(), beyond["final_val_acc_sd"].tolist(), beyond["seeds"].tolist())
+        shape = (
+            whole
+            if whole["shape"] == "dip-then-rise"
+            else curve_shape(
+                beyond["final_val_acc"].tolist(), beyond["final_val_acc_sd"].tolist(), beyond["seeds"].tolist()
+            )
+        )
         beyond = rows if shape is whole else beyond
         out["judged"] = f"on the noise of the seeds (flat: within ±{shape['delta']})"
-        words = {"rising": "keeps rising", "falling": "falls", "flat": "stays flat", "single peak": "rises, then falls",
-                 "dip-then-rise": "dips, then rises again"}
+        words = {
+            "rising": "keeps rising",
+            "falling": "falls",
+            "flat": "stays flat",
+            "single peak": "rises, then falls",
+            "dip-then-rise": "dips, then rises again",
+        }
         out["beyond"] = words.get(shape["shape"], shape["shape"])
         if shape["shape"] == "dip-then-rise":
-            after = beyond.loc[shape["dip"] + 1:, "final_val_acc"]
+            after = beyond.loc[shape["dip"] + 1 :, "final_val_acc"]
             out.update(second_rise=True, second_rise_at=int(beyond.loc[after.idxmax(), "param_count"]))
         return out
     out["judged"] = f"one seed a size: differences above {rise} count, without a noise estimate"
     values = beyond["final_val_acc"].to_numpy()
     low_index = int(np.argmin(values))
-    if 0 < low_index < len(values) - 1 and values[low_index + 1:].max() > values[low_index] + rise:
-        out.update(beyond="dips, then rises again", second_rise=True,
-                   second_rise_at=int(beyond.loc[low_index + 1 + int(np.argmax(values[low_index + 1:])), "param_count"]))
+    if 0 < low_index < len(values) - 1 and values[low_index + 1 :].max() > values[low_index] + rise:
+        out.update(
+            beyond="dips, then rises again",
+            second_rise=True,
+            second_rise_at=int(beyond.loc[low_index + 1 + int(np.argmax(values[low_index + 1 :])), "param_count"]),
+        )
     elif values[-1] > values[0] + rise:
         out["beyond"] = "keeps rising"
     elif values[-1] < values[0] - rise:

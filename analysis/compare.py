@@ -4,6 +4,7 @@ Each study is analysed exactly as its own report does it (``analysis.report.anal
 budget rules, the same trends); this module only lines the results up. A typical use: the same
 design with and without a regulariser, run as two studies.
 """
+
 from __future__ import annotations
 
 import html
@@ -27,16 +28,37 @@ def best_table(reports: list[StudyReport]) -> pd.DataFrame:
     rows = []
     for r in reports:
         best = r.trials.sort_values(["val_acc", "param_count"], ascending=[False, True]).iloc[0]
-        rows.append({
-            "experiment": r.experiment, "trials": len(r.trials), "budget": r.budget,
-            "best_val_acc": float(best["val_acc"]), "best_train_acc": float(best["train_acc"]),
-            "best_gap": float(best["gap"]), "best_param_count": int(best["param_count"]),
-            "best_config": config_label(best), "best_run_id": best["run_id"]})
+        rows.append(
+            {
+                "experiment": r.experiment,
+                "trials": len(r.trials),
+                "budget": r.budget,
+                "best_val_acc": float(best["val_acc"]),
+                "best_train_acc": float(best["train_acc"]),
+                "best_gap": float(best["gap"]),
+                "best_param_count": int(best["param_count"]),
+                "best_config": config_label(best),
+                "best_run_id": best["run_id"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
-TREND_COLUMNS = ["experiment", "curve", "metric", "shape", "peak", "dip", "peak_set", "slope_per_decade", "low",
-                 "high", "lack_of_fit_p", "sizes", "trials"]
+TREND_COLUMNS = [
+    "experiment",
+    "curve",
+    "metric",
+    "shape",
+    "peak",
+    "dip",
+    "peak_set",
+    "slope_per_decade",
+    "low",
+    "high",
+    "lack_of_fit_p",
+    "sizes",
+    "trials",
+]
 
 
 def trends_table(reports: list[StudyReport]) -> pd.DataFrame:
@@ -47,11 +69,23 @@ def trends_table(reports: list[StudyReport]) -> pd.DataFrame:
         for curve, metrics in r.trends.items():
             for metric, t in metrics.items():
                 monotone = t["monotone"]
-                rows.append({"experiment": r.experiment, "curve": curve, "metric": metric, "shape": t["shape"],
-                             "peak": t["peak"], "dip": t["dip"], "peak_set": " ".join(t["peak_set"]),
-                             "slope_per_decade": t["slope_per_decade"] if monotone else None,
-                             "low": t["low"] if monotone else None, "high": t["high"] if monotone else None,
-                             "lack_of_fit_p": t["lack_of_fit_p"], "sizes": t["sizes"], "trials": t["trials"]})
+                rows.append(
+                    {
+                        "experiment": r.experiment,
+                        "curve": curve,
+                        "metric": metric,
+                        "shape": t["shape"],
+                        "peak": t["peak"],
+                        "dip": t["dip"],
+                        "peak_set": " ".join(t["peak_set"]),
+                        "slope_per_decade": t["slope_per_decade"] if monotone else None,
+                        "low": t["low"] if monotone else None,
+                        "high": t["high"] if monotone else None,
+                        "lack_of_fit_p": t["lack_of_fit_p"],
+                        "sizes": t["sizes"],
+                        "trials": t["trials"],
+                    }
+                )
     return pd.DataFrame(rows, columns=TREND_COLUMNS)
 
 
@@ -74,17 +108,30 @@ def frontier_figure(reports: list[StudyReport]):
         ax.scatter(t["param_count"], t["val_acc"], color=colour, s=14, alpha=0.45)
         if not r.sizes.empty and (r.sizes["seeds"] > 1).any():
             for j, (label, rows) in enumerate(_curves(r)):
-                ax.plot(rows["param_count"], rows["final_val_acc"], ["-o", "--s", ":D", "-.^"][j % 4], color=colour,
-                        ms=4, label=f"{label} (mean, 95% CI)")
-                ax.fill_between(rows["param_count"], rows["final_val_acc_low"], rows["final_val_acc_high"],
-                                color=colour, alpha=0.12, lw=0)
+                ax.plot(
+                    rows["param_count"],
+                    rows["final_val_acc"],
+                    ["-o", "--s", ":D", "-.^"][j % 4],
+                    color=colour,
+                    ms=4,
+                    label=f"{label} (mean, 95% CI)",
+                )
+                ax.fill_between(
+                    rows["param_count"],
+                    rows["final_val_acc_low"],
+                    rows["final_val_acc_high"],
+                    color=colour,
+                    alpha=0.12,
+                    lw=0,
+                )
         else:
             front = capacity_frontier(t)
             xs = list(front["param_count"]) + [t["param_count"].max()]
             ys = list(front["val_acc"]) + [front["val_acc"].iloc[-1]]
             ax.step(xs, ys, where="post", color=colour, lw=1.4, label=f"{r.experiment} (best at or below size)")
-    return _finish(fig, ax, "parameters", "val_acc (final)", "Capacity frontiers (bands: 95% CI of the mean)", 8,
-                   log_x=True)
+    return _finish(
+        fig, ax, "parameters", "val_acc (final)", "Capacity frontiers (bands: 95% CI of the mean)", 8, log_x=True
+    )
 
 
 def gap_figure(reports: list[StudyReport]):
@@ -98,12 +145,19 @@ def gap_figure(reports: list[StudyReport]):
             ax.plot([], [], color=colour, label=f"{r.experiment}: one seed a size, no curve")
             continue
         for j, (label, rows) in enumerate(_curves(r)):
-            ax.plot(rows["param_count"], rows["gap"], ["-o", "--s", ":D", "-.^"][j % 4], color=colour, ms=4,
-                    label=f"{label} (mean, 95% CI)")
+            ax.plot(
+                rows["param_count"],
+                rows["gap"],
+                ["-o", "--s", ":D", "-.^"][j % 4],
+                color=colour,
+                ms=4,
+                label=f"{label} (mean, 95% CI)",
+            )
             ax.fill_between(rows["param_count"], rows["gap_low"], rows["gap_high"], color=colour, alpha=0.12, lw=0)
     ax.axhline(0, color="black", lw=0.8)
-    return _finish(fig, ax, "parameters", "train_acc - val_acc (final)", "Generalisation gap, per study and depth", 8,
-                   log_x=True)
+    return _finish(
+        fig, ax, "parameters", "train_acc - val_acc (final)", "Generalisation gap, per study and depth", 8, log_x=True
+    )
 
 
 def write_comparison(reports: list[StudyReport], out: Path) -> list[Path]:
@@ -115,7 +169,7 @@ def write_comparison(reports: list[StudyReport], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     best = best_table(reports)
     written, inline = [], {}
-    for name, fig in zip(FIGURES, (frontier_figure(reports), gap_figure(reports))):
+    for name, fig in zip(FIGURES, (frontier_figure(reports), gap_figure(reports)), strict=False):
         fig.savefig(out / name, dpi=110)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)
@@ -127,23 +181,40 @@ def write_comparison(reports: list[StudyReport], out: Path) -> list[Path]:
     trends.to_csv(out / TRENDS_FILE, index=False)
     written += [out / BEST_FILE, out / TRENDS_FILE]
     names = ", ".join(r.experiment for r in reports)
-    counts = "; ".join(f"{html.escape(r.experiment)}: {len(r.trials)} trials at the {r.budget}-epoch budget "
-                       f"({html.escape(r.left_out_text())})" for r in reports)
-    sections = [f"<h1>birdplane: {html.escape(names)} compared</h1>", f"<p>{counts}.</p>",
-                "<h2>Capacity frontiers</h2>", f"<img alt='frontiers' src='data:image/png;base64,{inline[FIGURES[0]]}'>",
-                "<h2>Generalisation gap</h2>", f"<img alt='gap' src='data:image/png;base64,{inline[FIGURES[1]]}'>",
-                "<h2>Best trials</h2>",
-                _table(best.drop(columns=["best_run_id"]),
-                       legend=f"per study: its best trial at the budget (final-epoch numbers; also in {BEST_FILE})"),
-                "<h2>Trends per curve</h2>",
-                _table(trends, legend="per study, curve (regulariser value and depth, never pooled) and metric: the "
-                       "shape judged on the whole curve; where it is monotone, the slope per decade of parameters "
-                       "with its 95% t interval over the size means (sizes are the units); where it is not, the "
-                       f"peak or dip and the sizes not distinguishable from the highest (also in {TRENDS_FILE})")]
-    style = ("body{font-family:sans-serif;max-width:1000px;margin:auto}img{max-width:100%}"
-             "table.t{border-collapse:collapse;font-size:13px}table.t td,table.t th{padding:2px 8px;"
-             "border-bottom:1px solid #ddd}p.legend{font-size:12px;color:#555}")
+    counts = "; ".join(
+        f"{html.escape(r.experiment)}: {len(r.trials)} trials at the {r.budget}-epoch budget "
+        f"({html.escape(r.left_out_text())})"
+        for r in reports
+    )
+    sections = [
+        f"<h1>birdplane: {html.escape(names)} compared</h1>",
+        f"<p>{counts}.</p>",
+        "<h2>Capacity frontiers</h2>",
+        f"<img alt='frontiers' src='data:image/png;base64,{inline[FIGURES[0]]}'>",
+        "<h2>Generalisation gap</h2>",
+        f"<img alt='gap' src='data:image/png;base64,{inline[FIGURES[1]]}'>",
+        "<h2>Best trials</h2>",
+        _table(
+            best.drop(columns=["best_run_id"]),
+            legend=f"per study: its best trial at the budget (final-epoch numbers; also in {BEST_FILE})",
+        ),
+        "<h2>Trends per curve</h2>",
+        _table(
+            trends,
+            legend="per study, curve (regulariser value and depth, never pooled) and metric: the "
+            "shape judged on the whole curve; where it is monotone, the slope per decade of parameters "
+            "with its 95% t interval over the size means (sizes are the units); where it is not, the "
+            f"peak or dip and the sizes not distinguishable from the highest (also in {TRENDS_FILE})",
+        ),
+    ]
+    style = (
+        "body{font-family:sans-serif;max-width:1000px;margin:auto}img{max-width:100%}"
+        "table.t{border-collapse:collapse;font-size:13px}table.t td,table.t th{padding:2px 8px;"
+        "border-bottom:1px solid #ddd}p.legend{font-size:12px;color:#555}"
+    )
     page = out / "compare.html"
-    page.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(names)}</title>"
-                    f"<style>{style}</style></head><body>{''.join(sections)}</body></html>")
+    page.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(names)}</title>"
+        f"<style>{style}</style></head><body>{''.join(sections)}</body></html>"
+    )
     return written + [page]

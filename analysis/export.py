@@ -4,6 +4,7 @@ Trials: every parameter (typed as TrainConfig types them), the outcome, the stud
 and whether the trial reached it, the seed, the Ray node it ran on, the MLflow run id, the Ray
 trial id and the final and best metrics. Curves: every per-epoch metric of every trial.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,7 +40,9 @@ def study_tables(client: MlflowClient, experiment: str) -> tuple[pd.DataFrame, p
     trials["reached_budget"] = trials["epochs_run"].ge(budget) if budget is not None else pd.NA
     trials["node"] = trials["run_id"].map(_nodes(client, trials["run_id"]))
     if "hidden_sizes" in trials:  # a list per row: kept as text, a parquet- and csv-safe type
-        trials["hidden_sizes"] = trials["hidden_sizes"].map(lambda v: ",".join(map(str, v)) if isinstance(v, list) else v)
+        trials["hidden_sizes"] = trials["hidden_sizes"].map(
+            lambda v: ",".join(map(str, v)) if isinstance(v, list) else v
+        )
     trials = trials.drop(columns=["seed_tag"], errors="ignore")
     curves = load_histories(client, trials["run_id"], EPOCH_METRICS)
     curves = curves.merge(trials[["run_id", "trial_id"]], on="run_id", how="left")

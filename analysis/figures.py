@@ -1,4 +1,5 @@
 """Figures of a study, drawn with matplotlib's Agg backend; each function returns a Figure."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -16,8 +17,9 @@ def _colour(loss) -> str:
     return LOSS_COLOURS.get(loss, "tab:gray")
 
 
-def _finish(fig, ax, xlabel: str, ylabel: str, title: str, legend_size: int, log_x: bool = False,
-            legend_columns: int = 1):
+def _finish(
+    fig, ax, xlabel: str, ylabel: str, title: str, legend_size: int, log_x: bool = False, legend_columns: int = 1
+):
     """The labels, grid and legend every scatter/curve figure here shares."""
     if log_x:
         ax.set_xscale("log")
@@ -76,27 +78,41 @@ def capacity_figure(trials: pd.DataFrame, sizes: pd.DataFrame, short: pd.DataFra
     if _aggregated(sizes):
         for colour, marker, label, rows in _size_curves(sizes):
             label = f" ({label})" if label else ""
-            ax.plot(rows["param_count"], rows["final_val_acc"], "-", color=colour, marker=marker, ms=4,
-                    label=f"val{label}")
+            ax.plot(
+                rows["param_count"], rows["final_val_acc"], "-", color=colour, marker=marker, ms=4, label=f"val{label}"
+            )
             _band(ax, rows, "final_val_acc", colour)
-            ax.plot(rows["param_count"], rows["train_acc"], "--", color=colour, marker=marker, ms=4,
-                    label=f"train{label}")
+            ax.plot(
+                rows["param_count"], rows["train_acc"], "--", color=colour, marker=marker, ms=4, label=f"train{label}"
+            )
         _band_legend(ax)
     else:
         for i, (name, rows) in enumerate(trials.groupby(group) if group else [("all", trials)]):
             colour = _group_colour(i, name)
             label = "" if name == "all" else f" ({name})"
             ax.scatter(rows["param_count"], rows["val_acc"], color=colour, label=f"val{label}", s=28)
-            ax.scatter(rows["param_count"], rows["train_acc"], facecolors="none", edgecolors=colour,
-                       label=f"train{label}", s=28)
+            ax.scatter(
+                rows["param_count"],
+                rows["train_acc"],
+                facecolors="none",
+                edgecolors=colour,
+                label=f"train{label}",
+                s=28,
+            )
         front = capacity_frontier(trials)
         if not front.empty:
             xs = list(front["param_count"]) + [trials["param_count"].max()]
             ys = list(front["val_acc"]) + [front["val_acc"].iloc[-1]]
             ax.step(xs, ys, where="post", color="black", lw=1.2, label="best val at or below size")
     if short is not None and not short.empty:
-        ax.scatter(short["param_count"], short["val_acc"], facecolors="none", edgecolors="0.6", s=22,
-                   label=f"val, below the budget ({len(short)}, left out)")
+        ax.scatter(
+            short["param_count"],
+            short["val_acc"],
+            facecolors="none",
+            edgecolors="0.6",
+            s=22,
+            label=f"val, below the budget ({len(short)}, left out)",
+        )
     title = "Capacity: accuracy against parameter count" + (" (means over seeds)" if _aggregated(sizes) else "")
     return _finish(fig, ax, "parameters", "accuracy", title, 7, log_x=True, legend_columns=2)
 
@@ -114,8 +130,15 @@ def gap_figure(trials: pd.DataFrame, sizes: pd.DataFrame, group: str | None):
         for i, (name, rows) in enumerate(trials.groupby(group) if group else [("all", trials)]):
             ax.scatter(rows["param_count"], rows["gap"], color=_group_colour(i, name), label=str(name), s=28)
     ax.axhline(0, color="black", lw=0.8)
-    return _finish(fig, ax, "parameters", "train_acc - val_acc (final)",
-                   "Generalisation gap against parameter count", 8, log_x=True)
+    return _finish(
+        fig,
+        ax,
+        "parameters",
+        "train_acc - val_acc (final)",
+        "Generalisation gap against parameter count",
+        8,
+        log_x=True,
+    )
 
 
 def learning_curves_figure(trials: pd.DataFrame, histories: pd.DataFrame, run_ids: list[str]):
@@ -131,8 +154,9 @@ def learning_curves_figure(trials: pd.DataFrame, histories: pd.DataFrame, run_id
         name = f"{row['trial_id']} ({int(row['param_count']):,} params)"
         ax.plot(curve["epoch"], curve["val_acc"], color=colour, lw=1.6, label=f"{name} val")
         ax.plot(curve["epoch"], curve["train_acc"], color=colour, lw=1.0, ls="--")
-    return _finish(fig, ax, "epoch", "accuracy (train dashed, val solid)",
-                   "Learning curves: top trials and the largest model", 7)
+    return _finish(
+        fig, ax, "epoch", "accuracy (train dashed, val solid)", "Learning curves: top trials and the largest model", 7
+    )
 
 
 def hyperparameter_figure(trials: pd.DataFrame, space: dict):
@@ -141,9 +165,9 @@ def hyperparameter_figure(trials: pd.DataFrame, space: dict):
     cols = 3
     rows = max(1, -(-len(searched) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
-    for ax in axes.flat[len(searched):]:
+    for ax in axes.flat[len(searched) :]:
         ax.axis("off")
-    for ax, (name, spec) in zip(axes.flat, searched):
+    for ax, (name, spec) in zip(axes.flat, searched, strict=False):
         column = "max_width" if name == "width" else name
         if column not in trials.columns:
             ax.axis("off")
@@ -159,8 +183,10 @@ def hyperparameter_figure(trials: pd.DataFrame, space: dict):
             high = spec["high"] if "high" in spec else max(spec["choices"])
             if spec.get("log") or name in ("batch_size",):
                 ax.set_xscale("log")
-            ax.set_xlim(low / 1.3 if ax.get_xscale() == "log" else low - 0.05 * (high - low),
-                        high * 1.3 if ax.get_xscale() == "log" else high + 0.05 * (high - low))
+            ax.set_xlim(
+                low / 1.3 if ax.get_xscale() == "log" else low - 0.05 * (high - low),
+                high * 1.3 if ax.get_xscale() == "log" else high + 0.05 * (high - low),
+            )
             for edge in (low, high):
                 ax.axvline(edge, color="tab:red", lw=1, ls=":")
         ax.scatter(xs, data["val_acc"], c=[_colour(l) for l in data.get("loss", [None] * len(data))], s=18)

@@ -1,8 +1,9 @@
 """Overfitting and capacity measures over a study's trials: pure functions of DataFrames and curves."""
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -11,8 +12,9 @@ from analysis.statistics import loss_onset
 from trainables.selection import best_record
 
 
-def overfitting_onset(train_acc: Sequence[float], val_acc: Sequence[float], epochs: Sequence[int] | None = None,
-                      tol: float = 0.0) -> int | None:
+def overfitting_onset(
+    train_acc: Sequence[float], val_acc: Sequence[float], epochs: Sequence[int] | None = None, tol: float = 0.0
+) -> int | None:
     """The first epoch after which val keeps falling while train keeps rising (on accuracy).
 
     Kept for reference, not used by the report: on one noisy curve some epoch nearly always
@@ -57,8 +59,9 @@ def compare_by(trials: pd.DataFrame, column: str, metric: str = "val_acc") -> pd
         return pd.DataFrame(columns=["trials", "mean", "median", "best"])
     ok = trials.dropna(subset=[column, metric])
     grouped = ok.groupby(column)[metric]
-    table = pd.DataFrame({"trials": grouped.size(), "mean": grouped.mean(), "median": grouped.median(),
-                          "best": grouped.max()})
+    table = pd.DataFrame(
+        {"trials": grouped.size(), "mean": grouped.mean(), "median": grouped.median(), "best": grouped.max()}
+    )
     return table.sort_values("best", ascending=False)
 
 
@@ -75,8 +78,9 @@ def gap_trend(trials: pd.DataFrame) -> dict:
     return {"slope_per_decade": slope, "correlation": corr, "trials": len(ok)}
 
 
-def edge_flags(trials: pd.DataFrame, space: dict, metric: str = "val_acc", top: int = 5,
-               margin: float = 0.1) -> pd.DataFrame:
+def edge_flags(
+    trials: pd.DataFrame, space: dict, metric: str = "val_acc", top: int = 5, margin: float = 0.1
+) -> pd.DataFrame:
     """Searched ranges whose best trials sit at an edge (the range may need widening).
 
     For each searched dimension, the ``top`` trials by ``metric`` are checked: a numeric value
@@ -112,8 +116,16 @@ def edge_flags(trials: pd.DataFrame, space: dict, metric: str = "val_acc", top: 
                 at_high = sum(scale(high) - scale(v) <= margin * span for v in values)
             # A majority of all the top trials, not of those that have this layer.
             edge = "low" if at_low > len(best) / 2 else "high" if at_high > len(best) / 2 else None
-            rows.append({"dimension": column, "low": low, "high": high, "best_values": values,
-                         "at_edge": edge is not None, "edge": edge})
+            rows.append(
+                {
+                    "dimension": column,
+                    "low": low,
+                    "high": high,
+                    "best_values": values,
+                    "at_edge": edge is not None,
+                    "edge": edge,
+                }
+            )
     return pd.DataFrame(rows, columns=["dimension", "low", "high", "best_values", "at_edge", "edge"])
 
 
@@ -126,14 +138,24 @@ def overfitting_summary(trials: pd.DataFrame, histories: pd.DataFrame) -> pd.Dat
         if curve.empty:
             continue
         best = best_record(curve.to_dict("records"))
-        rows.append({"run_id": run_id, "best_epoch": int(best["epoch"]), "best_val_acc": best["val_acc"],
-                     "final_gap": curve["train_acc"].iloc[-1] - curve["val_acc"].iloc[-1],
-                     "onset": overfitting_onset(curve["train_acc"], curve["val_acc"], curve["epoch"]),
-                     "val_loss_onset": (loss_onset(curve["val_loss"].to_numpy(), curve["epoch"].tolist())
-                                        if "val_loss" in curve and curve["val_loss"].notna().all() else None),
-                     "epochs": int(curve["epoch"].max())})
-    summary = pd.DataFrame(rows, columns=["run_id", "best_epoch", "best_val_acc", "final_gap", "onset",
-                                          "val_loss_onset", "epochs"])
+        rows.append(
+            {
+                "run_id": run_id,
+                "best_epoch": int(best["epoch"]),
+                "best_val_acc": best["val_acc"],
+                "final_gap": curve["train_acc"].iloc[-1] - curve["val_acc"].iloc[-1],
+                "onset": overfitting_onset(curve["train_acc"], curve["val_acc"], curve["epoch"]),
+                "val_loss_onset": (
+                    loss_onset(curve["val_loss"].to_numpy(), curve["epoch"].tolist())
+                    if "val_loss" in curve and curve["val_loss"].notna().all()
+                    else None
+                ),
+                "epochs": int(curve["epoch"].max()),
+            }
+        )
+    summary = pd.DataFrame(
+        rows, columns=["run_id", "best_epoch", "best_val_acc", "final_gap", "onset", "val_loss_onset", "epochs"]
+    )
     return summary.merge(trials[["run_id", "param_count", "trial_id"]], on="run_id", how="left")
 
 
@@ -142,8 +164,11 @@ def pareto_front(trials: pd.DataFrame, maximise: str = "val_acc", minimise: str 
     ok = trials.dropna(subset=[maximise, minimise]).reset_index(drop=True)
     keep = []
     for i, row in ok.iterrows():
-        dominated = ((ok[maximise] >= row[maximise]) & (ok[minimise] <= row[minimise])
-                     & ((ok[maximise] > row[maximise]) | (ok[minimise] < row[minimise]))).any()
+        dominated = (
+            (ok[maximise] >= row[maximise])
+            & (ok[minimise] <= row[minimise])
+            & ((ok[maximise] > row[maximise]) | (ok[minimise] < row[minimise]))
+        ).any()
         if not dominated:
             keep.append(i)
     return ok.loc[keep].sort_values(minimise).reset_index(drop=True)

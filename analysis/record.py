@@ -4,6 +4,7 @@ The contract between both floors: ``study/`` writes runs with these names (its w
 ``study/records.py``), ``analysis/`` reads them back with the same names and types. Pure: nothing
 here talks to MLflow, and nothing in ``analysis/`` writes to it (tests/test_floors.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,10 +42,33 @@ TAG_CONFIRMS = "confirms"  # the run id of the trial a confirmation run retrains
 TAG_NODE = "birdplane.node"  # the Ray node a trial ran on (its last one, if retried elsewhere)
 REGISTERED_ALIAS = "champion"  # the alias `rerun --register` moves to the version it registers
 
-EPOCH_METRICS = ("train_loss", "train_eval_loss", "train_acc", "val_loss", "val_acc", "val_ece", "gap", "epoch_seconds", "samples_per_second", "lr")
+EPOCH_METRICS = (
+    "train_loss",
+    "train_eval_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_ece",
+    "gap",
+    "epoch_seconds",
+    "samples_per_second",
+    "lr",
+)
 CURVE_METRICS = ("train_loss", "train_eval_loss", "train_acc", "val_loss", "val_acc", "val_ece", "gap")
-FINAL_METRICS = ("param_count", "train_loss", "train_acc", "val_loss", "val_acc", "gap", "best_val_acc",
-                 "best_epoch", "epochs_run", "test_acc", "test_loss", "test_acc_last")
+FINAL_METRICS = (
+    "param_count",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "gap",
+    "best_val_acc",
+    "best_epoch",
+    "epochs_run",
+    "test_acc",
+    "test_loss",
+    "test_acc_last",
+)
 
 CONFIG_ARTIFACT = "config.json"
 MODEL_ARTIFACT = "model.pt"
@@ -129,6 +153,10 @@ def headline(runs: list) -> dict[str, float]:
 
 def readable_name(train: dict) -> str:
     """A run name a person can read in the UI's runs list: "[505,103] relu bce adam"."""
-    parts = [size_label(train.get("hidden_sizes", ())), train.get("activation"), train.get("loss"),
-             train.get("optimizer")]
+    parts = [
+        size_label(train.get("hidden_sizes", ())),
+        train.get("activation"),
+        train.get("loss"),
+        train.get("optimizer"),
+    ]
     return " ".join(str(x) for x in parts if x)

@@ -5,6 +5,7 @@ Budgets are never mixed silently: trials that ran fewer epochs than the study's 
 early by ASHA, diverged) are drawn apart and left out of the frontier, the trends and the per-size
 table, and the report says how many and why (unless ``include_short``).
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,20 +18,34 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from analysis import figures
-from analysis.capacity import (SIZE_TABLE_LEGEND, budget_of, comparisons, curve_trend, curves, memorisation, per_size,
-                               readable, size_label, split_by_budget)
+from analysis.capacity import (
+    SIZE_TABLE_LEGEND,
+    budget_of,
+    comparisons,
+    curve_trend,
+    curves,
+    memorisation,
+    per_size,
+    readable,
+    size_label,
+    split_by_budget,
+)
 from analysis.overfitting import compare_by, edge_flags, importances, overfitting_summary, pareto_front
 from analysis.statistics import confirmation
 
 FIGURE_FILES = ("capacity.png", "gap.png", "learning_curves.png", "hyperparameters.png", "importance.png")
 TABLE_FILE = "capacity_table.csv"
 LEFT_OUT_COLUMNS = ["run_id", "trial_id", "reason"]
-TREND_METRICS = {"final_val_acc": "final val_acc", "gap": "the final train-val gap",
-                 "val_loss_rise": "final minus minimum val loss"}
+TREND_METRICS = {
+    "final_val_acc": "final val_acc",
+    "gap": "the final train-val gap",
+    "val_loss_rise": "final minus minimum val loss",
+}
 COMPARISONS_LEGEND = (
     "per curve: final val_acc of each size against the next smaller one (adjacent) and the best size against each "
     "other (vs best); diff = a - b with its 95% Welch interval over seeds; p_holm: Holm-adjusted over the curve's "
-    "comparisons. Every size is scored on the same validation split: the split's own noise is not in these tests")
+    "comparisons. Every size is scored on the same validation split: the split's own noise is not in these tests"
+)
 
 
 @dataclass
@@ -68,30 +83,45 @@ class StudyReport:
 
 
 def _short_reasons(short: pd.DataFrame, budget: int | None) -> pd.DataFrame:
-    rows = [{"run_id": t["run_id"], "trial_id": t["trial_id"],
-             "reason": f"{'diverged' if t.get('outcome') == 'diverged' else 'stopped'} before the {budget}-epoch budget"}
-            for _, t in short.iterrows()]
+    rows = [
+        {
+            "run_id": t["run_id"],
+            "trial_id": t["trial_id"],
+            "reason": f"{'diverged' if t.get('outcome') == 'diverged' else 'stopped'} before the {budget}-epoch budget",
+        }
+        for _, t in short.iterrows()
+    ]
     return pd.DataFrame(rows, columns=LEFT_OUT_COLUMNS)
 
 
 def grouping(trials: pd.DataFrame, kind: str) -> str | None:
     """The column whose values get one curve each: a capacity study's regulariser, else the loss
     when a sweep varies it."""
-    for column in (("regulariser",) if kind == "capacity" else ("loss",)):
+    for column in ("regulariser",) if kind == "capacity" else ("loss",):
         if column in trials and trials[column].nunique() > 1:
             return column
     return None
 
 
-def analyse(experiment: str, trials: pd.DataFrame, histories: pd.DataFrame, space: dict,
-            left_out: pd.DataFrame | None = None, kind: str = "sweep", include_short: bool = False,
-            confirmations: pd.DataFrame | None = None, n_val: int | None = None) -> StudyReport:
+def analyse(
+    experiment: str,
+    trials: pd.DataFrame,
+    histories: pd.DataFrame,
+    space: dict,
+    left_out: pd.DataFrame | None = None,
+    kind: str = "sweep",
+    include_short: bool = False,
+    confirmations: pd.DataFrame | None = None,
+    n_val: int | None = None,
+) -> StudyReport:
     """``n_val``: the validation split's size (else a ``val_size`` column of the trials, if any): it
     widens the accuracies' intervals by the split's binomial noise."""
     budget = budget_of(space)
     full, short = (trials, trials.iloc[0:0]) if include_short else split_by_budget(trials, budget)
-    left = pd.concat([left_out if left_out is not None else pd.DataFrame(columns=LEFT_OUT_COLUMNS),
-                      _short_reasons(short, budget)], ignore_index=True)
+    left = pd.concat(
+        [left_out if left_out is not None else pd.DataFrame(columns=LEFT_OUT_COLUMNS), _short_reasons(short, budget)],
+        ignore_index=True,
+    )
     used = full if not full.empty else trials  # nothing reached the budget: analyse what there is, and say so
     top = used.sort_values("val_acc", ascending=False).head(5)["run_id"].tolist()
     largest = used.sort_values("param_count", ascending=False)["run_id"].iloc[0]
@@ -109,15 +139,28 @@ def analyse(experiment: str, trials: pd.DataFrame, histories: pd.DataFrame, spac
         trends[name] = {column: curve_trend(rows, column) for column in TREND_METRICS}
         compared.append(comparisons(rows, "final_val_acc").assign(curve=name))
     return StudyReport(
-        experiment=experiment, trials=used, pareto=pareto_front(used),
-        overfitting=overfitting_summary(used, histories), by_loss=compare_by(used, "loss"),
-        by_depth=compare_by(used, "depth"), by_batch=compare_by(used, "batch_size"),
-        edges=edge_flags(used, space), importances=imp, trends=trends,
-        comparisons=pd.concat(compared, ignore_index=True) if compared else pd.DataFrame(), sizes=sizes, group=group,
+        experiment=experiment,
+        trials=used,
+        pareto=pareto_front(used),
+        overfitting=overfitting_summary(used, histories),
+        by_loss=compare_by(used, "loss"),
+        by_depth=compare_by(used, "depth"),
+        by_batch=compare_by(used, "batch_size"),
+        edges=edge_flags(used, space),
+        importances=imp,
+        trends=trends,
+        comparisons=pd.concat(compared, ignore_index=True) if compared else pd.DataFrame(),
+        sizes=sizes,
+        group=group,
         memorisation={curve_name(g, d, sizes): memorisation(t) for (g, d), t in sizes.groupby(["group", "depth"])},
-        budget=budget, short=short,
-        curve_runs=top + ([largest] if largest not in top else []), left_out=left,
-        confirmations=confirmed(confirmations, trials) if confirmations is not None and not confirmations.empty else None)
+        budget=budget,
+        short=short,
+        curve_runs=top + ([largest] if largest not in top else []),
+        left_out=left,
+        confirmations=confirmed(confirmations, trials)
+        if confirmations is not None and not confirmations.empty
+        else None,
+    )
 
 
 def curve_name(group: str, depth: int, sizes: pd.DataFrame) -> str:
@@ -138,26 +181,41 @@ def confirmed(confirmations: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame
     rows = []
     for run_id, seeds in ok.groupby("confirms"):
         original = trials[trials["run_id"] == run_id]
-        row = {"confirms": run_id, "param_count": int(seeds["param_count"].iloc[0]),
-               "hidden_sizes": size_label(seeds["hidden_sizes"].iloc[0]), "seeds": len(seeds),
-               "epochs": int(seeds["epochs_run"].max()),
-               "sweep_val_acc": float(original["val_acc"].iloc[0]) if len(original) else float("nan"),
-               "sweep_epochs": float(original["epochs_run"].iloc[0]) if len(original) else float("nan"),
-               "best_val_acc": seeds["best_val_acc"].mean(),
-               "best_val_acc_sd": seeds["best_val_acc"].std(ddof=1) if len(seeds) > 1 else float("nan"),
-               "val_acc": seeds["val_acc"].mean(), "train_acc": seeds["train_acc"].mean(),
-               "gap": seeds["gap"].mean()}
+        row = {
+            "confirms": run_id,
+            "param_count": int(seeds["param_count"].iloc[0]),
+            "hidden_sizes": size_label(seeds["hidden_sizes"].iloc[0]),
+            "seeds": len(seeds),
+            "epochs": int(seeds["epochs_run"].max()),
+            "sweep_val_acc": float(original["val_acc"].iloc[0]) if len(original) else float("nan"),
+            "sweep_epochs": float(original["epochs_run"].iloc[0]) if len(original) else float("nan"),
+            "best_val_acc": seeds["best_val_acc"].mean(),
+            "best_val_acc_sd": seeds["best_val_acc"].std(ddof=1) if len(seeds) > 1 else float("nan"),
+            "val_acc": seeds["val_acc"].mean(),
+            "train_acc": seeds["train_acc"].mean(),
+            "gap": seeds["gap"].mean(),
+        }
         if len(original):
             first = original.iloc[0]
             own_seed = _seed_of(first)
-            runs = [{"seed": _seed_of(s), "final": s["val_acc"], "best": s["best_val_acc"]} for _, s in seeds.iterrows()]
-            final, best = confirmation({"seed": own_seed, "final": first["val_acc"], "best": first.get("best_val_acc")},
-                                       runs)
-            row.update(like_for_like=bool(row["sweep_epochs"] == row["epochs"]), own_seed_val_acc=final["own_seed"],
-                       independent_seeds=final["independent_seeds"], independent_val_acc=final["independent_mean"],
-                       independent_val_acc_low=final["low"], independent_val_acc_high=final["high"],
-                       luck_val_acc=final["luck"], sweep_best_val_acc=best["sweep"],
-                       independent_best_val_acc=best["independent_mean"], luck_best_val_acc=best["luck"])
+            runs = [
+                {"seed": _seed_of(s), "final": s["val_acc"], "best": s["best_val_acc"]} for _, s in seeds.iterrows()
+            ]
+            final, best = confirmation(
+                {"seed": own_seed, "final": first["val_acc"], "best": first.get("best_val_acc")}, runs
+            )
+            row.update(
+                like_for_like=bool(row["sweep_epochs"] == row["epochs"]),
+                own_seed_val_acc=final["own_seed"],
+                independent_seeds=final["independent_seeds"],
+                independent_val_acc=final["independent_mean"],
+                independent_val_acc_low=final["low"],
+                independent_val_acc_high=final["high"],
+                luck_val_acc=final["luck"],
+                sweep_best_val_acc=best["sweep"],
+                independent_best_val_acc=best["independent_mean"],
+                luck_best_val_acc=best["luck"],
+            )
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
@@ -185,10 +243,11 @@ CONFIRMED_LEGEND = (
     "over all its full-budget retrainings; like for like: own_seed_val_acc is the retraining with the trial's own seed "
     "(it reproduces the trial), independent_* the other seeds' mean (95% interval) of the last epoch's val_acc and of "
     "the best epoch's (selected on the split it is reported on), luck_* = sweep - that mean; like_for_like: same "
-    "budget; on_confirmed_frontier: undominated by confirmed mean best_val_acc and param_count")
+    "budget; on_confirmed_frontier: undominated by confirmed mean best_val_acc and param_count"
+)
 
 
-def make_figures(report: StudyReport, histories: pd.DataFrame, space: dict) -> dict[str, "plt.Figure"]:
+def make_figures(report: StudyReport, histories: pd.DataFrame, space: dict) -> dict[str, plt.Figure]:
     return {
         "capacity.png": figures.capacity_figure(report.trials, report.sizes, report.short, report.group),
         "gap.png": figures.gap_figure(report.trials, report.sizes, report.group),
@@ -215,8 +274,10 @@ def config_label(row) -> str:
         value = row.get(key)
         if isinstance(value, float) and value > 0:
             extras.append(f"{short}={value:.2g}")
-    return (f"{hidden} {row.get('activation')} {row.get('loss')} {' '.join(extras)} "
-            f"lr={row.get('lr', float('nan')):.2g} batch={row.get('batch_size')}").replace("  ", " ")
+    return (
+        f"{hidden} {row.get('activation')} {row.get('loss')} {' '.join(extras)} "
+        f"lr={row.get('lr', float('nan')):.2g} batch={row.get('batch_size')}"
+    ).replace("  ", " ")
 
 
 def trend_text(t: dict, what: str) -> str:
@@ -226,40 +287,54 @@ def trend_text(t: dict, what: str) -> str:
         return f"{what}: not enough sizes for a trend ({t['sizes']} size{'s' if t['sizes'] != 1 else ''})"
     counts = f"{t['sizes']} sizes, {t['trials']} trials"
     if not t["monotone"]:
-        where = (f"peaks at {t['peak']}" if t["shape"] == "single peak" else
-                 f"dips at {t['dip']}, then rises again" + (f" (after a first peak at {t['peak']})" if t["peak"] else "")
-                 if t["shape"] == "dip-then-rise" else f"moves {'-'.join(t['moves'])}")
-        return (f"{what}: {t['shape']}, not a trend: it {where}; sizes not distinguishable from its highest: "
-                f"{', '.join(t['peak_set'])} (no slope reported; {counts})")
+        where = (
+            f"peaks at {t['peak']}"
+            if t["shape"] == "single peak"
+            else f"dips at {t['dip']}, then rises again"
+            + (f" (after a first peak at {t['peak']})" if t["peak"] else "")
+            if t["shape"] == "dip-then-rise"
+            else f"moves {'-'.join(t['moves'])}"
+        )
+        return (
+            f"{what}: {t['shape']}, not a trend: it {where}; sizes not distinguishable from its highest: "
+            f"{', '.join(t['peak_set'])} (no slope reported; {counts})"
+        )
     if t["low"] is None:
         interval = "no interval: two sizes leave no residual degrees of freedom"
     else:
         fit = "" if t["lack_of_fit_p"] is None else f"; lack of fit p = {t['lack_of_fit_p']:.2g}"
         interval = f"95% t interval over the size means {t['low']:+.3f} .. {t['high']:+.3f}, {t['df']} df{fit}"
     shape = t["shape"] if not t["shape"].startswith("flat") else f"flat (within ±{t['delta']})"
-    return (f"{what}: {shape}; {t['slope_per_decade']:+.3f} per tenfold increase in parameters "
-            f"({interval}; {counts})")
+    return f"{what}: {shape}; {t['slope_per_decade']:+.3f} per tenfold increase in parameters ({interval}; {counts})"
 
 
 def trend_lines(report: StudyReport) -> list[str]:
     """The trends as sentences, one curve (group and depth) at a time: pooling depths or
     regulariser values would mix curves of different shapes."""
-    return [trend_text(t[key], f"{curve}: {what}" if curve != "all" else what)
-            for curve, t in report.trends.items() for key, what in TREND_METRICS.items()]
+    return [
+        trend_text(t[key], f"{curve}: {what}" if curve != "all" else what)
+        for curve, t in report.trends.items()
+        for key, what in TREND_METRICS.items()
+    ]
 
 
 def memorisation_text(group: str, m: dict) -> str:
     name = "" if group == "all" else f"{group}: "
     if m["memorised_at"] is None:
-        return (f"{name}no size reaches train_acc 0.99 at the budget; val_acc peaks at {m['val_peak_size']} "
-                f"({m['val_peak_at']:,} parameters, {m['val_peak']:.3f})")
-    peers = (f" (not distinguishable from it: {', '.join(m['peak_set'])})" if len(m.get("peak_set") or []) > 1
-             else "")
-    text = (f"{name}train_acc reaches 0.99 from {m['memorised_size']} ({m['memorised_at']:,} parameters) on; "
-            f"final val_acc peaks at {m['val_peak_size']} ({m['val_peak_at']:,}, {m['val_peak']:.3f}){peers}, "
-            f"{m['peak_vs_memorisation']} that point")
+        return (
+            f"{name}no size reaches train_acc 0.99 at the budget; val_acc peaks at {m['val_peak_size']} "
+            f"({m['val_peak_at']:,} parameters, {m['val_peak']:.3f})"
+        )
+    peers = f" (not distinguishable from it: {', '.join(m['peak_set'])})" if len(m.get("peak_set") or []) > 1 else ""
+    text = (
+        f"{name}train_acc reaches 0.99 from {m['memorised_size']} ({m['memorised_at']:,} parameters) on; "
+        f"final val_acc peaks at {m['val_peak_size']} ({m['val_peak_at']:,}, {m['val_peak']:.3f}){peers}, "
+        f"{m['peak_vs_memorisation']} that point"
+    )
     if m["second_rise"]:
-        return text + f"; beyond it val_acc dips and rises again up to {m['second_rise_at']:,} parameters (a second rise)"
+        return (
+            text + f"; beyond it val_acc dips and rises again up to {m['second_rise_at']:,} parameters (a second rise)"
+        )
     judged = f", judged {m['judged']}" if m.get("judged") else ""
     return text + f"; beyond it val_acc {m['beyond']} (no second rise{judged})"
 
@@ -281,55 +356,78 @@ def write_report(report: StudyReport, figs: dict, out: Path) -> list[Path]:
     written.append(csv)
     pareto = report.pareto.assign(config=[config_label(r) for _, r in report.pareto.iterrows()])
     flagged = report.edges[report.edges["at_edge"]] if not report.edges.empty else report.edges
-    edge_text = ("none" if flagged.empty else
-                 "; ".join(f"{r.dimension} at its {r.edge} edge ({r.low}..{r.high})" for r in flagged.itertuples()))
+    edge_text = (
+        "none"
+        if flagged.empty
+        else "; ".join(f"{r.dimension} at its {r.edge} edge ({r.low}..{r.high})" for r in flagged.itertuples())
+    )
     budget = f"the {report.budget}-epoch budget" if report.budget else "an unknown budget"
     sections = [
         f"<h1>birdplane study: {html.escape(report.experiment)}</h1>",
         f"<p>{len(report.trials)} trials at {budget} ({html.escape(report.left_out_text())}). "
         f"Best val_acc {report.trials['val_acc'].max():.3f}. Searched ranges whose best trials sit at an edge: "
         f"{html.escape(edge_text)}.</p>",
-        "<h2>Accuracy against parameter count</h2>", _img(inline, "capacity.png"),
-        "<ul>" + "".join(f"<li>{html.escape(memorisation_text(g, m))}</li>" for g, m in report.memorisation.items())
+        "<h2>Accuracy against parameter count</h2>",
+        _img(inline, "capacity.png"),
+        "<ul>"
+        + "".join(f"<li>{html.escape(memorisation_text(g, m))}</li>" for g, m in report.memorisation.items())
         + "</ul>",
         "<h2>Per size, over seeds</h2>",
         _table(report.sizes, legend=SIZE_TABLE_LEGEND + f" (also in {TABLE_FILE})"),
-        "<h2>Generalisation gap</h2>", _img(inline, "gap.png"),
+        "<h2>Generalisation gap</h2>",
+        _img(inline, "gap.png"),
         "<p>" + "<br>".join(html.escape(line) + "." for line in trend_lines(report)) + "</p>",
         "<h2>Sizes compared</h2>",
-        _table(report.comparisons, ["curve", "comparison", "a", "b", "diff", "low", "high", "p", "p_holm"],
-               legend=COMPARISONS_LEGEND),
+        _table(
+            report.comparisons,
+            ["curve", "comparison", "a", "b", "diff", "low", "high", "p", "p_holm"],
+            legend=COMPARISONS_LEGEND,
+        ),
     ]
     if report.confirmations is not None:
-        sections += ["<h2>Confirmed at the full budget</h2>",
-                     _table(report.confirmations, legend=CONFIRMED_LEGEND)]
+        sections += ["<h2>Confirmed at the full budget</h2>", _table(report.confirmations, legend=CONFIRMED_LEGEND)]
     sections += [
         "<h2>Pareto set (val_acc up, param_count down)</h2>",
-        _table(pareto, ["trial_id", "param_count", "val_acc", "train_acc", "gap", "config"],
-               legend="trials no other beats on both val_acc (final epoch) and parameter count"),
-        "<h2>Learning curves</h2>", _img(inline, "learning_curves.png"),
+        _table(
+            pareto,
+            ["trial_id", "param_count", "val_acc", "train_acc", "gap", "config"],
+            legend="trials no other beats on both val_acc (final epoch) and parameter count",
+        ),
+        "<h2>Learning curves</h2>",
+        _img(inline, "learning_curves.png"),
         "<h2>Overfitting per trial</h2>",
-        _table(report.overfitting.sort_values("param_count"),
-               ["trial_id", "param_count", "epochs", "best_epoch", "best_val_acc", "final_gap", "val_loss_onset"],
-               legend="val_loss_onset: the last epoch where the smoothed val loss (5-epoch mean) was near its "
-                      "minimum before it left the minimum's band (4 noise units) for at least 10 epochs; '—': none "
-                      "told from noise; best_val_acc: the best epoch's, selected on the split it is reported on; final_gap: "
-                      "train_acc - val_acc at the last epoch"),
-        "<h2>Hyperparameters</h2>", _img(inline, "hyperparameters.png"),
+        _table(
+            report.overfitting.sort_values("param_count"),
+            ["trial_id", "param_count", "epochs", "best_epoch", "best_val_acc", "final_gap", "val_loss_onset"],
+            legend="val_loss_onset: the last epoch where the smoothed val loss (5-epoch mean) was near its "
+            "minimum before it left the minimum's band (4 noise units) for at least 10 epochs; '—': none "
+            "told from noise; best_val_acc: the best epoch's, selected on the split it is reported on; final_gap: "
+            "train_acc - val_acc at the last epoch",
+        ),
+        "<h2>Hyperparameters</h2>",
+        _img(inline, "hyperparameters.png"),
         _table(report.edges, legend="per searched dimension: the best trials' values and whether most sit at an edge"),
-        "<h2>By loss</h2>", _table(report.by_loss, legend="trials per value; mean, median and best final val_acc"),
-        "<h2>By depth</h2>", _table(report.by_depth, legend="trials per value; mean, median and best final val_acc"),
-        "<h2>By batch size</h2>", _table(report.by_batch, legend="trials per value; mean, median and best final val_acc"),
-        "<h2>Importance</h2>", _img(inline, "importance.png"),
+        "<h2>By loss</h2>",
+        _table(report.by_loss, legend="trials per value; mean, median and best final val_acc"),
+        "<h2>By depth</h2>",
+        _table(report.by_depth, legend="trials per value; mean, median and best final val_acc"),
+        "<h2>By batch size</h2>",
+        _table(report.by_batch, legend="trials per value; mean, median and best final val_acc"),
+        "<h2>Importance</h2>",
+        _img(inline, "importance.png"),
     ]
     if not report.left_out.empty:
         sections += ["<h2>Left out</h2>", _table(report.left_out, legend="trials not in the analysis, and why")]
-    style = ("body{font-family:sans-serif;max-width:1000px;margin:auto}img{max-width:100%}"
-             "table.t{border-collapse:collapse;font-size:13px}table.t td,table.t th{padding:2px 8px;"
-             "border-bottom:1px solid #ddd}p.legend{font-size:12px;color:#555}")
+    style = (
+        "body{font-family:sans-serif;max-width:1000px;margin:auto}img{max-width:100%}"
+        "table.t{border-collapse:collapse;font-size:13px}table.t td,table.t th{padding:2px 8px;"
+        "border-bottom:1px solid #ddd}p.legend{font-size:12px;color:#555}"
+    )
     page = out / "report.html"
-    page.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report.experiment)}"
-                    f"</title><style>{style}</style></head><body>{''.join(sections)}</body></html>")
+    page.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report.experiment)}"
+        f"</title><style>{style}</style></head><body>{''.join(sections)}</body></html>"
+    )
     return written + [page]
 
 

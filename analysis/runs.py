@@ -1,4 +1,5 @@
 """A study's MLflow runs as pandas DataFrames, with params cast once to their real types."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,22 @@ from dataclasses import dataclass
 import pandas as pd
 from mlflow import MlflowClient
 
-from analysis.record import (CURVE_METRICS, FINAL_METRICS, ROLE_CONFIRM, ROLE_TRIAL, STUDY_ROLES, TAG_CELL, TAG_OUTCOME,
-                             TAG_CONFIRMS, TAG_PARENT, TAG_REGULARISER, TAG_ROLE, TAG_SEED, TAG_TRIAL,
-                             cast_params)
+from analysis.record import (
+    CURVE_METRICS,
+    FINAL_METRICS,
+    ROLE_CONFIRM,
+    ROLE_TRIAL,
+    STUDY_ROLES,
+    TAG_CELL,
+    TAG_CONFIRMS,
+    TAG_OUTCOME,
+    TAG_PARENT,
+    TAG_REGULARISER,
+    TAG_ROLE,
+    TAG_SEED,
+    TAG_TRIAL,
+    cast_params,
+)
 
 
 class StudyNotFound(LookupError):
@@ -31,11 +45,17 @@ class Study:
 def trials_frame(runs) -> pd.DataFrame:
     rows = []
     for run in runs:
-        row = {"run_id": run.info.run_id, "trial_id": run.data.tags.get(TAG_TRIAL),
-               "run_status": run.info.status, "outcome": run.data.tags.get(TAG_OUTCOME),
-               "cell": run.data.tags.get(TAG_CELL), "regulariser": run.data.tags.get(TAG_REGULARISER),
-               "seed_tag": run.data.tags.get(TAG_SEED), "confirms": run.data.tags.get(TAG_CONFIRMS),
-               "start_time": run.info.start_time}
+        row = {
+            "run_id": run.info.run_id,
+            "trial_id": run.data.tags.get(TAG_TRIAL),
+            "run_status": run.info.status,
+            "outcome": run.data.tags.get(TAG_OUTCOME),
+            "cell": run.data.tags.get(TAG_CELL),
+            "regulariser": run.data.tags.get(TAG_REGULARISER),
+            "seed_tag": run.data.tags.get(TAG_SEED),
+            "confirms": run.data.tags.get(TAG_CONFIRMS),
+            "start_time": run.info.start_time,
+        }
         row.update(cast_params(run.data.params))
         row.update({k: run.data.metrics.get(k) for k in FINAL_METRICS})
         rows.append(row)
@@ -86,8 +106,15 @@ def load_study(client: MlflowClient, experiment: str) -> Study:
     trials = [r for r in children if r.data.tags.get(TAG_ROLE) == ROLE_TRIAL]
     confirmations = [r for r in children if r.data.tags.get(TAG_ROLE) == ROLE_CONFIRM]
     space = read_json_artifact(client, parent.info.run_id, "search_space.json") or {}
-    return Study(experiment_id, experiment, parent.info.run_id, space, trials_frame(trials),
-                 kind=parent.data.tags.get(TAG_ROLE, "sweep"), confirmations=trials_frame(confirmations))
+    return Study(
+        experiment_id,
+        experiment,
+        parent.info.run_id,
+        space,
+        trials_frame(trials),
+        kind=parent.data.tags.get(TAG_ROLE, "sweep"),
+        confirmations=trials_frame(confirmations),
+    )
 
 
 def finished(trials: pd.DataFrame) -> pd.DataFrame:

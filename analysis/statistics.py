@@ -8,12 +8,13 @@ The unit of inference for a capacity curve is the *size*: the seeds of one size 
 measurements of one point, so a trend over sizes has (sizes - 2) degrees of freedom however many
 seeds were run. Curves are never pooled across depths or regulariser values: callers pass one curve.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 from statistics import NormalDist
-from typing import Sequence
 
 import numpy as np
 
@@ -24,6 +25,7 @@ ECE_BINS = 15
 
 
 # ---------------------------------------------------------------- distributions (t and F)
+
 
 def _betacf(a: float, b: float, x: float) -> float:
     """Continued fraction of the regularised incomplete beta (modified Lentz; Numerical Recipes 6.4)."""
@@ -65,8 +67,12 @@ def t_cdf(t: float, df: float) -> float:
 
 
 def _t_pdf(t: float, df: float) -> float:
-    return math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-                    - (df + 1) / 2 * math.log1p(t * t / df))
+    return math.exp(
+        math.lgamma((df + 1) / 2)
+        - math.lgamma(df / 2)
+        - 0.5 * math.log(df * math.pi)
+        - (df + 1) / 2 * math.log1p(t * t / df)
+    )
 
 
 @lru_cache(maxsize=4096)
@@ -82,7 +88,7 @@ def t_quantile(p: float, df: float) -> float:
     t = NormalDist().inv_cdf(p)
     if df > 1e5:  # Cornish-Fisher to 1/df²: error ~ df^-3 (the beta continued fraction is slow there)
         z = t
-        return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df * df)
+        return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df * df)
     for _ in range(60):
         step = (t_cdf(t, df) - p) / _t_pdf(t, df)
         t -= step
@@ -113,8 +119,10 @@ def f_sf(f: float, d1: float, d2: float) -> float:
 
 # ---------------------------------------------------------------- one size: the mean of its seeds
 
-def mean_interval(mean: float, sd: float, n: int, level: float = LEVEL, n_val: int | None = None,
-                  split_p: float | None = None) -> dict:
+
+def mean_interval(
+    mean: float, sd: float, n: int, level: float = LEVEL, n_val: int | None = None, split_p: float | None = None
+) -> dict:
     """A ``level`` interval for the population value of a size's mean over ``n`` seeds.
 
     Formula: mean ± t(df) · sqrt(sd²/n + v), with v = p(1-p)/n_val the binomial variance of an
@@ -168,8 +176,9 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return adjusted
 
 
-def size_comparisons(labels: Sequence[str], means: Sequence[float], sds: Sequence[float], ns: Sequence[int],
-                     level: float = LEVEL) -> list[dict]:
+def size_comparisons(
+    labels: Sequence[str], means: Sequence[float], sds: Sequence[float], ns: Sequence[int], level: float = LEVEL
+) -> list[dict]:
     """Adjacent sizes (b - a, in the given order), and each size against the best (best - size):
     Welch differences with ``level`` intervals and Holm-adjusted p-values over the whole family."""
     k = len(means)
@@ -180,19 +189,39 @@ def size_comparisons(labels: Sequence[str], means: Sequence[float], sds: Sequenc
     rows = []
     for kind, a, b in pairs:
         w = welch(means[a], sds[a], ns[a], means[b], sds[b], ns[b])
-        half = (t_quantile(0.5 + level / 2, w["df"]) * w["se"] if w["se"] > 0 and w["df"] > 0 else
-                math.nan if math.isnan(w["se"]) else 0.0)
-        rows.append({"comparison": kind, "a": labels[a], "b": labels[b], "diff": w["diff"],
-                     "low": w["diff"] - half, "high": w["diff"] + half, "p": w["p"]})
-    for row, adjusted in zip(rows, holm([r["p"] for r in rows])):
+        half = (
+            t_quantile(0.5 + level / 2, w["df"]) * w["se"]
+            if w["se"] > 0 and w["df"] > 0
+            else math.nan
+            if math.isnan(w["se"])
+            else 0.0
+        )
+        rows.append(
+            {
+                "comparison": kind,
+                "a": labels[a],
+                "b": labels[b],
+                "diff": w["diff"],
+                "low": w["diff"] - half,
+                "high": w["diff"] + half,
+                "p": w["p"],
+            }
+        )
+    for row, adjusted in zip(rows, holm([r["p"] for r in rows]), strict=False):
         row["p_holm"] = adjusted
     return rows
 
 
 # ---------------------------------------------------------------- a curve over sizes: trend and lack of fit
 
-def size_trend(log10_params: Sequence[float], means: Sequence[float], sds: Sequence[float] | None = None,
-               ns: Sequence[int] | None = None, level: float = LEVEL) -> dict:
+
+def size_trend(
+    log10_params: Sequence[float],
+    means: Sequence[float],
+    sds: Sequence[float] | None = None,
+    ns: Sequence[int] | None = None,
+    level: float = LEVEL,
+) -> dict:
     """Slope of the size means against log10(params), with a t interval from the size-level residuals.
 
     Formula: ordinary least squares over the k size means; se(slope) = sqrt(RSS/(k-2) / Sxx);
@@ -205,8 +234,15 @@ def size_trend(log10_params: Sequence[float], means: Sequence[float], sds: Seque
     """
     x, y = np.asarray(log10_params, dtype=float), np.asarray(means, dtype=float)
     k = len(x)
-    out = {"slope_per_decade": None, "low": None, "high": None, "sizes": k, "df": k - 2, "lack_of_fit_p": None,
-           "method": "t over size means"}
+    out = {
+        "slope_per_decade": None,
+        "low": None,
+        "high": None,
+        "sizes": k,
+        "df": k - 2,
+        "lack_of_fit_p": None,
+        "method": "t over size means",
+    }
     if k < 2 or np.ptp(x) == 0:
         return out
     sxx = float(((x - x.mean()) ** 2).sum())
@@ -220,22 +256,24 @@ def size_trend(log10_params: Sequence[float], means: Sequence[float], sds: Seque
     if sds is not None and ns is not None:
         pooled, df_within = pooled_sd(sds, ns)
         if df_within > 0 and pooled > 0:
-            expected = pooled ** 2 * float(np.mean([1.0 / n for n in ns]))
+            expected = pooled**2 * float(np.mean([1.0 / n for n in ns]))
             out["lack_of_fit_p"] = f_sf(rss / (k - 2) / expected, k - 2, df_within)
     return out
 
 
 def pooled_sd(sds: Sequence[float], ns: Sequence[int]) -> tuple[float, int]:
     """(pooled within-size sd, its degrees of freedom Σ(n_i-1)) over sizes with at least 2 seeds."""
-    pairs = [(s, n) for s, n in zip(sds, ns) if n > 1 and math.isfinite(s)]
+    pairs = [(s, n) for s, n in zip(sds, ns, strict=False) if n > 1 and math.isfinite(s)]
     df = sum(n - 1 for _, n in pairs)
     return (math.sqrt(sum((n - 1) * s * s for s, n in pairs) / df), df) if df else (math.nan, 0)
 
 
 # ---------------------------------------------------------------- a curve over sizes: its shape
 
-def curve_shape(means: Sequence[float], sds: Sequence[float], ns: Sequence[int], delta: float = FLAT_DELTA,
-                alpha: float = 0.05) -> dict:
+
+def curve_shape(
+    means: Sequence[float], sds: Sequence[float], ns: Sequence[int], delta: float = FLAT_DELTA, alpha: float = 0.05
+) -> dict:
     """The shape of a curve judged on all its sizes at once, with noise-aware thresholds.
 
     A *move* from size a to a later size b is a difference m_b - m_a beyond c · s_p · sqrt(1/n_a +
@@ -282,8 +320,8 @@ def curve_shape(means: Sequence[float], sds: Sequence[float], ns: Sequence[int],
             break
     moves.reverse()
     out["moves"] = moves
-    peaks = [i for i in range(1, k - 1) if up[:i, i].any() and down[i, i + 1:].any()]
-    dips = [i for i in range(1, k - 1) if down[:i, i].any() and up[i, i + 1:].any()]
+    peaks = [i for i in range(1, k - 1) if up[:i, i].any() and down[i, i + 1 :].any()]
+    dips = [i for i in range(1, k - 1) if down[:i, i].any() and up[i, i + 1 :].any()]
     top = int(np.argmax(m))
     out["peak_set"] = [i for i in range(k) if not down[top, i] or i == top]
     if not moves:
@@ -294,14 +332,18 @@ def curve_shape(means: Sequence[float], sds: Sequence[float], ns: Sequence[int],
     elif moves == ["up", "down"]:
         out.update(shape="single peak", peak=max(peaks, key=lambda i: m[i]))
     elif moves in (["down", "up"], ["up", "down", "up"]):
-        out.update(shape="dip-then-rise", dip=min(dips, key=lambda i: m[i]),
-                   peak=max(peaks, key=lambda i: m[i]) if moves[0] == "up" else None)
+        out.update(
+            shape="dip-then-rise",
+            dip=min(dips, key=lambda i: m[i]),
+            peak=max(peaks, key=lambda i: m[i]) if moves[0] == "up" else None,
+        )
     else:
         out["shape"] = "oscillating"
     return out
 
 
 # ---------------------------------------------------------------- one run: per-epoch metrics
+
 
 def tail_mean(values: Sequence[float], k: int = FINAL_EPOCHS) -> float:
     """The mean of the last ``k`` values: the "final" value of a per-epoch curve.
@@ -324,13 +366,18 @@ def window_noise_sd(values: Sequence[float], window: int) -> float:
     single epochs would miss.
     """
     y = np.asarray(values, dtype=float)
-    blocks = y[len(y) % window:].reshape(-1, window).mean(axis=1)
+    blocks = y[len(y) % window :].reshape(-1, window).mean(axis=1)
     d2 = np.diff(blocks, 2)
     return float(np.median(np.abs(d2)) / 0.6745 / math.sqrt(6)) if len(d2) else math.nan
 
 
-def loss_onset(val_loss: Sequence[float], epochs: Sequence[int] | None = None, window: int = 5,
-               tolerance: float = 4.0, min_after: int = 10) -> int | None:
+def loss_onset(
+    val_loss: Sequence[float],
+    epochs: Sequence[int] | None = None,
+    window: int = 5,
+    tolerance: float = 4.0,
+    min_after: int = 10,
+) -> int | None:
     """The overfitting onset on the validation loss: the last epoch where its smoothed curve was
     near its minimum, when a sustained rise follows. None when no onset can be told from noise.
 
@@ -354,7 +401,7 @@ def loss_onset(val_loss: Sequence[float], epochs: Sequence[int] | None = None, w
     last = int(np.nonzero(smooth <= low + tolerance * unit)[0][-1])  # the last epoch within tolerance of the minimum
     if len(smooth) - 1 - last < min_after:
         return None
-    turn = int(np.nonzero(smooth[:last + 1] <= low + unit)[0][-1])  # where it was last near its minimum
+    turn = int(np.nonzero(smooth[: last + 1] <= low + unit)[0][-1])  # where it was last near its minimum
     return int(ep[turn + window // 2])
 
 
@@ -384,6 +431,7 @@ def ece(confidences: Sequence[float], correct: Sequence[bool], bins: int = ECE_B
 
 # ---------------------------------------------------------------- confirmations of a selected trial
 
+
 def confirmation(sweep: dict, runs: Sequence[dict], level: float = LEVEL, n_val: int | None = None) -> list[dict]:
     """Like-for-like check of a selected trial: final against final, best against best.
 
@@ -401,7 +449,16 @@ def confirmation(sweep: dict, runs: Sequence[dict], level: float = LEVEL, n_val:
         sd = float(np.std(others, ddof=1)) if len(others) > 1 else math.nan
         ci = mean_interval(mean, sd, len(others), level, n_val)
         value = sweep.get(key)
-        rows.append({"metric": key, "sweep": value, "own_seed": own[0] if own else math.nan,
-                     "independent_seeds": len(others), "independent_mean": mean, "low": ci["low"],
-                     "high": ci["high"], "luck": (value - mean) if value is not None and others else math.nan})
+        rows.append(
+            {
+                "metric": key,
+                "sweep": value,
+                "own_seed": own[0] if own else math.nan,
+                "independent_seeds": len(others),
+                "independent_mean": mean,
+                "low": ci["low"],
+                "high": ci["high"],
+                "luck": (value - mean) if value is not None and others else math.nan,
+            }
+        )
     return rows

@@ -8,14 +8,19 @@ Every variant runs the study's full epoch budget with each seed, two trainings a
 thread each); the table prints best and final val_acc, mean ± sd over seeds, and the change
 against the full recipe. Validation only: the test split is not touched.
 """
+
 from __future__ import annotations
 
 import argparse
 import statistics
 from concurrent.futures import ProcessPoolExecutor
 
-LEVERS = {"augmentation": {"augment": "none"}, "weight decay": {"weight_decay": 0.0},
-          "schedule": {"schedule": "constant"}, "dropout": {"dropout": 0.0}}
+LEVERS = {
+    "augmentation": {"augment": "none"},
+    "weight decay": {"weight_decay": 0.0},
+    "schedule": {"schedule": "constant"},
+    "dropout": {"dropout": 0.0},
+}
 
 
 def train(args: tuple[dict, dict]) -> dict:
@@ -49,21 +54,30 @@ def main() -> None:
     config, data = trial_configs(client, trial)
     epochs = a.epochs or budget_of(study.space) or config.epochs
     base = config.replace(epochs=epochs, threads=1, device="cpu")
-    variants = {"full recipe": {}} | {f"without {name}": change for name, change in LEVERS.items()
-                                      if any(getattr(base, k) != v for k, v in change.items())}
+    variants = {"full recipe": {}} | {
+        f"without {name}": change
+        for name, change in LEVERS.items()
+        if any(getattr(base, k) != v for k, v in change.items())
+    }
     jobs = [(name, seed) for name in variants for seed in range(base.seed, base.seed + a.seeds)]
     with ProcessPoolExecutor(a.workers) as pool:
-        results = list(pool.map(train, [(base.replace(**variants[n], seed=s).to_dict(), data.to_dict()) for n, s in jobs]))
-    print(f"trial {trial['trial_id']} ({trial['run_id']}): {base.hidden_sizes} {base.activation} {base.loss} "
-          f"{base.optimizer} lr {base.lr:.2g} wd {base.weight_decay:.2g} dropout {base.dropout:.2g} "
-          f"{base.augment} {base.schedule}; {epochs} epochs, {a.seeds} seeds, val = holdout")
+        results = list(
+            pool.map(train, [(base.replace(**variants[n], seed=s).to_dict(), data.to_dict()) for n, s in jobs])
+        )
+    print(
+        f"trial {trial['trial_id']} ({trial['run_id']}): {base.hidden_sizes} {base.activation} {base.loss} "
+        f"{base.optimizer} lr {base.lr:.2g} wd {base.weight_decay:.2g} dropout {base.dropout:.2g} "
+        f"{base.augment} {base.schedule}; {epochs} epochs, {a.seeds} seeds, val = holdout"
+    )
     table = {}
-    for (name, _), r in zip(jobs, results):
+    for (name, _), r in zip(jobs, results, strict=False):
         table.setdefault(name, []).append(r)
     full = statistics.fmean(r["best"] for r in table["full recipe"])
     print(f"{'variant':>24} {'best val_acc':>16} {'final val_acc':>16} {'best vs full':>13}")
     for name, rs in table.items():
-        ms = lambda k: f"{statistics.fmean(r[k] for r in rs):.3f} ± {statistics.stdev(r[k] for r in rs) if len(rs) > 1 else 0:.3f}"  # noqa: E731
+        ms = lambda k: (
+            f"{statistics.fmean(r[k] for r in rs):.3f} ± {statistics.stdev(r[k] for r in rs) if len(rs) > 1 else 0:.3f}"
+        )  # noqa: E731
         print(f"{name:>24} {ms('best'):>16} {ms('final'):>16} {statistics.fmean(r['best'] for r in rs) - full:>+13.3f}")
 
 

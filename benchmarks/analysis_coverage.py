@@ -7,6 +7,7 @@ checks the same bounds): interval coverage at a nominal 95% should land in [0.92
 val-loss onset should say "no onset" on curves that do not overfit >= 95% of the time, and curve
 shapes should be classified right >= 90% of the time. Pure numpy: no training, no MLflow.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from analysis.statistics import loss_onset  # noqa: E402
-from tests.test_statistics import (SHAPE_SCENARIOS, TREND_SCENARIOS, mean_coverage, onset_curves,  # noqa: E402
-                                   shape_rate, trend_coverage)
+from tests.test_statistics import (
+    SHAPE_SCENARIOS,
+    TREND_SCENARIOS,
+    mean_coverage,
+    onset_curves,  # noqa: E402
+    shape_rate,
+    trend_coverage,
+)
 
 
 def rates(draws: int, seed: int) -> list[tuple[str, str, float, str]]:
@@ -28,8 +35,14 @@ def rates(draws: int, seed: int) -> list[tuple[str, str, float, str]]:
     for scenario in TREND_SCENARIOS:
         rows.append(("trend interval coverage", scenario, trend_coverage(scenario, draws, seed), "0.92-0.98"))
     for seeds, sd in ((3, 0.005), (3, 0.02), (2, 0.01), (10, 0.01)):
-        rows.append(("mean interval coverage", f"{seeds} seeds, seed sd {sd}, 1,000 val images",
-                     mean_coverage(seeds, sd, draws, seed=seed), "0.92-0.98"))
+        rows.append(
+            (
+                "mean interval coverage",
+                f"{seeds} seeds, seed sd {sd}, 1,000 val images",
+                mean_coverage(seeds, sd, draws, seed=seed),
+                "0.92-0.98",
+            )
+        )
     for kind in ("flat", "wander", "learning"):
         found = sum(loss_onset(c) is not None for c in onset_curves(kind, draws, seed))
         rows.append(("onset false positives", kind, found / draws, "<= 0.05"))

@@ -6,6 +6,7 @@ Runs both trees' command lines alternately (a noisy machine hits both alike) and
 median wall time of each, and which heavy libraries each imported. `--ref` defaults to the last
 commit before `train` stopped importing Ray, Optuna and MLflow.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,15 +19,22 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PROBE = ("import sys, runpy; sys.argv = ['birdplane', 'train', '--epochs', '0', '--json'];\n"
-         "try:\n    runpy.run_module('study.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-         "print(','.join(sorted(m for m in ('ray', 'optuna', 'mlflow') if m in sys.modules)), file=sys.stderr)")
+PROBE = (
+    "import sys, runpy; sys.argv = ['birdplane', 'train', '--epochs', '0', '--json'];\n"
+    "try:\n    runpy.run_module('study.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+    "print(','.join(sorted(m for m in ('ray', 'optuna', 'mlflow') if m in sys.modules)), file=sys.stderr)"
+)
 
 
 def once(tree: Path) -> tuple[float, str]:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=tree, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(tree)})
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+    )
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-2000:])
     return time.perf_counter() - start, proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
@@ -51,8 +59,10 @@ def main() -> None:
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=REPO, check=False)
     for name in ("before", "after"):
-        print(f"{name:>6} ({a.ref if name == 'before' else 'this tree'}): median {statistics.median(times[name]):.2f} s "
-              f"over {a.repeats} (min {min(times[name]):.2f}); imported: {imported[name]}")
+        print(
+            f"{name:>6} ({a.ref if name == 'before' else 'this tree'}): median {statistics.median(times[name]):.2f} s "
+            f"over {a.repeats} (min {min(times[name]):.2f}); imported: {imported[name]}"
+        )
     print(f"after / before: {statistics.median(times['after']) / statistics.median(times['before']):.2f}")
 
 

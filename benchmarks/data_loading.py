@@ -1,7 +1,8 @@
 """Decoding versus the tensor cache: seconds to load the airplane/bird set, first time and cached.
 
-    python benchmarks/data_loading.py [--data-root DIR]     (goal: cached load under 1 s)
+python benchmarks/data_loading.py [--data-root DIR]     (goal: cached load under 1 s)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,10 @@ def main() -> None:
             cached.append(time.perf_counter() - t)
     print(f"{len(data.train)} train + {len(data.val)} val images of {', '.join(data.classes)}")
     print(f"first load (decode {len(data.train) + len(data.val)} + test PNGs, write cache): {first:.2f} s")
-    print(f"cached load: median {statistics.median(cached):.2f} s over {a.repeats} (goal < 1 s); "
-          f"speed-up {first / statistics.median(cached):.1f}x")
+    print(
+        f"cached load: median {statistics.median(cached):.2f} s over {a.repeats} (goal < 1 s); "
+        f"speed-up {first / statistics.median(cached):.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ each one's training seconds from its --json summary, and prints the per-run time
 relative to running alone. The largest N at >= --threshold (0.8) x solo speed is what the sweep's
 default --gpus-per-trial (1/N) should come from.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,23 @@ import time
 
 
 def run_batch(count: int, args) -> list[float]:
-    cmd = [sys.executable, "-m", "study.cli", "train", "--val-split", "book", "--epochs", str(args.epochs),
-           "--device", args.device, "--graphs", args.graphs, "--threads", "1", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "study.cli",
+        "train",
+        "--val-split",
+        "book",
+        "--epochs",
+        str(args.epochs),
+        "--device",
+        args.device,
+        "--graphs",
+        args.graphs,
+        "--threads",
+        "1",
+        "--json",
+    ]
     if args.data_root:
         cmd += ["--data-root", args.data_root]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(count)]

@@ -11,6 +11,7 @@ counts that unneeded gradient too, is printed beside it. Goals on the CPU: fit >
 >= 0.75x peak. On a GPU fit's steps are CUDA-graphed (``--graphs off`` for eager ones); the bare loop
 stays eager, so fit/bare there is the graphs' speed-up.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,8 @@ import torch
 
 from trainables.config import TrainConfig
 from trainables.data import Split, StudyData
-from trainables.losses import ChapterLoss
 from trainables.loop import fit, normalise, pick_device
+from trainables.losses import ChapterLoss
 from trainables.model import build_model, count_params
 
 NETS = {"[512]": (512,), "[1024,512,128]": (1024, 512, 128)}
@@ -30,7 +31,7 @@ NETS = {"[512]": (512,), "[1024,512,128]": (1024, 512, 128)}
 
 def flops_per_sample(hidden) -> int:
     widths = [3072, *hidden, 2]
-    layers = list(zip(widths, widths[1:]))
+    layers = list(zip(widths, widths[1:], strict=False))
     return sum(6 * i * o for i, o in layers) - 2 * layers[0][0] * layers[0][1]
 
 
@@ -93,23 +94,41 @@ def run(epochs: int, threads: int, n: int, batch_size: int, device_name: str, gr
         pairs = []
 
         def after_epoch(metrics, _snapshot):
-            pairs.append((metrics["samples_per_second"], bare.epoch(), gemm_peak(device, repeats=10),
-                          len(y) / metrics["epoch_seconds"]))
+            pairs.append(
+                (
+                    metrics["samples_per_second"],
+                    bare.epoch(),
+                    gemm_peak(device, repeats=10),
+                    len(y) / metrics["epoch_seconds"],
+                )
+            )
 
-        cfg = TrainConfig(hidden_sizes=hidden, epochs=epochs + 1, batch_size=batch_size, device=device.type, threads=threads,
-                          graphs=graphs)
+        cfg = TrainConfig(
+            hidden_sizes=hidden,
+            epochs=epochs + 1,
+            batch_size=batch_size,
+            device=device.type,
+            threads=threads,
+            graphs=graphs,
+        )
         result = fit(cfg, data, on_epoch_end=after_epoch)
         pairs = pairs[1:]  # fit's first epoch warms up
         flops = flops_per_sample(hidden)
         med = lambda values: statistics.median(values)
-        rows.append({"net": name, "fit_samples_per_s": med([p[0] for p in pairs]),
-                     "bare_samples_per_s": med([p[1] for p in pairs]),
-                     "fit_over_bare": med([p[0] / p[1] for p in pairs]),
-                     "fit_gflops": med([p[0] for p in pairs]) * flops / 1e9,
-                     "peak_gflops": med([p[2] for p in pairs]) / 1e9,
-                     "fit_over_peak": med([p[0] * flops / p[2] for p in pairs]),
-                     "fit_over_peak_6n": med([p[0] * 6 * count_params(3072, hidden, 2) / p[2] for p in pairs]),
-                     "epoch_with_eval_samples_per_s": med([p[3] for p in pairs]), "steps": result.steps})
+        rows.append(
+            {
+                "net": name,
+                "fit_samples_per_s": med([p[0] for p in pairs]),
+                "bare_samples_per_s": med([p[1] for p in pairs]),
+                "fit_over_bare": med([p[0] / p[1] for p in pairs]),
+                "fit_gflops": med([p[0] for p in pairs]) * flops / 1e9,
+                "peak_gflops": med([p[2] for p in pairs]) / 1e9,
+                "fit_over_peak": med([p[0] * flops / p[2] for p in pairs]),
+                "fit_over_peak_6n": med([p[0] * 6 * count_params(3072, hidden, 2) / p[2] for p in pairs]),
+                "epoch_with_eval_samples_per_s": med([p[3] for p in pairs]),
+                "steps": result.steps,
+            }
+        )
     return rows
 
 
@@ -117,7 +136,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=6, help="measured epochs per net (after one warm-up)")
     p.add_argument("--threads", type=int, default=0, help="0: torch's default")
-    p.add_argument("--samples", type=int, default=10_000, help="training images (the airplane/bird train split has 10,000)")
+    p.add_argument(
+        "--samples", type=int, default=10_000, help="training images (the airplane/bird train split has 10,000)"
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--graphs", default="auto", choices=("auto", "off"), help="CUDA-graphed steps on a GPU (auto)")
@@ -125,14 +146,18 @@ def main() -> None:
     a = p.parse_args()
     if a.smoke_test:
         a.epochs, a.samples = 2, 1024
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads() if not a.threads else a.threads}, "
-          f"device {pick_device(a.device)}, batch {a.batch_size}, {a.samples} samples")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads() if not a.threads else a.threads}, "
+        f"device {pick_device(a.device)}, batch {a.batch_size}, {a.samples} samples"
+    )
     for row in run(a.epochs, a.threads, a.samples, a.batch_size, a.device, a.graphs):
-        print(f"{row['net']:>16}: fit {row['fit_samples_per_s']:9,.0f} samples/s | bare {row['bare_samples_per_s']:9,.0f} | "
-              f"fit/bare {row['fit_over_bare']:.3f} (goal >= 0.95) | {row['fit_gflops']:.0f} of "
-              f"{row['peak_gflops']:.0f} GFLOP/s peak = {row['fit_over_peak']:.3f} exact count, "
-              f"{row['fit_over_peak_6n']:.3f} as 6*params (goal >= 0.75) | "
-              f"whole epoch incl. eval {row['epoch_with_eval_samples_per_s']:,.0f} samples/s | steps {row['steps']}")
+        print(
+            f"{row['net']:>16}: fit {row['fit_samples_per_s']:9,.0f} samples/s | bare {row['bare_samples_per_s']:9,.0f} | "
+            f"fit/bare {row['fit_over_bare']:.3f} (goal >= 0.95) | {row['fit_gflops']:.0f} of "
+            f"{row['peak_gflops']:.0f} GFLOP/s peak = {row['fit_over_peak']:.3f} exact count, "
+            f"{row['fit_over_peak_6n']:.3f} as 6*params (goal >= 0.75) | "
+            f"whole epoch incl. eval {row['epoch_with_eval_samples_per_s']:,.0f} samples/s | steps {row['steps']}"
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ logged to a throw-away MLflow store. Compute spent is counted in training epochs
 epochs run, in start order); the table prints the best val_acc found once 25/50/75/100% of the
 epochs the sweep used were spent, as mean +- std over seeds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,18 @@ def one_sweep(search: str, seed: int, a, work: Path) -> dict:
     name = f"{search}-{seed}"
     uri = f"sqlite:///{work / 'mlflow.db'}"
     sampler = {"optuna-random": "random"}.get(search, search)
-    opts = SweepOptions(space=a.space, num_samples=a.trials, epochs=a.epochs, grace_epochs=a.grace, seed=seed,
-                        search="random" if search == "random" else "tpe", sampler="tpe" if search == "random" else sampler,
-                        name=name, storage_path=str(work / "ray"), tracking_uri=uri)
+    opts = SweepOptions(
+        space=a.space,
+        num_samples=a.trials,
+        epochs=a.epochs,
+        grace_epochs=a.grace,
+        seed=seed,
+        search="random" if search == "random" else "tpe",
+        sampler="tpe" if search == "random" else sampler,
+        name=name,
+        storage_path=str(work / "ray"),
+        tracking_uri=uri,
+    )
     data = DataConfig(root=os.path.abspath(a.data_root), subset=a.subset)
     run_sweep(prepare(opts, data))
     ray.shutdown()
@@ -74,10 +84,15 @@ def main() -> None:
             started = time.perf_counter()
             results[search].append(one_sweep(search, seed, a, work))
             r = results[search][-1]
-            print(f"{search} seed {seed}: {r['epochs']:.0f} epochs, best val_acc {r[1.0]:.4f} "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)  # partial results survive a stop
-    print(f"\n{a.trials} trials per sweep, ASHA (grace {a.grace}, max {a.epochs} epochs), {a.subset} images/class, "
-          f"{a.seeds} seeds")
+            print(
+                f"{search} seed {seed}: {r['epochs']:.0f} epochs, best val_acc {r[1.0]:.4f} "
+                f"({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )  # partial results survive a stop
+    print(
+        f"\n{a.trials} trials per sweep, ASHA (grace {a.grace}, max {a.epochs} epochs), {a.subset} images/class, "
+        f"{a.seeds} seeds"
+    )
     print(f"{'searcher':>13} {'epochs used':>12}  best val_acc after 25% / 50% / 75% / 100% of them")
     for search, runs in results.items():
         cells = []

@@ -8,6 +8,7 @@ to a local store; (b) the same TrainConfigs through `trainables.fit`, back to ba
 trial. Prints the tuning wall-time ratio (goal <= 1.05 on long enough trials) and the cold start:
 launch to the first reported result (goal <= 15 s).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,37 +75,69 @@ def main() -> None:
         a.configs, a.epochs, a.subset, a.hidden = 2, 1, 100, 64
     lrs = LRS[: a.configs]
     work = Path(tempfile.mkdtemp(prefix="birdplane-overhead-"))
-    space = {"depth": 1, "width": a.hidden, "batch_size": 64, "loss": "nll", "activation": "tanh",
-             "optimizer": "sgd", "momentum": 0.0, "epochs": a.epochs, "lr": {"low": 1e-3, "high": 1e-1, "log": True}}
+    space = {
+        "depth": 1,
+        "width": a.hidden,
+        "batch_size": 64,
+        "loss": "nll",
+        "activation": "tanh",
+        "optimizer": "sgd",
+        "momentum": 0.0,
+        "epochs": a.epochs,
+        "lr": {"low": 1e-3, "high": 1e-1, "log": True},
+    }
     (work / "space.yaml").write_text(yaml.safe_dump(space))
     data_cfg = DataConfig(root=os.path.abspath(a.data_root), subset=a.subset)
-    opts = SweepOptions(space=str(work / "space.yaml"), num_samples=len(lrs), scheduler="none",
-                        max_concurrent=a.concurrency, name="overhead", storage_path=str(work / "ray"),
-                        tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    opts = SweepOptions(
+        space=str(work / "space.yaml"),
+        num_samples=len(lrs),
+        scheduler="none",
+        max_concurrent=a.concurrency,
+        name="overhead",
+        storage_path=str(work / "ray"),
+        tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
+    )
     launched = time.perf_counter()
     prep = prepare(opts, data_cfg)
     probe = FirstResult()
     summary = run_sweep(prep, points_to_evaluate=[{"lr": lr} for lr in lrs], extra_callbacks=[probe])
     ended = time.perf_counter()
-    configs = [TrainConfig(hidden_sizes=(a.hidden,), lr=t["config"]["lr"], epochs=a.epochs, threads=1,
-                           seed=t["config"]["seed"], device="cpu").to_dict() for t in summary.trials]
+    configs = [
+        TrainConfig(
+            hidden_sizes=(a.hidden,),
+            lr=t["config"]["lr"],
+            epochs=a.epochs,
+            threads=1,
+            seed=t["config"]["seed"],
+            device="cpu",
+        ).to_dict()
+        for t in summary.trials
+    ]
     import ray
 
     ray.shutdown()  # the baseline gets the machine to itself
     # spawn, not fork: this process has run Ray's threads
-    with ProcessPoolExecutor(max_workers=a.concurrency, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_load, initargs=(data_cfg.to_dict(),)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=a.concurrency,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_load,
+        initargs=(data_cfg.to_dict(),),
+    ) as pool:
         assert all(pool.map(_ready, range(a.concurrency * 4)))  # every worker up, data loaded
         started = time.perf_counter()
         list(pool.map(_fit, configs))
         baseline = time.perf_counter() - started
     tuning = ended - probe.first_start
     print(f"{len(lrs)} configs x {a.epochs} epochs, [{a.hidden}], concurrency {a.concurrency}")
-    print(f"sweep (Ray Tune + Optuna + MLflow): {tuning:.1f} s from the first trial start, "
-          f"{ended - launched:.1f} s from launch")
+    print(
+        f"sweep (Ray Tune + Optuna + MLflow): {tuning:.1f} s from the first trial start, "
+        f"{ended - launched:.1f} s from launch"
+    )
     print(f"plain fit() back to back:           {baseline:.1f} s")
-    print(f"wall-time ratio sweep/plain: {tuning / baseline:.3f} (goal <= 1.05); "
-          f"from launch: {(ended - launched) / baseline:.3f}")
+    print(
+        f"wall-time ratio sweep/plain: {tuning / baseline:.3f} (goal <= 1.05); "
+        f"from launch: {(ended - launched) / baseline:.3f}"
+    )
     print(f"cold start, launch to first reported result: {probe.first_result - launched:.1f} s (goal <= 15 s)")
 
 

@@ -20,8 +20,17 @@ import yaml
 
 from study import preflight
 from study.errors import UsageError
-from study.runner import (Prepared, StudyOptions, StudySummary, check_options, check_study_path, run_study,
-                          trial_dirname, trial_resources, tuner_for)
+from study.runner import (
+    Prepared,
+    StudyOptions,
+    StudySummary,
+    check_options,
+    check_study_path,
+    run_study,
+    trial_dirname,
+    trial_resources,
+    tuner_for,
+)
 from trainables.config import ConfigError, DataConfig, TrainConfig
 from trainables.data import check_data
 from trainables.model import count_params
@@ -58,8 +67,10 @@ class Grid:
 
     def label(self) -> str:
         reg = f" x {self.regulariser}={','.join(map(str, self.values))}" if self.regulariser else ""
-        return (f"widths {','.join(map(str, self.widths))} x depths {','.join(map(str, self.depths))} x "
-                f"{self.seeds} seeds{reg}, {self.epochs} epochs")
+        return (
+            f"widths {','.join(map(str, self.widths))} x depths {','.join(map(str, self.depths))} x "
+            f"{self.seeds} seeds{reg}, {self.epochs} epochs"
+        )
 
     def runs(self) -> int:
         return len(self.widths) * len(self.depths) * self.seeds * max(1, len(self.values))
@@ -109,8 +120,15 @@ def parse_regulariser(text: str) -> tuple[str, tuple]:
     return name, parsed
 
 
-def make_grid(widths=None, depths=None, seeds=None, epochs=None, regulariser: str | None = None,
-              design_file: str | None = None, smoke: bool = False) -> Grid:
+def make_grid(
+    widths=None,
+    depths=None,
+    seeds=None,
+    epochs=None,
+    regulariser: str | None = None,
+    design_file: str | None = None,
+    smoke: bool = False,
+) -> Grid:
     """The design from a file (if any), overridden by flags; --smoke shrinks what was not given."""
     base: dict[str, Any] = dict(SMOKE) if smoke else {}
     if design_file:
@@ -137,9 +155,14 @@ def make_grid(widths=None, depths=None, seeds=None, epochs=None, regulariser: st
     for key, value in (("seeds", seeds_value), ("epochs", epochs_value)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UsageError(f"--{key} must be an integer >= 1, got {value!r}")
-    return Grid(widths=_ints("--widths", base.get("widths", DEFAULT_WIDTHS)),
-                  depths=_ints("--depths", base.get("depths", DEFAULT_DEPTHS)),
-                  seeds=seeds_value, epochs=epochs_value, regulariser=name, values=values)
+    return Grid(
+        widths=_ints("--widths", base.get("widths", DEFAULT_WIDTHS)),
+        depths=_ints("--depths", base.get("depths", DEFAULT_DEPTHS)),
+        seeds=seeds_value,
+        epochs=epochs_value,
+        regulariser=name,
+        values=values,
+    )
 
 
 def _read_mapping(path: str, what: str, allowed: set[str]) -> dict:
@@ -214,8 +237,12 @@ class CapacitySpec:
     recipe_source: str
 
     def to_dict(self) -> dict:
-        return {"design": self.design.to_dict(), "recipe": self.recipe, "recipe_source": self.recipe_source,
-                "epochs": self.design.epochs}
+        return {
+            "design": self.design.to_dict(),
+            "recipe": self.recipe,
+            "recipe_source": self.recipe_source,
+            "epochs": self.design.epochs,
+        }
 
 
 @dataclass(frozen=True)
@@ -251,8 +278,9 @@ def prepare_capacity(opts: CapacityOptions, data: DataConfig) -> CapacityPrepare
     check_data(data)
     storage = check_study_path(opts.storage_path, opts.name, opts.resume, "capacity")
     spec = CapacitySpec(opts.design, recipe, source)
-    return Prepared(opts, spec, data, uri, opts.experiment or opts.name, storage, opts.design.epochs,
-                    study_name=opts.name)
+    return Prepared(
+        opts, spec, data, uri, opts.experiment or opts.name, storage, opts.design.epochs, study_name=opts.name
+    )
 
 
 def design_points(spec: CapacitySpec, first_seed: int, threads: int, device: str) -> list[dict]:
@@ -266,15 +294,30 @@ def design_points(spec: CapacitySpec, first_seed: int, threads: int, device: str
     for cell in design.cells():
         for value in design.values or (None,):
             for seed in range(design.seeds):
-                values = {**spec.recipe, "hidden_sizes": parse_cell(cell), "seed": first_seed + seed,
-                          "epochs": design.epochs, "threads": threads, "device": device}
+                values = {
+                    **spec.recipe,
+                    "hidden_sizes": parse_cell(cell),
+                    "seed": first_seed + seed,
+                    "epochs": design.epochs,
+                    "threads": threads,
+                    "device": device,
+                }
                 if design.regulariser:
                     values[design.regulariser] = value
-                points.append({
-                    "cell": cell, "seed": seed, **({"regulariser": value} if design.regulariser else {}),
-                    "train": TrainConfig.from_dict(values).to_dict(),
-                    "tags": {record.TAG_DESIGN: design.label(), record.TAG_CELL: cell, record.TAG_SEED: str(seed),
-                             record.TAG_REGULARISER: f"{design.regulariser}={value}" if design.regulariser else "none"}})
+                points.append(
+                    {
+                        "cell": cell,
+                        "seed": seed,
+                        **({"regulariser": value} if design.regulariser else {}),
+                        "train": TrainConfig.from_dict(values).to_dict(),
+                        "tags": {
+                            record.TAG_DESIGN: design.label(),
+                            record.TAG_CELL: cell,
+                            record.TAG_SEED: str(seed),
+                            record.TAG_REGULARISER: f"{design.regulariser}={value}" if design.regulariser else "none",
+                        },
+                    }
+                )
     return points
 
 
@@ -307,8 +350,9 @@ class Capacity:
 
         resources, _, concurrency = trial_resources(prep.options, cluster)
         # No scheduler and no searcher: every point of the grid trains the whole budget.
-        tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrency, reuse_actors=True,
-                                      trial_dirname_creator=trial_dirname)
+        tune_config = tune.TuneConfig(
+            num_samples=1, max_concurrent_trials=concurrency, reuse_actors=True, trial_dirname_creator=trial_dirname
+        )
         param_space = {"point": tune.grid_search(list(range(len(resolve.points))))}
         return tuner_for(prep, data, resources, callbacks, tune_config, param_space, resolve=resolve), concurrency
 

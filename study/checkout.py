@@ -1,4 +1,5 @@
 """The git checkout birdplane runs from: its commit, branch and remote, read once per process."""
+
 from __future__ import annotations
 
 import functools

@@ -18,13 +18,21 @@ import math
 import os
 import sys
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Sequence
 
-from study.capacity import (DEFAULT_DEPTHS, DEFAULT_EPOCHS, DEFAULT_SEEDS, DEFAULT_WIDTHS, CapacityOptions, make_grid,
-                            prepare_capacity, run_capacity)
 from study import preflight
+from study.capacity import (
+    DEFAULT_DEPTHS,
+    DEFAULT_EPOCHS,
+    DEFAULT_SEEDS,
+    DEFAULT_WIDTHS,
+    CapacityOptions,
+    make_grid,
+    prepare_capacity,
+    run_capacity,
+)
 from study.errors import UsageError
 from study.manifest import experiment_path
 from study.runner import NAME_PATTERN, SMOKE_SUBSET, StudyOptions, default_name
@@ -41,21 +49,36 @@ class _Parser(argparse.ArgumentParser):
 
 
 def add_data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-root", default=os.environ.get("BIRDPLANE_DATA", "./data"),
-                   help="image tree ROOT/{train,test}/<class>/, or a folder holding cifar-10-batches-py "
-                        "(default: $BIRDPLANE_DATA or ./data)")
+    p.add_argument(
+        "--data-root",
+        default=os.environ.get("BIRDPLANE_DATA", "./data"),
+        help="image tree ROOT/{train,test}/<class>/, or a folder holding cifar-10-batches-py "
+        "(default: $BIRDPLANE_DATA or ./data)",
+    )
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data-root")
     p.add_argument("--classes", default="airplane,bird", help="comma-separated class names; labels follow this order")
-    p.add_argument("--val-split", default="holdout", choices=("holdout", "book"),
-                   help="holdout: stratified 10%% of train; book: the official test split, as the chapter does")
+    p.add_argument(
+        "--val-split",
+        default="holdout",
+        choices=("holdout", "book"),
+        help="holdout: stratified 10%% of train; book: the official test split, as the chapter does",
+    )
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split (separate from --seed)")
-    p.add_argument("--cache-dir", default="", help="decoded-tensor cache (default: $BIRDPLANE_CACHE or ~/.cache/birdplane)")
+    p.add_argument(
+        "--cache-dir", default="", help="decoded-tensor cache (default: $BIRDPLANE_CACHE or ~/.cache/birdplane)"
+    )
 
 
 def data_config(args: argparse.Namespace, subset: int = 0) -> DataConfig:
-    return DataConfig(root=os.path.abspath(args.data_root), classes=args.classes, val_split=args.val_split,
-                      split_seed=args.split_seed, download=args.download, cache_dir=args.cache_dir,
-                      subset=subset)
+    return DataConfig(
+        root=os.path.abspath(args.data_root),
+        classes=args.classes,
+        val_split=args.val_split,
+        split_seed=args.split_seed,
+        download=args.download,
+        cache_dir=args.cache_dir,
+        subset=subset,
+    )
 
 
 def add_config_flags(p: argparse.ArgumentParser, config=TrainConfig) -> None:
@@ -70,8 +93,13 @@ def add_config_flags(p: argparse.ArgumentParser, config=TrainConfig) -> None:
         text = meta.get("help", "")
         if "choices" in meta:
             text = f"one of {', '.join(meta['choices'])}" + (f"; {text}" if text else "")
-        p.add_argument(meta.get("flag", "--" + f.name.replace("_", "-")), dest=f.name, type=kind, default=default,
-                       help=(text + " " if text else "") + "(default: %(default)s)")
+        p.add_argument(
+            meta.get("flag", "--" + f.name.replace("_", "-")),
+            dest=f.name,
+            type=kind,
+            default=default,
+            help=(text + " " if text else "") + "(default: %(default)s)",
+        )
 
 
 def _train_parser(sub) -> None:
@@ -98,9 +126,11 @@ def json_safe(value):
 
 
 def format_epoch(m: dict) -> str:
-    return (f"epoch {m['epoch']:>3}  train_loss {m['train_loss']:.4f}  train_acc {m['train_acc']:.4f}  "
-            f"val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.4f}  gap {m['gap']:+.4f}  "
-            f"{m['samples_per_second']:,.0f} samples/s")
+    return (
+        f"epoch {m['epoch']:>3}  train_loss {m['train_loss']:.4f}  train_acc {m['train_acc']:.4f}  "
+        f"val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.4f}  gap {m['gap']:+.4f}  "
+        f"{m['samples_per_second']:,.0f} samples/s"
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -116,10 +146,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(json_safe({**summary, "config": config.to_dict(), "data": data.summary()})))
     else:
-        print(f"{summary['status']}: {summary['epochs']} epochs in {summary['seconds']:.1f}s, "
-              f"param_count {summary['param_count']:,}, val_acc {summary['val_acc']:.4f} "
-              f"(best {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}), "
-              f"train_acc {summary['train_acc']:.4f}; steps {summary['steps']}")
+        print(
+            f"{summary['status']}: {summary['epochs']} epochs in {summary['seconds']:.1f}s, "
+            f"param_count {summary['param_count']:,}, val_acc {summary['val_acc']:.4f} "
+            f"(best {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}), "
+            f"train_acc {summary['train_acc']:.4f}; steps {summary['steps']}"
+        )
     return 0
 
 
@@ -129,8 +161,10 @@ def untrained(config, data, as_json: bool) -> int:
     if as_json:
         print(json.dumps(json_safe({**summary, "config": config.to_dict(), "data": data.summary()})))
     else:
-        print(f"untrained: param_count {summary['param_count']:,}, val_loss {summary['val_loss']:.4f}, "
-              f"val_acc {summary['val_acc']:.4f}, train_acc {summary['train_acc']:.4f}")
+        print(
+            f"untrained: param_count {summary['param_count']:,}, val_loss {summary['val_loss']:.4f}, "
+            f"val_acc {summary['val_acc']:.4f}, train_acc {summary['train_acc']:.4f}"
+        )
     return 0
 
 
@@ -139,20 +173,32 @@ def add_study_flags(p: argparse.ArgumentParser, kind: str, seed_help: str, smoke
     d = StudyOptions()
     p.add_argument("--seed", type=int, default=d.seed, help=seed_help)
     p.add_argument("--cpus-per-trial", type=int, default=d.cpus_per_trial)
-    p.add_argument("--gpus-per-trial", type=float, default=None,
-                   help="default 1/16 (16 trials a GPU) when the cluster has GPUs, else 0")
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=None,
+        help="default 1/16 (16 trials a GPU) when the cluster has GPUs, else 0",
+    )
     p.add_argument("--max-concurrent", type=int, default=None, help="default: as many as the resources hold")
     p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: local)")
-    p.add_argument("--storage-path", default=None, help="Tune results and checkpoints (default ~/ray_results); "
-                                                       "shared storage or a cloud URI on a cluster")
+    p.add_argument(
+        "--storage-path",
+        default=None,
+        help="Tune results and checkpoints (default ~/ray_results); shared storage or a cloud URI on a cluster",
+    )
     p.add_argument("--name", default=None, help=f"study name (default {kind}-<timestamp>); --resume needs it")
     p.add_argument("--resume", action="store_true", help="continue the interrupted study --name")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's local sqlite:///mlflow.db)")
+    p.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's local sqlite:///mlflow.db)"
+    )
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: the study name)")
     p.add_argument("--smoke", action="store_true", help=smoke_help)
-    p.add_argument("--check", action="store_true",
-                   help="validate every flag, the input files, the data root and the tracking URI, print the plan, "
-                        "and stop (nothing is started or written)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="validate every flag, the input files, the data root and the tracking URI, print the plan, "
+        "and stop (nothing is started or written)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
     add_data_flags(p)
 
@@ -170,34 +216,61 @@ def _sweep_parser(sub) -> None:
     p = sub.add_parser("sweep", help="run a study: Optuna TPE + ASHA on Ray Tune, every trial in MLflow")
     p.add_argument("--space", default=None, help="search-space YAML (default: the one shipped in study/spaces/)")
     p.add_argument("--num-samples", type=int, default=None, help=f"trials (default {d.num_samples}; 4 with --smoke)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="epochs per trial (overrides the space's epochs; 2 with --smoke)")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="epochs per trial (overrides the space's epochs; 2 with --smoke)"
+    )
     p.add_argument("--metric", default=d.metric, help="val_acc (max) or val_loss (min)")
     p.add_argument("--objectives", default="", help="val_acc,param_count for a multi-objective search")
     p.add_argument("--scheduler", default=d.scheduler, help="asha or none")
     p.add_argument("--search", default=d.search, help="tpe (Optuna, default) or random (Ray's random search)")
-    p.add_argument("--sampler", default=d.sampler,
-                   help="the Optuna sampler of --search tpe: tpe (default), gp, qmc or random")
-    p.add_argument("--grace-epochs", type=int, default=None,
-                   help="ASHA's minimum epochs per trial (default 4, or the trials' epochs when fewer)")
-    p.add_argument("--extend", type=int, default=None, metavar="N",
-                   help="N more trials for the finished sweep --name: its Optuna study warm-starts the search, its "
-                        "MLflow parent run gets them; --space may widen numeric ranges")
-    p.add_argument("--optuna-storage", default=None,
-                   help="the Optuna study's database (study name = --name); default: optuna.db beside the MLflow "
-                        "store; 'none' keeps it in memory. Watch it live with `optuna-dashboard URL`")
-    add_study_flags(p, "sweep", seed_help="seed of the search (the trials' training seeds start at 100000*SEED)",
-                    smoke_help="a tiny sweep: 4 trials, 2 epochs, 100 images per class")
+    p.add_argument(
+        "--sampler", default=d.sampler, help="the Optuna sampler of --search tpe: tpe (default), gp, qmc or random"
+    )
+    p.add_argument(
+        "--grace-epochs",
+        type=int,
+        default=None,
+        help="ASHA's minimum epochs per trial (default 4, or the trials' epochs when fewer)",
+    )
+    p.add_argument(
+        "--extend",
+        type=int,
+        default=None,
+        metavar="N",
+        help="N more trials for the finished sweep --name: its Optuna study warm-starts the search, its "
+        "MLflow parent run gets them; --space may widen numeric ranges",
+    )
+    p.add_argument(
+        "--optuna-storage",
+        default=None,
+        help="the Optuna study's database (study name = --name); default: optuna.db beside the MLflow "
+        "store; 'none' keeps it in memory. Watch it live with `optuna-dashboard URL`",
+    )
+    add_study_flags(
+        p,
+        "sweep",
+        seed_help="seed of the search (the trials' training seeds start at 100000*SEED)",
+        smoke_help="a tiny sweep: 4 trials, 2 epochs, 100 images per class",
+    )
     p.set_defaults(handler=cmd_sweep)
 
 
 def sweep_options(args: argparse.Namespace) -> SweepOptions:
     num_samples = args.num_samples if args.num_samples is not None else (4 if args.smoke else SweepOptions.num_samples)
     objectives = tuple(o.strip() for o in args.objectives.split(",") if o.strip())
-    return SweepOptions(**study_options(args, "sweep"), space=args.space, num_samples=num_samples, epochs=args.epochs,
-                        metric=args.metric, objectives=objectives, scheduler=args.scheduler,
-                        grace_epochs=args.grace_epochs if not args.smoke else 1, search=args.search,
-                        optuna_storage=args.optuna_storage, sampler=args.sampler)
+    return SweepOptions(
+        **study_options(args, "sweep"),
+        space=args.space,
+        num_samples=num_samples,
+        epochs=args.epochs,
+        metric=args.metric,
+        objectives=objectives,
+        scheduler=args.scheduler,
+        grace_epochs=args.grace_epochs if not args.smoke else 1,
+        search=args.search,
+        optuna_storage=args.optuna_storage,
+        sampler=args.sampler,
+    )
 
 
 def run_and_summarise(args: argparse.Namespace, run) -> tuple:
@@ -213,8 +286,10 @@ def run_and_summarise(args: argparse.Namespace, run) -> tuple:
 def format_trial(t: dict) -> str:
     from analysis.report import config_label
 
-    return (f"val_acc {t['val_acc']:.4f}  train_acc {t['train_acc']:.4f}  param_count {t['param_count']:>10,}  "
-            f"epochs {t['epochs']}  {config_label(t.get('config') or {})}")
+    return (
+        f"val_acc {t['val_acc']:.4f}  train_acc {t['train_acc']:.4f}  param_count {t['param_count']:>10,}  "
+        f"epochs {t['epochs']}  {config_label(t.get('config') or {})}"
+    )
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -229,12 +304,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     else:
         prep = prepare(opts, data_config(args, subset=SMOKE_SUBSET if args.smoke else 0))
     if args.check:
-        plan = {"name": opts.name, "experiment": prep.experiment, "tracking_uri": prep.tracking_uri,
-                "experiment_path": prep.path, "epochs": prep.epochs, "num_samples": opts.num_samples,
-                "space": prep.space.to_dict(), "data": prep.data.to_dict()}
-        print(json.dumps(json_safe(plan)) if args.json else
-              f"ok: sweep {opts.name!r}, {opts.num_samples} trials of up to {prep.epochs} epochs, "
-              f"results in {prep.path}, MLflow {prep.tracking_uri}")
+        plan = {
+            "name": opts.name,
+            "experiment": prep.experiment,
+            "tracking_uri": prep.tracking_uri,
+            "experiment_path": prep.path,
+            "epochs": prep.epochs,
+            "num_samples": opts.num_samples,
+            "space": prep.space.to_dict(),
+            "data": prep.data.to_dict(),
+        }
+        print(
+            json.dumps(json_safe(plan))
+            if args.json
+            else f"ok: sweep {opts.name!r}, {opts.num_samples} trials of up to {prep.epochs} epochs, "
+            f"results in {prep.path}, MLflow {prep.tracking_uri}"
+        )
         return 0
     summary, code = run_and_summarise(args, lambda: run_sweep(prep))
     if args.json:
@@ -252,7 +337,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for t in summary.pareto:
             print(f"  {t['trial_id']}: {format_trial(t)}")
     if summary.undelivered:
-        print(f"warning: {summary.undelivered} MLflow calls were not delivered; run `birdplane sync --name {summary.name}`")
+        print(
+            f"warning: {summary.undelivered} MLflow calls were not delivered; run `birdplane sync --name {summary.name}`"
+        )
     print(review_hint(summary.tracking_uri, summary.experiment))
     return code
 
@@ -268,20 +355,31 @@ def review_hint(uri: str, experiment: str) -> str:
         exp = None
     page = f"#/experiments/{exp.experiment_id}?workflowType=machine_learning" if exp is not None else ""
     if preflight.is_local_store(uri):
-        return (f"review: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, then open "
-                f"http://127.0.0.1:5000/{page}")
+        return (
+            f"review: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, then open "
+            f"http://127.0.0.1:5000/{page}"
+        )
     return f"review: open {uri.rstrip('/')}/{page}"
 
 
 def _report_parser(sub) -> None:
     p = sub.add_parser("report", help="figures + HTML of a study: accuracy against parameters, overfitting")
-    p.add_argument("--experiment", required=True, action="append",
-                   help="MLflow experiment of the study (the study name by default); give it twice or more to "
-                        "compare studies on one page (compare.html)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's local sqlite:///mlflow.db)")
+    p.add_argument(
+        "--experiment",
+        required=True,
+        action="append",
+        help="MLflow experiment of the study (the study name by default); give it twice or more to "
+        "compare studies on one page (compare.html)",
+    )
+    p.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's local sqlite:///mlflow.db)"
+    )
     p.add_argument("--out", default="report", help="folder for the PNG figures and report.html (default ./report)")
-    p.add_argument("--include-short", action="store_true",
-                   help="also analyse trials that ran fewer epochs than the budget (left out by default)")
+    p.add_argument(
+        "--include-short",
+        action="store_true",
+        help="also analyse trials that ran fewer epochs than the budget (left out by default)",
+    )
     p.set_defaults(handler=cmd_report)
 
 
@@ -298,12 +396,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     budget = f"the {report.budget}-epoch budget" if report.budget else "an unknown budget"
     if args.include_short:
         budget = f"any budget (--include-short; the study's is {report.budget} epochs)"
-    print(f"study {args.experiment}: {len(report.trials)} trials at {budget} ({report.left_out_text()}), "
-          f"best val_acc {report.trials['val_acc'].max():.4f}")
-    columns = ["group", "depth", "hidden_sizes", "param_count", "seeds", "final_val_acc", "final_val_acc_sd", "train_acc",
-               "gap", "val_loss_rise", "onset"]
-    print("\nper size (means over seeds; final_val_acc_sd their sd; val_loss_rise = final - minimum val loss; "
-          "onset = median overfitting-onset epoch):")
+    print(
+        f"study {args.experiment}: {len(report.trials)} trials at {budget} ({report.left_out_text()}), "
+        f"best val_acc {report.trials['val_acc'].max():.4f}"
+    )
+    columns = [
+        "group",
+        "depth",
+        "hidden_sizes",
+        "param_count",
+        "seeds",
+        "final_val_acc",
+        "final_val_acc_sd",
+        "train_acc",
+        "gap",
+        "val_loss_rise",
+        "onset",
+    ]
+    print(
+        "\nper size (means over seeds; final_val_acc_sd their sd; val_loss_rise = final - minimum val loss; "
+        "onset = median overfitting-onset epoch):"
+    )
     print(readable(report.sizes[columns]).to_string(index=False))
     for group, m in report.memorisation.items():
         print(memorisation_text(group, m))
@@ -311,18 +424,37 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(line)
     if report.confirmations is not None:
         print("\nconfirmed at the full budget (means over seeds):")
-        print(readable(report.confirmations[["param_count", "hidden_sizes", "seeds", "epochs", "sweep_val_acc",
-                                             "sweep_epochs", "best_val_acc", "best_val_acc_sd", "val_acc",
-                                             "on_confirmed_frontier"]]).to_string(index=False))
+        print(
+            readable(
+                report.confirmations[
+                    [
+                        "param_count",
+                        "hidden_sizes",
+                        "seeds",
+                        "epochs",
+                        "sweep_val_acc",
+                        "sweep_epochs",
+                        "best_val_acc",
+                        "best_val_acc_sd",
+                        "val_acc",
+                        "on_confirmed_frontier",
+                    ]
+                ]
+            ).to_string(index=False)
+        )
     print("\nPareto set (val_acc up, param_count down):")
     print(f"  {'param_count':>12} {'val_acc':>8} {'train_acc':>9} {'gap':>7}  config")
     for _, r in report.pareto.iterrows():
-        print(f"  {int(r['param_count']):>12,} {r['val_acc']:>8.3f} {r['train_acc']:>9.3f} {r['gap']:>+7.3f}  {config_label(r)}")
+        print(
+            f"  {int(r['param_count']):>12,} {r['val_acc']:>8.3f} {r['train_acc']:>9.3f} {r['gap']:>+7.3f}  {config_label(r)}"
+        )
     flagged = report.edges[report.edges["at_edge"]] if not report.edges.empty else report.edges
     for r in flagged.itertuples():
         print(f"edge: the best trials' {r.dimension} sits at the {r.edge} edge of {r.low}..{r.high}; widen the range")
-    print(f"\nwrote {len(paths)} files to {args.out}/ ({TABLE_FILE} holds the per-size table; also logged to the "
-          f"parent run under report/)")
+    print(
+        f"\nwrote {len(paths)} files to {args.out}/ ({TABLE_FILE} holds the per-size table; also logged to the "
+        f"parent run under report/)"
+    )
     print(review_hint(uri, args.experiment))
     return 0
 
@@ -335,8 +467,11 @@ def compare_studies(args: argparse.Namespace) -> int:
     reports, paths, _ = build_comparison(args.tracking_uri, args.experiment, Path(args.out), args.include_short)
     table = best_table(reports)
     print("studies compared (best trial at each study's budget):")
-    print(readable(table[["experiment", "trials", "budget", "best_val_acc", "best_gap",
-                          "best_param_count"]]).to_string(index=False))
+    print(
+        readable(table[["experiment", "trials", "budget", "best_val_acc", "best_gap", "best_param_count"]]).to_string(
+            index=False
+        )
+    )
     trends = trends_table(reports)
     print("\ntrends per curve (shape; slope per decade with its 95% t interval over size means where monotone):")
     print(readable(trends[trends["metric"] == "gap"].drop(columns=["metric"])).to_string(index=False))
@@ -345,10 +480,14 @@ def compare_studies(args: argparse.Namespace) -> int:
 
 
 def _export_parser(sub) -> None:
-    p = sub.add_parser("export", help="a study as tidy tables: one row per trial (FILE) and per trial-epoch (FILE.curves)")
+    p = sub.add_parser(
+        "export", help="a study as tidy tables: one row per trial (FILE) and per trial-epoch (FILE.curves)"
+    )
     p.add_argument("--experiment", required=True, help="MLflow experiment of the study")
     p.add_argument("--out", required=True, help="FILE.csv or FILE.parquet; the curves go to FILE.curves.csv|.parquet")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's local sqlite:///mlflow.db)")
+    p.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's local sqlite:///mlflow.db)"
+    )
     p.set_defaults(handler=cmd_export)
 
 
@@ -380,20 +519,31 @@ def _rerun_parser(sub) -> None:
     p = sub.add_parser("rerun", help="retrain a study's best trial with several seeds; report test accuracy")
     p.add_argument("--experiment", required=True)
     p.add_argument("--rank", type=int, default=1, help="1 = the best trial")
-    p.add_argument("--pareto", action="store_true",
-                   help="confirm the study's Pareto set instead: retrain each at the full budget with --seeds seeds, "
-                        "as child runs of the study (validation only)")
+    p.add_argument(
+        "--pareto",
+        action="store_true",
+        help="confirm the study's Pareto set instead: retrain each at the full budget with --seeds seeds, "
+        "as child runs of the study (validation only)",
+    )
     p.add_argument("--top", type=int, default=None, help="confirm the top K trials by val_acc the same way")
     p.add_argument("--metric", default="val_acc", help="val_acc (max) or val_loss (min)")
     p.add_argument("--seeds", type=int, default=3, help="how many seeds; the trial's own seed first")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="default: as many epochs as the trial ran (with --pareto/--top: the study's full budget)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="default: as many epochs as the trial ran (with --pareto/--top: the study's full budget)",
+    )
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--address", default=None, help="Ray cluster to run the seeds on (default: local)")
     p.add_argument("--data-root", default=None, help="override the data root recorded with the study")
-    p.add_argument("--register", default=None, metavar="NAME",
-                   help="register the rerun's model (its first seed's best-epoch weights) in MLflow's model registry "
-                        "as a new version of NAME and point the alias @champion at it")
+    p.add_argument(
+        "--register",
+        default=None,
+        metavar="NAME",
+        help="register the rerun's model (its first seed's best-epoch weights) in MLflow's model registry "
+        "as a new version of NAME and point the alias @champion at it",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_rerun)
 
@@ -407,18 +557,32 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         if args.register is not None:
             raise UsageError("--register goes with a rerun of one trial, not with --pareto or --top")
         return confirm(args)
-    summary = run_rerun(RerunOptions(experiment=args.experiment, rank=args.rank, metric=args.metric, seeds=args.seeds,
-                                     epochs=args.epochs, tracking_uri=args.tracking_uri, address=args.address,
-                                     data_root=args.data_root, register=args.register))
+    summary = run_rerun(
+        RerunOptions(
+            experiment=args.experiment,
+            rank=args.rank,
+            metric=args.metric,
+            seeds=args.seeds,
+            epochs=args.epochs,
+            tracking_uri=args.tracking_uri,
+            address=args.address,
+            data_root=args.data_root,
+            register=args.register,
+        )
+    )
     if args.json:
         print(json.dumps(json_safe(asdict(summary))))
         return 0
-    print(f"trial {summary.trial_id} (run {summary.trial_run_id}): {args.metric} {summary.trial_metric:.4f} in the sweep")
+    print(
+        f"trial {summary.trial_id} (run {summary.trial_run_id}): {args.metric} {summary.trial_metric:.4f} in the sweep"
+    )
     runs = summary.runs
-    print(f"reruns, seeds {', '.join(map(str, summary.seeds))}: best val_acc "
-          f"{mean_sd_text([r['best_val_acc'] for r in runs])} (epochs {', '.join(str(r['best_epoch']) for r in runs)} "
-          f"of {runs[0]['last_epoch']}), test_acc {mean_sd_text([r['test_acc'] for r in runs])} with those "
-          f"best-epoch weights (last epoch's: {mean_sd_text([r['test_acc_last'] for r in runs])})")
+    print(
+        f"reruns, seeds {', '.join(map(str, summary.seeds))}: best val_acc "
+        f"{mean_sd_text([r['best_val_acc'] for r in runs])} (epochs {', '.join(str(r['best_epoch']) for r in runs)} "
+        f"of {runs[0]['last_epoch']}), test_acc {mean_sd_text([r['test_acc'] for r in runs])} with those "
+        f"best-epoch weights (last epoch's: {mean_sd_text([r['test_acc_last'] for r in runs])})"
+    )
     if summary.reproduced is not None:
         print(f"same-seed rerun reproduced the trial exactly: {'yes' if summary.reproduced else 'NO'}")
     print(f"MLflow: parent run {summary.parent_run_id}; model: {summary.model_uri}")
@@ -434,31 +598,50 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 def confirm(args: argparse.Namespace) -> int:
     from study.rerun import ConfirmOptions, run_confirm
 
-    summary = run_confirm(ConfirmOptions(experiment=args.experiment, pareto=args.pareto, top=args.top, seeds=args.seeds,
-                                         epochs=args.epochs, tracking_uri=args.tracking_uri, address=args.address,
-                                         data_root=args.data_root))
+    summary = run_confirm(
+        ConfirmOptions(
+            experiment=args.experiment,
+            pareto=args.pareto,
+            top=args.top,
+            seeds=args.seeds,
+            epochs=args.epochs,
+            tracking_uri=args.tracking_uri,
+            address=args.address,
+            data_root=args.data_root,
+        )
+    )
     if args.json:
         print(json.dumps(json_safe(asdict(summary))))
         return 0
-    print(f"confirmed {len(summary.trials)} trials at {summary.epochs} epochs x {summary.seeds} seeds "
-          f"(child runs of {summary.parent_run_id}, tagged confirms=<trial run>):")
+    print(
+        f"confirmed {len(summary.trials)} trials at {summary.epochs} epochs x {summary.seeds} seeds "
+        f"(child runs of {summary.parent_run_id}, tagged confirms=<trial run>):"
+    )
     print(f"  {'trial':<10} {'params':>11} {'sweep val_acc (epochs)':>24} {'best val_acc':>15} {'final val_acc':>15}")
     for t in summary.trials:
-        print(f"  {t['trial_id']:<10} {t['param_count']:>11,} {t['sweep_val_acc']:>16.3f} ({t['sweep_epochs']:>3}) "
-              f"{t['best_val_acc_mean']:>8.3f} ± {t['best_val_acc_sd']:.3f} {t['val_acc_mean']:>8.3f} ± {t['val_acc_sd']:.3f}")
+        print(
+            f"  {t['trial_id']:<10} {t['param_count']:>11,} {t['sweep_val_acc']:>16.3f} ({t['sweep_epochs']:>3}) "
+            f"{t['best_val_acc_mean']:>8.3f} ± {t['best_val_acc_sd']:.3f} {t['val_acc_mean']:>8.3f} ± {t['val_acc_sd']:.3f}"
+        )
     print(f"see them beside the sweep: birdplane report --experiment {args.experiment}")
     return 0
 
 
 def _predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="classify images with a saved model (a path or an MLflow runs:/ URI)")
-    p.add_argument("--model", required=True,
-                   help="model.pt path, runs:/RUN_ID/model.pt, or a registered model: models:/NAME/VERSION, "
-                        "models:/NAME@champion")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model.pt path, runs:/RUN_ID/model.pt, or a registered model: models:/NAME/VERSION, models:/NAME@champion",
+    )
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--tracking-uri", default=None, help="for runs:/ URIs (default: MLflow's local store)")
-    p.add_argument("--weights", default="best", choices=("best", "last"),
-                   help="the best-val epoch's weights (default) or the last epoch's")
+    p.add_argument(
+        "--weights",
+        default="best",
+        choices=("best", "last"),
+        help="the best-val epoch's weights (default) or the last epoch's",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_predict)
 
@@ -477,7 +660,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _sync_parser(sub) -> None:
-    p = sub.add_parser("sync", help="replay a study's Ray results into MLflow (after an outage); adds only what is missing")
+    p = sub.add_parser(
+        "sync", help="replay a study's Ray results into MLflow (after an outage); adds only what is missing"
+    )
     p.add_argument("--name", required=True, help="the study's name")
     p.add_argument("--storage-path", default=None, help="as given to the study (default ~/ray_results)")
     p.add_argument("--tracking-uri", default=None, help="default: the URI the study used")
@@ -491,29 +676,46 @@ def cmd_sync(args: argparse.Namespace) -> int:
         raise UsageError(f"--name {args.name!r}: use letters, digits, '_', '-', '.'")
     quiet_libraries()
     counts = sync_study(experiment_path(args.storage_path, args.name), args.tracking_uri)
-    print(f"synced {counts['trials']} trials to {counts['tracking_uri']}: {counts['closed']} runs completed, "
-          f"{counts['open']} trials unfinished (resume the study to finish them); parent run {counts['parent_run_id']}")
+    print(
+        f"synced {counts['trials']} trials to {counts['tracking_uri']}: {counts['closed']} runs completed, "
+        f"{counts['open']} trials unfinished (resume the study to finish them); parent run {counts['parent_run_id']}"
+    )
     return 0
 
 
 def _capacity_parser(sub) -> None:
-    p = sub.add_parser("capacity", help="a controlled capacity study: widths x depths x seeds, one fixed recipe, "
-                                        "equal budgets, on Ray Tune, every run in MLflow")
+    p = sub.add_parser(
+        "capacity",
+        help="a controlled capacity study: widths x depths x seeds, one fixed recipe, "
+        "equal budgets, on Ray Tune, every run in MLflow",
+    )
     p.add_argument("--widths", default=None, help=f"hidden widths (default {','.join(map(str, DEFAULT_WIDTHS))})")
     p.add_argument("--depths", default=None, help=f"hidden layers (default {','.join(map(str, DEFAULT_DEPTHS))})")
     p.add_argument("--seeds", type=int, default=None, help=f"seeds per cell (default {DEFAULT_SEEDS})")
-    p.add_argument("--epochs", type=int, default=None,
-                   help=f"epochs of every cell, no early stopping (default {DEFAULT_EPOCHS})")
-    p.add_argument("--regulariser", default=None,
-                   help="a second axis: FIELD=V1,V2,... e.g. augment=none,crop+flip or weight_decay=0,5e-4; "
-                        "one capacity curve per value")
-    p.add_argument("--design", default=None, help="design YAML: widths, depths, seeds, epochs, regulariser "
-                                                  "(flags override it)")
-    p.add_argument("--recipe", default="chapter",
-                   help="everything but size: chapter (default), or a recipe YAML of TrainConfig fields")
+    p.add_argument(
+        "--epochs", type=int, default=None, help=f"epochs of every cell, no early stopping (default {DEFAULT_EPOCHS})"
+    )
+    p.add_argument(
+        "--regulariser",
+        default=None,
+        help="a second axis: FIELD=V1,V2,... e.g. augment=none,crop+flip or weight_decay=0,5e-4; "
+        "one capacity curve per value",
+    )
+    p.add_argument(
+        "--design", default=None, help="design YAML: widths, depths, seeds, epochs, regulariser (flags override it)"
+    )
+    p.add_argument(
+        "--recipe",
+        default="chapter",
+        help="everything but size: chapter (default), or a recipe YAML of TrainConfig fields",
+    )
     p.add_argument("--from-run", default=None, help="take the recipe from a trial's run (its non-size hyperparameters)")
-    add_study_flags(p, "capacity", seed_help="the first seed (cells use seed, seed+1, ...)",
-                    smoke_help="a tiny study: widths 16,32, depth 1, 2 seeds, 2 epochs, 100 images per class")
+    add_study_flags(
+        p,
+        "capacity",
+        seed_help="the first seed (cells use seed, seed+1, ...)",
+        smoke_help="a tiny study: widths 16,32, depth 1, 2 seeds, 2 epochs, 100 images per class",
+    )
     p.set_defaults(handler=cmd_capacity)
 
 
@@ -525,28 +727,50 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     opts = CapacityOptions(**study, design=grid, recipe=args.recipe, from_run=args.from_run)
     prep = prepare_capacity(opts, data_config(args, subset=SMOKE_SUBSET if args.smoke else 0))
     if args.check:
-        plan = {"name": opts.name, "design": grid.to_dict(), "runs": grid.runs(), "recipe": prep.space.recipe,
-                "recipe_source": prep.space.recipe_source, "experiment_path": prep.path, "tracking_uri": prep.tracking_uri}
-        print(json.dumps(json_safe(plan)) if args.json else
-              f"ok: capacity study {opts.name!r}: {grid.label()} = {grid.runs()} runs, recipe "
-              f"{prep.space.recipe_source}; results in {prep.path}, MLflow {prep.tracking_uri}")
+        plan = {
+            "name": opts.name,
+            "design": grid.to_dict(),
+            "runs": grid.runs(),
+            "recipe": prep.space.recipe,
+            "recipe_source": prep.space.recipe_source,
+            "experiment_path": prep.path,
+            "tracking_uri": prep.tracking_uri,
+        }
+        print(
+            json.dumps(json_safe(plan))
+            if args.json
+            else f"ok: capacity study {opts.name!r}: {grid.label()} = {grid.runs()} runs, recipe "
+            f"{prep.space.recipe_source}; results in {prep.path}, MLflow {prep.tracking_uri}"
+        )
         return 0
     summary, code = run_and_summarise(args, lambda: run_capacity(prep))
     if args.json:
         return code
-    print(f"\ncapacity study {summary.name}: {grid.label()}; {len(summary.trials)} runs; results in "
-          f"{summary.experiment_path}")
+    print(
+        f"\ncapacity study {summary.name}: {grid.label()}; {len(summary.trials)} runs; results in "
+        f"{summary.experiment_path}"
+    )
     if summary.interrupted:
         print(f"interrupted: continue with `birdplane capacity --name {summary.name} --resume` (and the same flags)")
     print(capacity_table(summary.trials))
     print(f"MLflow: experiment {summary.experiment!r}, parent run {summary.parent_run_id} at {summary.tracking_uri}")
-    print(f"analyse: birdplane report --experiment {summary.experiment}"
-          + (f" --tracking-uri {summary.tracking_uri}" if not preflight.is_local_store(summary.tracking_uri) else ""))
+    print(
+        f"analyse: birdplane report --experiment {summary.experiment}"
+        + (f" --tracking-uri {summary.tracking_uri}" if not preflight.is_local_store(summary.tracking_uri) else "")
+    )
     return code
 
 
-COMMANDS: list[Callable] = [_train_parser, _sweep_parser, _capacity_parser, _report_parser, _export_parser, _rerun_parser,
-                            _predict_parser, _sync_parser]
+COMMANDS: list[Callable] = [
+    _train_parser,
+    _sweep_parser,
+    _capacity_parser,
+    _report_parser,
+    _export_parser,
+    _rerun_parser,
+    _predict_parser,
+    _sync_parser,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ What `--resume` and `birdplane sync` need is read from here, never from Ray's pr
 space and the flags. The folder may be local or a URI (``s3://``, ``file://``): pyarrow's
 filesystems, which Ray uses for its storage too, read and write it.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -10,6 +10,7 @@ duplicate. Only finished trials are written, so the persisted study holds no RUN
 killed driver could leave behind. A write that fails (the database is locked or gone) is logged
 and skipped: the sweep never stops for its dashboard copy.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,8 +41,9 @@ class OptunaStudyMirror(tune.Callback):
         import optuna
 
         if self._study is None:
-            self._study = optuna.create_study(storage=self.url, study_name=self.study_name,
-                                              directions=self.directions, load_if_exists=True)
+            self._study = optuna.create_study(
+                storage=self.url, study_name=self.study_name, directions=self.directions, load_if_exists=True
+            )
             self._known = {t.user_attrs.get(TRIAL_ATTR) for t in self._study.get_trials(deepcopy=False)}
         return self._study
 
@@ -75,11 +77,16 @@ class OptunaStudyMirror(tune.Callback):
             values = [last.get(m) for m in self.metrics]
             ok = not error and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
             curve = self.curves.get(trial_id, {}) if len(self.metrics) == 1 else {}
-            study.add_trial(optuna.trial.create_trial(
-                state=TrialState.COMPLETE if ok else TrialState.FAIL, params=params,
-                distributions={k: self.distributions[k] for k in params},
-                values=[float(v) for v in values] if ok else None, intermediate_values=curve,
-                user_attrs={TRIAL_ATTR: trial_id}))
+            study.add_trial(
+                optuna.trial.create_trial(
+                    state=TrialState.COMPLETE if ok else TrialState.FAIL,
+                    params=params,
+                    distributions={k: self.distributions[k] for k in params},
+                    values=[float(v) for v in values] if ok else None,
+                    intermediate_values=curve,
+                    user_attrs={TRIAL_ATTR: trial_id},
+                )
+            )
             self._known.add(trial_id)
             return True
         except Exception as err:  # the dashboard's copy never stops the sweep

@@ -1,4 +1,5 @@
 """`birdplane predict`: classify image files with a saved model bundle (a path or an MLflow URI)."""
+
 from __future__ import annotations
 
 import re
@@ -103,11 +104,11 @@ def predict(bundle: ModelBundle, paths: list[Path]) -> list[Prediction]:
     loss = bundle.loss
     with torch.inference_mode():
         for start in range(0, len(images), BATCH):
-            batch = torch.stack(images[start:start + BATCH])
+            batch = torch.stack(images[start : start + BATCH])
             x = normalise(batch, bundle.mean, bundle.std, torch.device("cpu"))
             probs = loss.probabilities(bundle.model(x))
             conf, label = probs.max(dim=1)
-            for offset, (c, l) in enumerate(zip(conf.tolist(), label.tolist())):
+            for offset, (c, l) in enumerate(zip(conf.tolist(), label.tolist(), strict=False)):
                 slot = results[slots[start + offset]]
                 slot.label, slot.probability = bundle.classes[l], c
     return results

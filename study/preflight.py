@@ -3,6 +3,7 @@
 Each check raises UsageError with one line naming the problem: a tracking URI nobody answers, a Ray
 address nobody answers, a cluster without a tracking server or without shared storage.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,12 +23,13 @@ MLFLOW_HTTP_RETRIES = 0
 
 # ---------------------------------------------------------------- MLflow
 
+
 def resolve_tracking_uri(uri: str | None) -> str:
     """MLflow's default local store, made absolute: trials and later commands must find the same file."""
     if not uri:
         uri = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+        uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///") :])
     return uri
 
 
@@ -45,7 +47,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         except Exception as err:  # urllib raises several types
             raise UsageError(f"tracking server {uri} does not answer ({err})") from None
     elif uri.startswith("sqlite:///"):
-        folder = os.path.dirname(uri[len("sqlite:///"):]) or "."
+        folder = os.path.dirname(uri[len("sqlite:///") :]) or "."
         if not os.path.isdir(folder):
             raise UsageError(f"tracking URI {uri}: folder {folder} does not exist")
     elif "://" in uri and not uri.startswith(("file://", "databricks")):
@@ -54,7 +56,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
 
 def check_store_exists(uri: str) -> None:
     """For commands that read a study: a local store that is not there is a typo, not an empty study."""
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         raise UsageError(f"tracking store {uri} does not exist")
 
 
@@ -74,6 +76,7 @@ def bound_mlflow_http(timeout_s: int = MLFLOW_HTTP_TIMEOUT_S, retries: int = MLF
 
 # ---------------------------------------------------------------- Ray
 
+
 def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
     """A Ray address that nothing answers makes ray.init hang for minutes: fail fast instead."""
     if address in (None, "local"):
@@ -87,7 +90,9 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
         if not target and current.is_file():
             target = current.read_text().strip()
         if not target:
-            raise UsageError("--address auto: no running Ray cluster found on this machine (start one with `ray start --head`)")
+            raise UsageError(
+                "--address auto: no running Ray cluster found on this machine (start one with `ray start --head`)"
+            )
     host, _, port = target.removeprefix("ray://").rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
@@ -102,8 +107,10 @@ def check_cluster(ray, tracking_uri: str, storage_path: str, storage_given: bool
     resources = ray.cluster_resources()
     if len(nodes) > 1:
         if is_local_store(tracking_uri):
-            raise UsageError(f"a {len(nodes)}-node cluster needs an MLflow tracking server (--tracking-uri http://...), "
-                             f"not the local store {tracking_uri}")
+            raise UsageError(
+                f"a {len(nodes)}-node cluster needs an MLflow tracking server (--tracking-uri http://...), "
+                f"not the local store {tracking_uri}"
+            )
         if not storage_given:
             raise UsageError(f"a {len(nodes)}-node cluster needs --storage-path on shared storage (NFS) or a cloud URI")
         if "://" not in storage_path:
@@ -119,13 +126,18 @@ def check_shared_path(ray, path: str, nodes: list) -> None:
     marker = os.path.join(path, f".birdplane-shared-{uuid.uuid4().hex}")
     Path(marker).write_text("ok")
     try:
+
         @ray.remote(num_cpus=0)
         def visible(p):
             return os.path.exists(p)
 
-        checks = [visible.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(marker)
-                  for n in nodes]
+        checks = [
+            visible.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(marker)
+            for n in nodes
+        ]
         if not all(ray.get(checks, timeout=60)):
-            raise UsageError(f"--storage-path {path} is not shared by every node of the cluster (use NFS or a cloud URI)")
+            raise UsageError(
+                f"--storage-path {path} is not shared by every node of the cluster (use NFS or a cloud URI)"
+            )
     finally:
         os.unlink(marker)

@@ -19,6 +19,7 @@ How MLflow stays consistent with Ray (the path is spread over a few files; this 
 synchronous=True everywhere: a user's MLFLOW_ENABLE_ASYNC_LOGGING=true would otherwise make
 MLflow queue a write and drop it on failure, behind the back of the caller's retries.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -27,14 +28,24 @@ import json
 import os
 import tempfile
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
-from analysis.record import (CONFIG_ARTIFACT, EPOCH_METRICS, MODEL_ARTIFACT, ROLE_TRIAL, TAG_OUTCOME, TAG_PARENT,
-                             TAG_ROLE, best_of, flat_params, headline)
+from analysis.record import (
+    CONFIG_ARTIFACT,
+    EPOCH_METRICS,
+    MODEL_ARTIFACT,
+    ROLE_TRIAL,
+    TAG_OUTCOME,
+    TAG_PARENT,
+    TAG_ROLE,
+    best_of,
+    flat_params,
+    headline,
+)
 from study.checkout import checkout
 from trainables.bundle import save_bundle
 
@@ -60,8 +71,11 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
 def log_headline(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[str, float]:
     """The study's headline (analysis.record.headline of its trials' runs) on its parent run."""
     mlflow.set_tracking_uri(client.tracking_uri)  # search_runs pages through every child
-    runs = mlflow.search_runs([experiment_id], output_format="list", filter_string=(
-        f"tags.`{TAG_PARENT}` = {_quote(parent_run_id)} and tags.`{TAG_ROLE}` = {_quote(ROLE_TRIAL)}"))
+    runs = mlflow.search_runs(
+        [experiment_id],
+        output_format="list",
+        filter_string=(f"tags.`{TAG_PARENT}` = {_quote(parent_run_id)} and tags.`{TAG_ROLE}` = {_quote(ROLE_TRIAL)}"),
+    )
     values = headline(runs)
     log_metrics(client, parent_run_id, values, step=0)
     return values
@@ -90,19 +104,32 @@ def log_dataset(client: MlflowClient, run_id: str, data: dict, context: str = "t
     described = {k: data.get(k) for k in ("root", "classes", "val_split", "val_fraction", "split_seed", "subset")}
     digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:12]
     name = "cifar10-" + "-".join(data.get("classes") or ()) if data.get("classes") else "cifar10"
-    dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": str(data.get("root"))}),
-                      profile=json.dumps({k: v for k, v in described.items() if k != "root"}, default=str))
+    dataset = Dataset(
+        name=name,
+        digest=digest,
+        source_type="local",
+        source=json.dumps({"uri": str(data.get("root"))}),
+        profile=json.dumps({k: v for k, v in described.items() if k != "root"}, default=str),
+    )
     client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
 
 
 def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> str | None:
     query = " and ".join(f"tags.`{k}` = {_quote(v)}" for k, v in tags.items())
-    runs = client.search_runs([experiment_id], filter_string=query, max_results=2, order_by=["attributes.start_time ASC"])
+    runs = client.search_runs(
+        [experiment_id], filter_string=query, max_results=2, order_by=["attributes.start_time ASC"]
+    )
     return runs[0].info.run_id if runs else None
 
 
-def ensure_run(client: MlflowClient, experiment_id: str, key_tags: dict[str, str], name: str,
-               extra_tags: dict[str, str] | None = None, reopen: bool = True) -> tuple[str, bool]:
+def ensure_run(
+    client: MlflowClient,
+    experiment_id: str,
+    key_tags: dict[str, str],
+    name: str,
+    extra_tags: dict[str, str] | None = None,
+    reopen: bool = True,
+) -> tuple[str, bool]:
     """(run_id, created). A run carrying ``key_tags`` is adopted (and, with reopen, marked RUNNING again)."""
     run_id = find_run(client, experiment_id, key_tags)
     if run_id is not None:
@@ -123,13 +150,16 @@ def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
     existing = client.get_run(run_id).data.params
     items = [p for p in items if p.key not in existing]
     for start in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[start:start + 100], synchronous=True)
+        client.log_batch(run_id, params=items[start : start + 100], synchronous=True)
 
 
 def log_metrics(client: MlflowClient, run_id: str, values: dict[str, float], step: int) -> None:
     now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, step) for k, v in values.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    metrics = [
+        Metric(k, float(v), now, step)
+        for k, v in values.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
     if metrics:
         client.log_batch(run_id, metrics=metrics, synchronous=True)
 
@@ -144,7 +174,7 @@ def log_epochs(client: MlflowClient, run_id: str, records: Iterable[dict], after
         metrics += [Metric(k, float(r[k]), now, int(r["epoch"])) for k in EPOCH_METRICS if k in r]
         last = max(last, int(r["epoch"]))
     for start in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[start:start + 1000], synchronous=True)
+        client.log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=True)
     return last
 
 
@@ -161,10 +191,19 @@ def finish_run(client: MlflowClient, run_id: str, ok: bool = True, status: str |
     client.set_terminated(run_id, status=status or ("FINISHED" if ok else "FAILED"))
 
 
-def write_finished_run(client: MlflowClient, run_id: str, *, history: list[dict], after_step: int,
-                       param_count: int | None, outcome: str, resolved_config: dict,
-                       model: dict | None, extra_metrics: dict | None = None,
-                       ok: bool = True) -> int:
+def write_finished_run(
+    client: MlflowClient,
+    run_id: str,
+    *,
+    history: list[dict],
+    after_step: int,
+    param_count: int | None,
+    outcome: str,
+    resolved_config: dict,
+    model: dict | None,
+    extra_metrics: dict | None = None,
+    ok: bool = True,
+) -> int:
     """Close one run the same way wherever it was trained (a sweep's trial, a rerun's seed).
 
     Logs the epochs not yet logged, the summary metrics (best epoch, epochs run, param_count and

@@ -1,13 +1,13 @@
 """`birdplane report`: read a study from MLflow, write figures + HTML, log them to the parent run."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 from mlflow import MlflowClient
 
 from analysis.report import StudyReport, analyse, make_figures, write_report
-import pandas as pd
-
 from analysis.runs import Study, StudyNotFound, finished, left_out, load_histories, load_study, read_json_artifact
 from study import preflight
 from study.errors import UsageError
@@ -30,8 +30,9 @@ def open_study(tracking_uri: str | None, experiment: str) -> tuple[MlflowClient,
     return client, study, trials, uri
 
 
-def build_report(tracking_uri: str | None, experiment: str, out: Path,
-                 include_short: bool = False) -> tuple[StudyReport, list[Path], str]:
+def build_report(
+    tracking_uri: str | None, experiment: str, out: Path, include_short: bool = False
+) -> tuple[StudyReport, list[Path], str]:
     report, histories, client, study, uri = analyse_study(tracking_uri, experiment, include_short)
     paths = write_report(report, make_figures(report, histories, study.space), out)
     for path in paths:
@@ -46,13 +47,23 @@ def analyse_study(tracking_uri: str | None, experiment: str, include_short: bool
     confirmations = finished(study.confirmations) if study.confirmations is not None else None
     # The validation split's size widens each size's interval by the split's own sampling noise.
     n_val = (read_json_artifact(client, study.parent_run_id, "data.json") or {}).get("val_size")
-    report = analyse(experiment, trials, histories, study.space, left_out(study.trials), kind=study.kind,
-                     include_short=include_short, confirmations=confirmations, n_val=n_val)
+    report = analyse(
+        experiment,
+        trials,
+        histories,
+        study.space,
+        left_out(study.trials),
+        kind=study.kind,
+        include_short=include_short,
+        confirmations=confirmations,
+        n_val=n_val,
+    )
     return report, histories, client, study, uri
 
 
-def build_comparison(tracking_uri: str | None, experiments: list[str], out: Path,
-                     include_short: bool = False) -> tuple[list, list[Path], str]:
+def build_comparison(
+    tracking_uri: str | None, experiments: list[str], out: Path, include_short: bool = False
+) -> tuple[list, list[Path], str]:
     """``report --experiment A --experiment B ...``: every study analysed as its own report would be,
     then overlaid on one page (analysis/compare.py)."""
     from analysis.compare import write_comparison

@@ -3,6 +3,7 @@
 The trial's exact config comes from its config.json artifact (its MLflow params are the
 cross-check). Seeds run as parallel Ray tasks; the driver logs each as a nested MLflow run.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,9 +14,22 @@ from dataclasses import dataclass, field
 import pandas as pd
 from mlflow import MlflowClient
 
-from analysis.record import (CONFIG_ARTIFACT, MODEL_ARTIFACT, REGISTERED_ALIAS, ROLE_CONFIRM, ROLE_RERUN,
-                             ROLE_RERUN_SEED, TAG_CONFIRMS, TAG_PARENT, TAG_REPRODUCED, TAG_RERUN_OF, TAG_ROLE, TAG_SEED,
-                             best_of, flat_params)
+from analysis.record import (
+    CONFIG_ARTIFACT,
+    MODEL_ARTIFACT,
+    REGISTERED_ALIAS,
+    ROLE_CONFIRM,
+    ROLE_RERUN,
+    ROLE_RERUN_SEED,
+    TAG_CONFIRMS,
+    TAG_PARENT,
+    TAG_REPRODUCED,
+    TAG_RERUN_OF,
+    TAG_ROLE,
+    TAG_SEED,
+    best_of,
+    flat_params,
+)
 from analysis.runs import load_histories, read_json_artifact
 from study import records as store
 from study.errors import UsageError
@@ -82,8 +96,8 @@ def train_seed(config_dict: dict, data, with_test: bool = True) -> dict:
     only: selection must not see the test split.
     """
     from trainables.bundle import bundle_args
-    from trainables.losses import ChapterLoss
     from trainables.loop import evaluate, fit, normalise, pick_device
+    from trainables.losses import ChapterLoss
     from trainables.tune_adapter import data_meta
 
     config = TrainConfig.from_dict(config_dict)
@@ -101,19 +115,32 @@ def train_seed(config_dict: dict, data, with_test: bool = True) -> dict:
         test = evaluate(result.model, test_x, test_y, loss)
         tests = {"test_acc": test["acc"], "test_loss": test["loss"], "test_acc_last": last["acc"]}
     last_epoch = result.history[-1]["epoch"] if result.history else 0
-    return {"history": result.history, "status": result.status, "param_count": result.param_count, **tests,
-            "best_epoch": result.best_epoch, "meta": data_meta(data), "config": config.to_dict(),
-            "bundle": bundle_args(config.to_dict(), data_meta(data), last_state, last_epoch, best_state,
-                                  result.best_epoch)}
+    return {
+        "history": result.history,
+        "status": result.status,
+        "param_count": result.param_count,
+        **tests,
+        "best_epoch": result.best_epoch,
+        "meta": data_meta(data),
+        "config": config.to_dict(),
+        "bundle": bundle_args(config.to_dict(), data_meta(data), last_state, last_epoch, best_state, result.best_epoch),
+    }
 
 
 def same_history(original: pd.DataFrame, rerun: list[dict]) -> bool:
     """Bit-identical per-epoch metrics (as MLflow stored them: float64 of the same Python floats)."""
     mine = {(r["epoch"], k): float(r[k]) for r in rerun for k in COMPARED}
-    theirs = {(int(row["epoch"]), k): float(row[k]) for _, row in original.iterrows() for k in COMPARED
-              if not (isinstance(row[k], float) and math.isnan(row[k]))}
-    return bool(theirs) and all(mine.get(key) == value for key, value in theirs.items()) and \
-        len({e for e, _ in theirs}) == len({e for e, _ in mine})
+    theirs = {
+        (int(row["epoch"]), k): float(row[k])
+        for _, row in original.iterrows()
+        for k in COMPARED
+        if not (isinstance(row[k], float) and math.isnan(row[k]))
+    }
+    return (
+        bool(theirs)
+        and all(mine.get(key) == value for key, value in theirs.items())
+        and len({e for e, _ in theirs}) == len({e for e, _ in mine})
+    )
 
 
 def log_seed_run(client, experiment_id: str, run_name: str, tags: dict, outcome: dict, data_cfg) -> str:
@@ -122,11 +149,16 @@ def log_seed_run(client, experiment_id: str, run_name: str, tags: dict, outcome:
     run_id = run.info.run_id
     store.log_params(client, run_id, {**outcome["config"], "depth": len(outcome["config"]["hidden_sizes"])})
     store.write_finished_run(
-        client, run_id, history=outcome["history"], after_step=-1, param_count=outcome["param_count"],
+        client,
+        run_id,
+        history=outcome["history"],
+        after_step=-1,
+        param_count=outcome["param_count"],
         outcome=outcome["status"],
         resolved_config={"train": outcome["config"], "data": data_cfg.to_dict(), "normalisation": outcome["meta"]},
         model=outcome["bundle"],
-        extra_metrics={k: outcome[k] for k in ("test_acc", "test_loss", "test_acc_last") if k in outcome})
+        extra_metrics={k: outcome[k] for k in ("test_acc", "test_loss", "test_acc_last") if k in outcome},
+    )
     return run_id
 
 
@@ -162,23 +194,50 @@ def run_rerun(opts: RerunOptions) -> RerunSummary:
     futures = [task.remote(config.replace(seed=s, epochs=epochs).to_dict(), data_ref) for s in seeds]
     outcomes = ray.get(futures)
 
-    parent = client.create_run(study.experiment_id, run_name=f"rerun_{trial['trial_id']}", tags={
-        TAG_ROLE: ROLE_RERUN, TAG_RERUN_OF: trial["run_id"]})
+    parent = client.create_run(
+        study.experiment_id,
+        run_name=f"rerun_{trial['trial_id']}",
+        tags={TAG_ROLE: ROLE_RERUN, TAG_RERUN_OF: trial["run_id"]},
+    )
     parent_id = parent.info.run_id
-    store.log_params(client, parent_id, {"rank": opts.rank, "metric": opts.metric, "seeds": ",".join(map(str, seeds)),
-                                         "epochs": epochs, "trial_run_id": trial["run_id"]})
+    store.log_params(
+        client,
+        parent_id,
+        {
+            "rank": opts.rank,
+            "metric": opts.metric,
+            "seeds": ",".join(map(str, seeds)),
+            "epochs": epochs,
+            "trial_run_id": trial["run_id"],
+        },
+    )
     summary = RerunSummary(trial["run_id"], trial["trial_id"], float(trial[opts.metric]), parent_id, seeds)
-    for seed, outcome in zip(seeds, outcomes):
-        run_id = log_seed_run(client, study.experiment_id, f"rerun_{trial['trial_id']}_seed{seed}", {
-            TAG_PARENT: parent_id, TAG_ROLE: ROLE_RERUN_SEED, TAG_RERUN_OF: trial["run_id"],
-            TAG_SEED: str(seed)}, outcome, data_cfg)
+    for seed, outcome in zip(seeds, outcomes, strict=False):
+        run_id = log_seed_run(
+            client,
+            study.experiment_id,
+            f"rerun_{trial['trial_id']}_seed{seed}",
+            {TAG_PARENT: parent_id, TAG_ROLE: ROLE_RERUN_SEED, TAG_RERUN_OF: trial["run_id"], TAG_SEED: str(seed)},
+            outcome,
+            data_cfg,
+        )
         last = outcome["history"][-1]
         best = best_of(outcome["history"])
-        summary.runs.append({"run_id": run_id, "seed": seed, "val_acc": last["val_acc"], "val_loss": last["val_loss"],
-                             "best_val_acc": best.get("best_val_acc"), "best_epoch": outcome["best_epoch"],
-                             "last_epoch": last["epoch"], "test_acc": outcome["test_acc"],
-                             "test_loss": outcome["test_loss"], "test_acc_last": outcome["test_acc_last"],
-                             "status": outcome["status"]})
+        summary.runs.append(
+            {
+                "run_id": run_id,
+                "seed": seed,
+                "val_acc": last["val_acc"],
+                "val_loss": last["val_loss"],
+                "best_val_acc": best.get("best_val_acc"),
+                "best_epoch": outcome["best_epoch"],
+                "last_epoch": last["epoch"],
+                "test_acc": outcome["test_acc"],
+                "test_loss": outcome["test_loss"],
+                "test_acc_last": outcome["test_acc_last"],
+                "status": outcome["status"],
+            }
+        )
     if epochs == int(trial["epochs_run"]):
         original = load_histories(client, [trial["run_id"]], COMPARED)
         summary.reproduced = same_history(original, outcomes[0]["history"])
@@ -207,8 +266,9 @@ def check_registry(client, name: str) -> None:
     try:
         client.search_registered_models(max_results=1)
     except Exception as err:  # the store has no registry (MLflow raises several types)
-        raise UsageError(f"--register: the tracking store {client.tracking_uri} has no model registry: "
-                         f"{str(err).splitlines()[0]}") from None
+        raise UsageError(
+            f"--register: the tracking store {client.tracking_uri} has no model registry: {str(err).splitlines()[0]}"
+        ) from None
 
 
 def register_model(client, name: str, run_id: str, trial) -> dict:
@@ -220,8 +280,11 @@ def register_model(client, name: str, run_id: str, trial) -> dict:
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description="birdplane: a fully connected airplane/bird classifier "
-                                                         "(weights-only bundle; load with `birdplane predict`)")
+        client.create_registered_model(
+            name,
+            description="birdplane: a fully connected airplane/bird classifier "
+            "(weights-only bundle; load with `birdplane predict`)",
+        )
     # A registered version's source is a folder (models:/ URIs download folders): the run's
     # model.pt is logged again under model/, and that folder registered.
     import tempfile
@@ -230,14 +293,23 @@ def register_model(client, name: str, run_id: str, trial) -> dict:
         path = client.download_artifacts(run_id, MODEL_ARTIFACT, folder)
         client.log_artifact(run_id, path, artifact_path=REGISTERED_FOLDER)
     source = f"{client.get_run(run_id).info.artifact_uri}/{REGISTERED_FOLDER}"
-    version = client.create_model_version(name, source, run_id=run_id, tags={
-        "birdplane.trial_run_id": str(trial["run_id"]), "format": "birdplane bundle (torch weights_only)"})
+    version = client.create_model_version(
+        name,
+        source,
+        run_id=run_id,
+        tags={"birdplane.trial_run_id": str(trial["run_id"]), "format": "birdplane bundle (torch weights_only)"},
+    )
     client.set_registered_model_alias(name, REGISTERED_ALIAS, version.version)
-    return {"name": name, "version": int(version.version), "uri": f"models:/{name}/{version.version}",
-            "alias_uri": f"models:/{name}@{REGISTERED_ALIAS}"}
+    return {
+        "name": name,
+        "version": int(version.version),
+        "uri": f"models:/{name}/{version.version}",
+        "alias_uri": f"models:/{name}@{REGISTERED_ALIAS}",
+    }
 
 
 # ---------------------------------------------------------------- confirmation of a sweep
+
 
 @dataclass(frozen=True)
 class ConfirmOptions:
@@ -301,7 +373,7 @@ def run_confirm(opts: ConfirmOptions) -> ConfirmSummary:
     ray = connect_ray(opts.address)
     data_ref = ray.put(data)
     jobs = []
-    for (_, trial), (config, _) in zip(chosen.iterrows(), configs):
+    for (_, trial), (config, _) in zip(chosen.iterrows(), configs, strict=False):
         task = ray.remote(num_cpus=max(1, config.threads))(train_seed)
         for seed in range(config.seed, config.seed + opts.seeds):
             jobs.append((trial, seed, task.remote(config.replace(seed=seed, epochs=epochs).to_dict(), data_ref, False)))
@@ -309,17 +381,39 @@ def run_confirm(opts: ConfirmOptions) -> ConfirmSummary:
     by_trial: dict[str, list[dict]] = {}
     for trial, seed, future in jobs:
         outcome = ray.get(future)
-        run_id = log_seed_run(client, study.experiment_id, f"confirm_{trial['trial_id']}_seed{seed}", {
-            TAG_PARENT: study.parent_run_id, TAG_ROLE: ROLE_CONFIRM,
-            TAG_CONFIRMS: trial["run_id"], TAG_SEED: str(seed)}, outcome, data_cfg)
+        run_id = log_seed_run(
+            client,
+            study.experiment_id,
+            f"confirm_{trial['trial_id']}_seed{seed}",
+            {
+                TAG_PARENT: study.parent_run_id,
+                TAG_ROLE: ROLE_CONFIRM,
+                TAG_CONFIRMS: trial["run_id"],
+                TAG_SEED: str(seed),
+            },
+            outcome,
+            data_cfg,
+        )
         best = best_of(outcome["history"])
         by_trial.setdefault(trial["run_id"], []).append(
-            {"run_id": run_id, "seed": seed, "best_val_acc": best.get("best_val_acc"),
-             "val_acc": outcome["history"][-1]["val_acc"], "train_acc": outcome["history"][-1]["train_acc"]})
+            {
+                "run_id": run_id,
+                "seed": seed,
+                "best_val_acc": best.get("best_val_acc"),
+                "val_acc": outcome["history"][-1]["val_acc"],
+                "train_acc": outcome["history"][-1]["train_acc"],
+            }
+        )
     for _, trial in chosen.iterrows():
         runs = by_trial[trial["run_id"]]
-        entry = {"trial_id": trial["trial_id"], "run_id": trial["run_id"], "param_count": int(trial["param_count"]),
-                 "sweep_val_acc": float(trial["val_acc"]), "sweep_epochs": int(trial["epochs_run"]), "runs": runs}
+        entry = {
+            "trial_id": trial["trial_id"],
+            "run_id": trial["run_id"],
+            "param_count": int(trial["param_count"]),
+            "sweep_val_acc": float(trial["val_acc"]),
+            "sweep_epochs": int(trial["epochs_run"]),
+            "runs": runs,
+        }
         for key in ("best_val_acc", "val_acc", "train_acc"):
             values = [r[key] for r in runs if r[key] is not None]
             entry[f"{key}_mean"] = statistics.fmean(values) if values else None

@@ -17,11 +17,10 @@ import logging
 import math
 import os
 import re
-import subprocess
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from study import manifest, preflight
 from study.checkout import git_commit
@@ -97,8 +96,9 @@ class Design(Protocol):
 
     kind: str  # the manifest's kind and the parent run's role: "sweep" or "capacity"
 
-    def build_tuner(self, prep: Prepared, data, callbacks: list, cluster: dict,
-                    resolve: Resolve | None) -> tuple[Any, int]:
+    def build_tuner(
+        self, prep: Prepared, data, callbacks: list, cluster: dict, resolve: Resolve | None
+    ) -> tuple[Any, int]:
         """(the Tuner, how many trials run at once); use ``tuner_for``."""
         ...
 
@@ -198,8 +198,15 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def tuner_for(prep: Prepared, data, resources: dict, callbacks: list, tune_config=None, param_space=None,
-              resolve: Resolve | None = None):
+def tuner_for(
+    prep: Prepared,
+    data,
+    resources: dict,
+    callbacks: list,
+    tune_config=None,
+    param_space=None,
+    resolve: Resolve | None = None,
+):
     """The Tuner of a new study, or on --resume the restored one; shared by every design."""
     from ray import tune
 
@@ -212,9 +219,13 @@ def tuner_for(prep: Prepared, data, resources: dict, callbacks: list, tune_confi
         # for the unpickled one (MlflowTrialLogger.activate).
         return tune.Tuner.restore(prep.path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     run_config = tune.RunConfig(
-        name=opts.name, storage_path=prep.storage_path, callbacks=callbacks,
+        name=opts.name,
+        storage_path=prep.storage_path,
+        callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=4), verbose=1)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
+        verbose=1,
+    )
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
@@ -249,8 +260,13 @@ def pareto_set(trials: list[dict]) -> list[dict]:
 
     if not trials:
         return []
-    frame = pd.DataFrame({"val_acc": [t.get("val_acc") for t in trials],
-                          "param_count": [t.get("param_count") for t in trials], "index": range(len(trials))})
+    frame = pd.DataFrame(
+        {
+            "val_acc": [t.get("val_acc") for t in trials],
+            "param_count": [t.get("param_count") for t in trials],
+            "index": range(len(trials)),
+        }
+    )
     frame = frame[frame["val_acc"].map(lambda v: isinstance(v, (int, float)) and math.isfinite(v))]
     return [trials[i] for i in pareto_front(frame)["index"]]
 
@@ -258,23 +274,50 @@ def pareto_set(trials: list[dict]) -> list[dict]:
 def _flags(prep: Prepared, kind: str) -> dict:
     """The study's flags as the parent run's params and the manifest's options."""
     options = {k: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in asdict(prep.options).items()}
-    return {**options, "kind": kind, "tracking_uri": prep.tracking_uri, "storage_path": prep.storage_path,
-            "data_root": prep.data.root, "classes": ",".join(prep.data.classes), "val_split": prep.data.val_split,
-            "split_seed": prep.data.split_seed, "subset": prep.data.subset, "git_commit": git_commit()}
+    return {
+        **options,
+        "kind": kind,
+        "tracking_uri": prep.tracking_uri,
+        "storage_path": prep.storage_path,
+        "data_root": prep.data.root,
+        "classes": ",".join(prep.data.classes),
+        "val_split": prep.data.val_split,
+        "split_seed": prep.data.split_seed,
+        "subset": prep.data.subset,
+        "git_commit": git_commit(),
+    }
 
 
 def _summarise(prep: Prepared, results, callback, parent: str, resolve: Resolve | None) -> StudySummary:
-    summary = StudySummary(prep.options.name, prep.experiment, prep.tracking_uri, prep.path, parent,
-                           undelivered=callback.last_undelivered, interrupted=callback.interrupted)
+    summary = StudySummary(
+        prep.options.name,
+        prep.experiment,
+        prep.tracking_uri,
+        prep.path,
+        parent,
+        undelivered=callback.last_undelivered,
+        interrupted=callback.interrupted,
+    )
     for result in results:
         m = result.metrics or {}
         config = (resolve(result.config) if resolve is not None else result.config) or {}
-        summary.trials.append({
-            "trial_id": m.get("trial_id"), "val_acc": m.get("val_acc"), "train_acc": m.get("train_acc"),
-            "val_loss": m.get("val_loss"), "param_count": m.get("param_count"), "epochs": m.get("epoch"),
-            "status": m.get("status"), "config": config.get("train", {}), "tags": config.get("tags", {}),
-            "path": result.path, "node_id": m.get("node_id"), "run_id": callback.runs.get(m.get("trial_id")),
-            "error": str(result.error).splitlines()[0] if result.error else None})
+        summary.trials.append(
+            {
+                "trial_id": m.get("trial_id"),
+                "val_acc": m.get("val_acc"),
+                "train_acc": m.get("train_acc"),
+                "val_loss": m.get("val_loss"),
+                "param_count": m.get("param_count"),
+                "epochs": m.get("epoch"),
+                "status": m.get("status"),
+                "config": config.get("train", {}),
+                "tags": config.get("tags", {}),
+                "path": result.path,
+                "node_id": m.get("node_id"),
+                "run_id": callback.runs.get(m.get("trial_id")),
+                "error": str(result.error).splitlines()[0] if result.error else None,
+            }
+        )
     finished = [t for t in summary.trials if isinstance(t["val_acc"], (int, float)) and math.isfinite(t["val_acc"])]
     if finished:
         summary.best = (max if prep.mode == "max" else min)(finished, key=lambda t: t[prep.metric])
@@ -315,16 +358,38 @@ def run_study(prep: Prepared, design: Design, extra_callbacks: list = ()) -> Stu
     resolve = design.resolver(prep, cluster)
     flags = _flags(prep, kind)
     callback = MlflowTrialLogger(
-        prep.tracking_uri, prep.experiment, prep.study_name, parent_params=flags,
-        parent_artifacts={"search_space.json": prep.space.to_dict(), "data.json": data.summary(),
-                          "cluster.json": cluster, f"{kind}.json": flags, **design.artifacts(prep)},
-        data_config=prep.data.to_dict(), key=prep.path, role=kind, resolve=resolve).activate()
+        prep.tracking_uri,
+        prep.experiment,
+        prep.study_name,
+        parent_params=flags,
+        parent_artifacts={
+            "search_space.json": prep.space.to_dict(),
+            "data.json": data.summary(),
+            "cluster.json": cluster,
+            f"{kind}.json": flags,
+            **design.artifacts(prep),
+        },
+        data_config=prep.data.to_dict(),
+        key=prep.path,
+        role=kind,
+        resolve=resolve,
+    ).activate()
     parent = callback.open_parent()  # before any trial starts: a tracking problem stops us here
     if not opts.resume:
-        manifest.write(prep.path, manifest.Manifest(
-            kind=kind, name=opts.name, experiment=prep.experiment, tracking_uri=prep.tracking_uri,
-            parent_run_id=parent, data=prep.data.to_dict(), space=prep.space.to_dict(), options=flags,
-            optuna_storage=prep.optuna_storage))
+        manifest.write(
+            prep.path,
+            manifest.Manifest(
+                kind=kind,
+                name=opts.name,
+                experiment=prep.experiment,
+                tracking_uri=prep.tracking_uri,
+                parent_run_id=parent,
+                data=prep.data.to_dict(),
+                space=prep.space.to_dict(),
+                options=flags,
+                optuna_storage=prep.optuna_storage,
+            ),
+        )
     tuner, _ = design.build_tuner(prep, data, [callback, *extra_callbacks], cluster, resolve)
     if opts.resume:
         # Trials that finished while the last driver's MLflow calls were lost (a SIGKILL, an

@@ -7,6 +7,7 @@ hold it): ``NAME_on`` decides whether the value is 0 or drawn from the range, so
 learns both whether and how much (e.g. weight decay). Every other dimension is a field of
 ``TrainConfig``.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,12 +18,16 @@ from typing import Any
 import yaml
 
 from study.errors import UsageError
-from trainables.config import (ACTIVATIONS, AUGMENTATIONS, LOSSES, OPTIMIZERS, SCHEDULES, ConfigError,
-                                TrainConfig)
+from trainables.config import ACTIVATIONS, AUGMENTATIONS, LOSSES, OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig
 
 DEFAULT_SPACE = Path(__file__).parent / "spaces" / "default.yaml"
-CHOICES = {"loss": LOSSES, "activation": ACTIVATIONS, "optimizer": OPTIMIZERS, "augment": AUGMENTATIONS,
-           "schedule": SCHEDULES}
+CHOICES = {
+    "loss": LOSSES,
+    "activation": ACTIVATIONS,
+    "optimizer": OPTIMIZERS,
+    "augment": AUGMENTATIONS,
+    "schedule": SCHEDULES,
+}
 INTEGER = {"depth", "width", "batch_size", "epochs"}
 FLOAT = {"lr", "momentum", "weight_decay", "dropout", "warmup"}
 KNOWN = INTEGER | FLOAT | set(CHOICES)
@@ -62,8 +67,9 @@ def _check_value(name: str, value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, numeric):
         raise UsageError(f"search space: {name}: {value!r} is not {kind}")
     if not math.isfinite(value) or (name in INTEGER and abs(value) >= 2**31):
-        raise UsageError(f"search space: {name}: {value!r} is not a finite {kind}" +
-                         (" below 2**31" if name in INTEGER else ""))
+        raise UsageError(
+            f"search space: {name}: {value!r} is not a finite {kind}" + (" below 2**31" if name in INTEGER else "")
+        )
     return value
 
 
@@ -79,8 +85,10 @@ def _dimension(name: str, spec: Any) -> Dimension:
     if name in CHOICES:
         raise UsageError(f"search space: {name}: give a value or {{choices: [...]}}")
     if not {"low", "high"} <= keys or keys - {"low", "high", "log", "or_zero"}:
-        raise UsageError(f"search space: {name}: expected {{low, high[, log, or_zero]}} or {{choices}}, "
-                         f"got keys {sorted(map(str, keys))}")
+        raise UsageError(
+            f"search space: {name}: expected {{low, high[, log, or_zero]}} or {{choices}}, "
+            f"got keys {sorted(map(str, keys))}"
+        )
     low, high = _check_value(name, spec["low"]), _check_value(name, spec["high"])
     log, or_zero = spec.get("log", False), spec.get("or_zero", False)
     if not isinstance(log, bool) or not isinstance(or_zero, bool):
@@ -99,13 +107,13 @@ class SearchSpace:
     dimensions: dict[str, Dimension]
     source: str
 
-    def with_fixed(self, **values: Any) -> "SearchSpace":
+    def with_fixed(self, **values: Any) -> SearchSpace:
         dims = dict(self.dimensions)
         for name, value in values.items():
             dims[name] = _dimension(name, value)
         return SearchSpace(dims, self.source)
 
-    def define_by_run(self, seed: int = 0, threads: int = 1, device: str = "cpu") -> "DefineByRun":
+    def define_by_run(self, seed: int = 0, threads: int = 1, device: str = "cpu") -> DefineByRun:
         return DefineByRun(self, seed, threads, device)
 
     def tune_param_space(self, seed: int = 0, threads: int = 1, device: str = "cpu") -> dict:
@@ -134,7 +142,7 @@ class SearchSpace:
         for name, d in self.dimensions.items():
             if d.fixed is not None:
                 continue
-            for key in ([f"width_{i}" for i in range(self.max_depth())] if name == "width" else [name]):
+            for key in [f"width_{i}" for i in range(self.max_depth())] if name == "width" else [name]:
                 if d.choices is not None:
                     out[key] = CategoricalDistribution(list(d.choices))
                 elif name in INTEGER:
@@ -177,7 +185,12 @@ class DefineByRun:
         dims = self.space.dimensions
         depth = dims["depth"].suggest(trial)
         hidden = [dims["width"].suggest(trial, f"width_{i}") for i in range(depth)]
-        values = {"hidden_sizes": hidden, "seed": self.seed + trial.number, "threads": self.threads, "device": self.device}
+        values = {
+            "hidden_sizes": hidden,
+            "seed": self.seed + trial.number,
+            "threads": self.threads,
+            "device": self.device,
+        }
         for name, dim in dims.items():
             if name not in ("depth", "width"):
                 values[name] = dim.suggest(trial)
@@ -206,8 +219,12 @@ class TrainFromSample:
     def __call__(self, spec) -> dict:
         c = spec.config
         depth = int(c["depth"])
-        values = {"hidden_sizes": [int(c[f"width_{i}"]) for i in range(depth)], "seed": self.seed + int(c["seed"]),
-                  "threads": self.threads, "device": self.device}
+        values = {
+            "hidden_sizes": [int(c[f"width_{i}"]) for i in range(depth)],
+            "seed": self.seed + int(c["seed"]),
+            "threads": self.threads,
+            "device": self.device,
+        }
         for name, dim in self.space.dimensions.items():
             if name not in ("depth", "width"):
                 values[name] = 0.0 if dim.or_zero and not c[f"{name}_on"] else c[name]
@@ -245,8 +262,11 @@ def space_from_mapping(raw: dict, origin: str) -> SearchSpace:
         raise UsageError("search space: depth: must be >= 1")
     # Both corners of the space must be valid TrainConfigs (e.g. momentum in [0, 1), dropout < 0.9).
     for corner in ("low", "high"):
-        probe = {n: (d.fixed if d.fixed is not None else d.choices[0] if d.choices else getattr(d, corner))
-                 for n, d in dims.items() if n not in ("depth", "width")}
+        probe = {
+            n: (d.fixed if d.fixed is not None else d.choices[0] if d.choices else getattr(d, corner))
+            for n, d in dims.items()
+            if n not in ("depth", "width")
+        }
         try:
             TrainConfig.from_dict(probe)
         except ConfigError as err:
@@ -265,18 +285,34 @@ def check_extension(old: SearchSpace, new: SearchSpace) -> None:
     """Refuse a space under which a study's earlier trials would not be valid points: the same
     dimensions, fixed values and choices (Optuna cannot change a categorical's choices); numeric
     ranges may only widen."""
+
     def show(d: Dimension) -> str:
-        return (repr(d.fixed) if d.fixed is not None else f"choices {list(d.choices)}" if d.choices is not None
-                else f"[{d.low}, {d.high}]{' log' if d.log else ''}{' or 0' if d.or_zero else ''}")
+        return (
+            repr(d.fixed)
+            if d.fixed is not None
+            else f"choices {list(d.choices)}"
+            if d.choices is not None
+            else f"[{d.low}, {d.high}]{' log' if d.log else ''}{' or 0' if d.or_zero else ''}"
+        )
 
     for name in sorted(set(old.dimensions) | set(new.dimensions)):
         if name not in new.dimensions or name not in old.dimensions:
             change = "drops" if name not in new.dimensions else "adds"
-            raise UsageError(f"--extend: the new search space {change} {name!r}: the earlier trials were not drawn from it")
+            raise UsageError(
+                f"--extend: the new search space {change} {name!r}: the earlier trials were not drawn from it"
+            )
         a, b = old.dimensions[name], new.dimensions[name]
         numeric = lambda d: d.fixed is None and d.choices is None  # noqa: E731
-        ok = (a == b) or (numeric(a) and numeric(b) and a.log == b.log and a.or_zero == b.or_zero
-                          and b.low <= a.low and b.high >= a.high)
+        ok = (a == b) or (
+            numeric(a)
+            and numeric(b)
+            and a.log == b.log
+            and a.or_zero == b.or_zero
+            and b.low <= a.low
+            and b.high >= a.high
+        )
         if not ok:
-            raise UsageError(f"--extend: the new search space changes {name} from {show(a)} to {show(b)}: the earlier "
-                             "trials would not be valid points of it (only numeric ranges may widen)")
+            raise UsageError(
+                f"--extend: the new search space changes {name} from {show(a)} to {show(b)}: the earlier "
+                "trials would not be valid points of it (only numeric ranges may widen)"
+            )

@@ -16,9 +16,18 @@ from urllib.parse import urlparse
 
 from study import manifest, preflight
 from study.errors import UsageError
-from study.runner import (Prepared, StudyOptions, StudySummary, check_options, check_study_path,
-                          fail_stale_optuna_trials, run_study, trial_dirname, trial_resources,
-                          tuner_for)
+from study.runner import (
+    Prepared,
+    StudyOptions,
+    StudySummary,
+    check_options,
+    check_study_path,
+    fail_stale_optuna_trials,
+    run_study,
+    trial_dirname,
+    trial_resources,
+    tuner_for,
+)
 from study.space import SearchSpace, check_extension, load_space, space_from_mapping
 from trainables.config import DataConfig
 from trainables.data import check_data
@@ -54,7 +63,7 @@ def default_optuna_storage(tracking_uri: str, storage_path: str) -> str | None:
     """The Optuna study's database beside the MLflow store: optuna.db in the sqlite file's folder
     (or beside a local mlruns folder); for a tracking server, in a local Ray storage folder."""
     if tracking_uri.startswith("sqlite:///"):
-        folder = os.path.dirname(os.path.abspath(tracking_uri[len("sqlite:///"):]))
+        folder = os.path.dirname(os.path.abspath(tracking_uri[len("sqlite:///") :]))
     elif tracking_uri.startswith("file:") or "://" not in tracking_uri:
         path = urlparse(tracking_uri).path if tracking_uri.startswith("file:") else tracking_uri
         folder = os.path.dirname(os.path.abspath(path.rstrip("/")))
@@ -117,8 +126,18 @@ def prepare(opts: SweepOptions, data: DataConfig, space: SearchSpace | None = No
         optuna_storage = default_optuna_storage(uri, storage)
     if optuna_storage == "none":
         optuna_storage = None
-    return Prepared(opts, space, data, uri, opts.experiment or opts.study_name, storage, int(epochs.fixed),
-                    study_name=opts.study_name, metric=opts.metric, optuna_storage=optuna_storage)
+    return Prepared(
+        opts,
+        space,
+        data,
+        uri,
+        opts.experiment or opts.study_name,
+        storage,
+        int(epochs.fixed),
+        study_name=opts.study_name,
+        metric=opts.metric,
+        optuna_storage=optuna_storage,
+    )
 
 
 def prepare_extension(opts: SweepOptions, data: DataConfig | None, count: int) -> SweepPrepared:
@@ -140,12 +159,16 @@ def prepare_extension(opts: SweepOptions, data: DataConfig | None, count: int) -
     if base.options.get("extends"):
         raise UsageError(f"--extend: {opts.name!r} is itself an extension; extend {base.options['extends']!r}")
     if base.optuna_storage is None:
-        raise UsageError(f"--extend: sweep {opts.name!r} kept no Optuna study (it ran with --search random or "
-                         "--optuna-storage none), so nothing can warm-start the search")
+        raise UsageError(
+            f"--extend: sweep {opts.name!r} kept no Optuna study (it ran with --search random or "
+            "--optuna-storage none), so nothing can warm-start the search"
+        )
     status = _parent_status(base.tracking_uri, base.parent_run_id)
     if status != "FINISHED":
-        raise UsageError(f"--extend: sweep {opts.name!r} has not finished (its MLflow parent run is {status}): "
-                         f"continue it with --resume first")
+        raise UsageError(
+            f"--extend: sweep {opts.name!r} has not finished (its MLflow parent run is {status}): "
+            f"continue it with --resume first"
+        )
     old_space = space_from_mapping(base.space, f"sweep {opts.name}")
     space = old_space
     if opts.space is not None:
@@ -157,11 +180,23 @@ def prepare_extension(opts: SweepOptions, data: DataConfig | None, count: int) -
     flags = base.options
     objectives = tuple(o for o in str(flags.get("objectives") or "").split(",") if o)
     ext = dataclasses.replace(
-        opts, name=f"{opts.name}-ext{k}", extends=opts.name, num_samples=count, epochs=None,
-        metric=flags.get("metric", opts.metric), objectives=objectives, scheduler=flags.get("scheduler", opts.scheduler),
-        grace_epochs=flags.get("grace_epochs"), search="tpe", sampler=flags.get("sampler", opts.sampler),
-        seed=int(flags.get("seed", 0)) + k, tracking_uri=base.tracking_uri, experiment=base.experiment,
-        optuna_storage=base.optuna_storage, storage_path=storage)
+        opts,
+        name=f"{opts.name}-ext{k}",
+        extends=opts.name,
+        num_samples=count,
+        epochs=None,
+        metric=flags.get("metric", opts.metric),
+        objectives=objectives,
+        scheduler=flags.get("scheduler", opts.scheduler),
+        grace_epochs=flags.get("grace_epochs"),
+        search="tpe",
+        sampler=flags.get("sampler", opts.sampler),
+        seed=int(flags.get("seed", 0)) + k,
+        tracking_uri=base.tracking_uri,
+        experiment=base.experiment,
+        optuna_storage=base.optuna_storage,
+        storage_path=storage,
+    )
     data = data if data is not None else DataConfig.from_dict(base.data)
     return prepare(ext, data, space)
 
@@ -172,8 +207,9 @@ def _parent_status(tracking_uri: str, run_id: str) -> str:
     try:
         return MlflowClient(tracking_uri).get_run(run_id).info.status
     except Exception as err:  # the store is gone, or the run was deleted
-        raise UsageError(f"--extend: cannot read the sweep's parent run {run_id} at {tracking_uri}: "
-                         f"{str(err).splitlines()[0]}") from None
+        raise UsageError(
+            f"--extend: cannot read the sweep's parent run {run_id} at {tracking_uri}: {str(err).splitlines()[0]}"
+        ) from None
 
 
 def warm_start(url: str | None, study_name: str, directions: list[str]):
@@ -185,7 +221,8 @@ def warm_start(url: str | None, study_name: str, directions: list[str]):
     study = optuna.create_study(storage=memory, study_name=study_name, directions=directions)
     if url is not None:
         done = optuna.load_study(study_name=study_name, storage=url).get_trials(
-            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+        )
         study.add_trials(done)
     return memory
 
@@ -206,8 +243,9 @@ def make_sampler(name: str, seed: int, startup: int):
         return optuna.samplers.QMCSampler(seed=seed, scramble=True)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                      n_startup_trials=startup)
+    return optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=startup
+    )
 
 
 def check_optuna_storage(url: str) -> None:
@@ -215,13 +253,14 @@ def check_optuna_storage(url: str) -> None:
     if "://" not in url:
         raise UsageError(f"--optuna-storage {url!r}: expected a database URL such as sqlite:///optuna.db")
     if url.startswith("sqlite:///"):
-        folder = os.path.dirname(os.path.abspath(url[len("sqlite:///"):])) or "."
+        folder = os.path.dirname(os.path.abspath(url[len("sqlite:///") :])) or "."
         if not os.path.isdir(folder):
             raise UsageError(f"--optuna-storage {url}: folder {folder} does not exist")
 
 
-def build_tuner(prep: SweepPrepared, data, callbacks: list, cluster: dict,
-                points_to_evaluate: list[dict] | None = None):
+def build_tuner(
+    prep: SweepPrepared, data, callbacks: list, cluster: dict, points_to_evaluate: list[dict] | None = None
+):
     """The sweep's Tuner: Optuna TPE (or Ray's random search) and ASHA."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -248,20 +287,40 @@ def build_tuner(prep: SweepPrepared, data, callbacks: list, cluster: dict,
         # always matches the trials Tune restores; the persisted copy is written by
         # OptunaStudyMirror. An extension's in-memory study starts with every earlier trial.
         storage = warm_start(prep.optuna_storage, prep.study_name, directions) if opts.extends else None
-        searcher = OptunaSearch(space=space_fn, metric=metric, mode=mode, sampler=sampler,
-                                points_to_evaluate=points_to_evaluate, storage=storage,
-                                study_name=prep.study_name if storage is not None else None)
+        searcher = OptunaSearch(
+            space=space_fn,
+            metric=metric,
+            mode=mode,
+            sampler=sampler,
+            points_to_evaluate=points_to_evaluate,
+            storage=storage,
+            study_name=prep.study_name if storage is not None else None,
+        )
         if prep.optuna_storage:
-            callbacks = [*callbacks, OptunaStudyMirror(prep.optuna_storage, prep.study_name, metrics, directions,
-                                                       prep.space.optuna_distributions())]
+            callbacks = [
+                *callbacks,
+                OptunaStudyMirror(
+                    prep.optuna_storage, prep.study_name, metrics, directions, prep.space.optuna_distributions()
+                ),
+            ]
         searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrency)
     scheduler = None
     if opts.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="epoch", metric=prep.metric, mode=prep.mode, max_t=prep.epochs,
-                                  grace_period=opts.grace_epochs or min(DEFAULT_GRACE, prep.epochs),
-                                  reduction_factor=3)
-    tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=opts.num_samples,
-                                  reuse_actors=True, trial_dirname_creator=trial_dirname)
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            metric=prep.metric,
+            mode=prep.mode,
+            max_t=prep.epochs,
+            grace_period=opts.grace_epochs or min(DEFAULT_GRACE, prep.epochs),
+            reduction_factor=3,
+        )
+    tune_config = tune.TuneConfig(
+        search_alg=searcher,
+        scheduler=scheduler,
+        num_samples=opts.num_samples,
+        reuse_actors=True,
+        trial_dirname_creator=trial_dirname,
+    )
     return tuner_for(prep, data, resources, callbacks, tune_config, param_space), concurrency
 
 
@@ -282,6 +341,7 @@ class Sweep:
         return None  # a sweep's trials carry their full config
 
 
-def run_sweep(prep: SweepPrepared, points_to_evaluate: list[dict] | None = None,
-              extra_callbacks: list = ()) -> StudySummary:
+def run_sweep(
+    prep: SweepPrepared, points_to_evaluate: list[dict] | None = None, extra_callbacks: list = ()
+) -> StudySummary:
     return run_study(prep, Sweep(tuple(points_to_evaluate or ())), extra_callbacks=extra_callbacks)

@@ -5,6 +5,7 @@ MLflow is brought up to date from it through the same idempotent calls the live 
 Used after an MLflow outage, and at the start of every --resume (a driver killed with SIGKILL
 can leave finished trials whose MLflow runs were never closed).
 """
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,14 @@ def replay(logger: MlflowTrialLogger, experiment_path: str, resuming: bool = Fal
     counts = {"trials": 0, "closed": 0, "open": 0, "unchanged": 0}
     for trial in analysis.trials:
         counts["trials"] += 1
-        outcome = logger.reconcile(trial.trial_id, logger.full_config(trial.config), _records(frames.get(trial.trial_id)),
-                                   trial.checkpoint, trial.status, resuming)
+        outcome = logger.reconcile(
+            trial.trial_id,
+            logger.full_config(trial.config),
+            _records(frames.get(trial.trial_id)),
+            trial.checkpoint,
+            trial.status,
+            resuming,
+        )
         counts[outcome] += 1
     client = MlflowClient(logger.tracking_uri)
     counts["orphaned"] = retire_orphans(client, logger, {t.trial_id for t in analysis.trials})
@@ -73,8 +80,16 @@ def load_logger(experiment_path: str, tracking_uri: str | None) -> MlflowTrialLo
     check_tracking_uri(uri)
     # An extension's trials belong to the sweep it extends (same parent run).
     name = record.options.get("extends") or record.name
-    return MlflowTrialLogger(uri, record.experiment, name, parent_params={}, parent_artifacts={},
-                             data_config=record.data, key=experiment_path, role=record.kind)
+    return MlflowTrialLogger(
+        uri,
+        record.experiment,
+        name,
+        parent_params={},
+        parent_artifacts={},
+        data_config=record.data,
+        key=experiment_path,
+        role=record.kind,
+    )
 
 
 def sync_study(experiment_path: str, tracking_uri: str | None = None) -> dict:

@@ -5,6 +5,7 @@ so Tune's event loop never waits on the tracking server. Calls run in order; a f
 server went away) is retried with back-off and never dropped. Trials need no MLflow access.
 How this stays consistent with Ray's own record is mapped in ``study/records.py``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,13 +13,23 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from mlflow import MlflowClient
 from ray import tune
 
-from analysis.record import (EPOCH_METRICS, ROLE_SWEEP, ROLE_TRIAL, TAG_NODE, TAG_PARENT, TAG_ROLE, TAG_RUN_NAME,
-                             TAG_SWEEP, TAG_TRIAL, readable_name)
+from analysis.record import (
+    EPOCH_METRICS,
+    ROLE_SWEEP,
+    ROLE_TRIAL,
+    TAG_NODE,
+    TAG_PARENT,
+    TAG_ROLE,
+    TAG_RUN_NAME,
+    TAG_SWEEP,
+    TAG_TRIAL,
+    readable_name,
+)
 from study import records as store
 from trainables.bundle import bundle_args
 from trainables.checkpoint import TrainState
@@ -90,10 +101,10 @@ def trial_outcome(state: TrainState | None, last_result: dict, error: bool) -> s
 
 
 # The logger the driver holds for each experiment folder (see MlflowTrialLogger.__reduce__).
-_ACTIVE: dict[str, "MlflowTrialLogger"] = {}
+_ACTIVE: dict[str, MlflowTrialLogger] = {}
 
 
-def _revive(key: str, state: dict) -> "MlflowTrialLogger":
+def _revive(key: str, state: dict) -> MlflowTrialLogger:
     active = _ACTIVE.get(key)
     if active is not None:
         return active
@@ -111,9 +122,19 @@ class MlflowTrialLogger(tune.Callback):
     without reaching into Tune's private state.
     """
 
-    def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, parent_params: dict,
-                 parent_artifacts: dict[str, dict], data_config: dict, key: str = "",
-                 drain_timeout: float | None = None, role: str = ROLE_SWEEP, resolve=None):
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        sweep_name: str,
+        parent_params: dict,
+        parent_artifacts: dict[str, dict],
+        data_config: dict,
+        key: str = "",
+        drain_timeout: float | None = None,
+        role: str = ROLE_SWEEP,
+        resolve=None,
+    ):
         self.key = key
         self.resolve = resolve  # trial config -> full config (a capacity grid's point index -> its point)
         self.role = role  # the parent run's role: a sweep or a capacity study
@@ -124,8 +145,9 @@ class MlflowTrialLogger(tune.Callback):
         self.parent_artifacts = parent_artifacts
         self.data_config = data_config
         # How long the end of a sweep waits for MLflow to take what is queued (an outage).
-        self.drain_timeout = drain_timeout if drain_timeout is not None else float(
-            os.environ.get("BIRDPLANE_MLFLOW_DRAIN_S", "300"))
+        self.drain_timeout = (
+            drain_timeout if drain_timeout is not None else float(os.environ.get("BIRDPLANE_MLFLOW_DRAIN_S", "300"))
+        )
         self._init_runtime()
 
     # The callback is pickled into Tune's experiment state (tuner.pkl) and rebuilt on --resume.
@@ -139,7 +161,7 @@ class MlflowTrialLogger(tune.Callback):
     def __reduce__(self):
         return _revive, (self.key, self.__getstate__())
 
-    def activate(self) -> "MlflowTrialLogger":
+    def activate(self) -> MlflowTrialLogger:
         _ACTIVE[self.key] = self
         return self
 
@@ -168,8 +190,9 @@ class MlflowTrialLogger(tune.Callback):
             self._experiment_id = store.ensure_experiment(self._client, self.experiment)
             key = {TAG_SWEEP: self.sweep_name, TAG_ROLE: getattr(self, "role", ROLE_SWEEP)}
             role = getattr(self, "role", ROLE_SWEEP)
-            self.parent_run_id, created = store.ensure_run(self._client, self._experiment_id, key, self.sweep_name,
-                                                           store.source_tags(f"birdplane {role}"))
+            self.parent_run_id, created = store.ensure_run(
+                self._client, self._experiment_id, key, self.sweep_name, store.source_tags(f"birdplane {role}")
+            )
             store.log_params(self._client, self.parent_run_id, self.parent_params)
             if created:
                 for name, payload in self.parent_artifacts.items():
@@ -243,8 +266,11 @@ class MlflowTrialLogger(tune.Callback):
         left = self._outbox.drain(self.drain_timeout)
         self.last_undelivered = left
         if left:
-            log.error("%d MLflow calls could not be delivered (last error: %s); run `birdplane sync`",
-                      left, self._outbox.last_error)
+            log.error(
+                "%d MLflow calls could not be delivered (last error: %s); run `birdplane sync`",
+                left,
+                self._outbox.last_error,
+            )
         return left
 
     # ---------------------------------------------------------------- the calls themselves
@@ -261,8 +287,12 @@ class MlflowTrialLogger(tune.Callback):
         extra = (config or {}).get("tags")
         extra = extra if isinstance(extra, dict) else {}
         train = (config or {}).get("train")
-        tags = {TAG_ROLE: ROLE_TRIAL, TAG_SWEEP: self.sweep_name, **extra,
-                **store.source_tags(f"birdplane {getattr(self, 'role', ROLE_SWEEP)}")}
+        tags = {
+            TAG_ROLE: ROLE_TRIAL,
+            TAG_SWEEP: self.sweep_name,
+            **extra,
+            **store.source_tags(f"birdplane {getattr(self, 'role', ROLE_SWEEP)}"),
+        }
         name = readable_name(train) if isinstance(train, dict) else f"trial_{trial_id}"
         run_id, created = store.ensure_run(client, self._experiment_id, key, name, tags, reopen=reopen)
         if created:
@@ -271,8 +301,15 @@ class MlflowTrialLogger(tune.Callback):
             store.set_tags(client, run_id, {**extra, TAG_RUN_NAME: name})
         if isinstance(train, dict):
             searched = {k: v for k, v in config.items() if k not in ("train", "tags")}
-            store.log_params(client, run_id, {**train, "depth": len(train.get("hidden_sizes", [])),
-                                              **{f"search.{k}": v for k, v in searched.items()}})
+            store.log_params(
+                client,
+                run_id,
+                {
+                    **train,
+                    "depth": len(train.get("hidden_sizes", [])),
+                    **{f"search.{k}": v for k, v in searched.items()},
+                },
+            )
         self._runs[trial_id] = run_id
         self._last_step[trial_id] = store.last_logged_step(client, run_id)
 
@@ -291,8 +328,9 @@ class MlflowTrialLogger(tune.Callback):
     def experiment_id(self) -> str | None:
         return self._experiment_id
 
-    def reconcile(self, trial_id: str, config: dict, records: list[dict], checkpoint, status: str,
-                  resuming: bool) -> str:
+    def reconcile(
+        self, trial_id: str, config: dict, records: list[dict], checkpoint, status: str, resuming: bool
+    ) -> str:
         """Bring one trial's run in line with Ray's record of it, synchronously (sync, --resume).
 
         Returns "closed" (a finished trial's run was completed now), "open" (the trial is
@@ -316,12 +354,24 @@ class MlflowTrialLogger(tune.Callback):
         run_id = self._child_id(trial_id)
         state = read_checkpoint(checkpoint)
         history = state.history if state else []
-        resolved = {"train": config.get("train"), "search": {k: v for k, v in config.items() if k not in ("train", "tags")},
-                    "data": self.data_config, "normalisation": state.data if state else None}
+        resolved = {
+            "train": config.get("train"),
+            "search": {k: v for k, v in config.items() if k not in ("train", "tags")},
+            "data": self.data_config,
+            "normalisation": state.data if state else None,
+        }
         # Epochs that reached the checkpoint but not MLflow (e.g. reported before a driver crash)
         # are logged here too.
         self._last_step[trial_id] = store.write_finished_run(
-            self._client, run_id, history=history, after_step=self._last_step.get(trial_id, -1),
-            param_count=last.get("param_count"), outcome=trial_outcome(state, last, error), resolved_config=resolved,
+            self._client,
+            run_id,
+            history=history,
+            after_step=self._last_step.get(trial_id, -1),
+            param_count=last.get("param_count"),
+            outcome=trial_outcome(state, last, error),
+            resolved_config=resolved,
             model=bundle_args(state.config, state.data, state.model, state.epoch, state.best_model, state.best_epoch)
-            if state is not None else None, ok=not error)
+            if state is not None
+            else None,
+            ok=not error,
+        )

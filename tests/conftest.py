@@ -1,4 +1,5 @@
 """Shared fixtures: tiny synthetic image trees (no real data needed), isolated caches."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_addoption(parser):
-    parser.addoption("--run-load", action="store_true", default=False,
-                     help="also run the tests marked load (200-trial load test); BIRDPLANE_LOAD=1 does the same")
+    parser.addoption(
+        "--run-load",
+        action="store_true",
+        default=False,
+        help="also run the tests marked load (200-trial load test); BIRDPLANE_LOAD=1 does the same",
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -46,8 +51,14 @@ def isolated_run_folders():
     root = Path(tempfile.mkdtemp(prefix="bp-", dir="/tmp"))
     if (home / ".pyenv").is_dir():  # pyenv's shims find their interpreters through HOME otherwise
         os.environ.setdefault("PYENV_ROOT", str(home / ".pyenv"))
-    folders = {"RAY_TMPDIR": root / "ray", "HOME": root / "home", "XDG_CONFIG_HOME": root / "home" / ".config",
-               "XDG_CACHE_HOME": root / "home" / ".cache", "MPLCONFIGDIR": root / "mpl", "BIRDPLANE_TEST_TMP": root / "tmp"}
+    folders = {
+        "RAY_TMPDIR": root / "ray",
+        "HOME": root / "home",
+        "XDG_CONFIG_HOME": root / "home" / ".config",
+        "XDG_CACHE_HOME": root / "home" / ".cache",
+        "MPLCONFIGDIR": root / "mpl",
+        "BIRDPLANE_TEST_TMP": root / "tmp",
+    }
     for name, folder in folders.items():
         folder.mkdir(parents=True, exist_ok=True)
         os.environ[name] = str(folder)
@@ -68,8 +79,14 @@ REAL_DATA = Path(os.environ.get("BIRDPLANE_DATA") or REPO.parent / "shared" / "d
 CLASS_COLOURS = {"airplane": (170, 190, 220), "bird": (120, 110, 80), "cat": (150, 90, 90)}
 
 
-def make_image_tree(root: Path, per_class: dict[str, int] | int = 40, test_per_class: int = 16,
-                    classes=("airplane", "bird", "cat"), seed: int = 0, jitter: float = 0) -> Path:
+def make_image_tree(
+    root: Path,
+    per_class: dict[str, int] | int = 40,
+    test_per_class: int = 16,
+    classes=("airplane", "bird", "cat"),
+    seed: int = 0,
+    jitter: float = 0,
+) -> Path:
     """ROOT/{train,test}/<class>/*.png of 32x32 noisy images, one base colour per class.
 
     ``jitter`` shifts each image's colour by a random offset (its standard deviation): 0 is easy
@@ -132,8 +149,14 @@ def run_birdplane(*args, env=None, timeout=600, cwd=None):
     import sys
 
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "study.cli", *map(str, args)], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "study.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 def last_json(stdout: str) -> dict:
@@ -146,9 +169,14 @@ def last_json(stdout: str) -> dict:
     raise AssertionError(f"no JSON summary in: {stdout[-2000:]}")
 
 
-SMOKE_SPACE = {"depth": {"low": 1, "high": 2}, "width": {"low": 16, "high": 128, "log": True},
-               "batch_size": {"choices": [16, 32]}, "lr": {"low": 1e-3, "high": 1e-1, "log": True},
-               "loss": {"choices": ["nll", "ce", "mse", "bce"]}, "epochs": 2}
+SMOKE_SPACE = {
+    "depth": {"low": 1, "high": 2},
+    "width": {"low": 16, "high": 128, "log": True},
+    "batch_size": {"choices": [16, 32]},
+    "lr": {"low": 1e-3, "high": 1e-1, "log": True},
+    "loss": {"choices": ["nll", "ce", "mse", "bce"]},
+    "epochs": 2,
+}
 
 
 @pytest.fixture(scope="session")
@@ -161,12 +189,35 @@ def smoke_sweep(mlflow_server, tmp_path_factory):
     # Noisy enough that trials reach different accuracies (the report's importances need variation).
     tree = make_image_tree(folder / "images", per_class=40, test_per_class=10, classes=("airplane", "bird"), jitter=80)
     (folder / "space.yaml").write_text(yaml.safe_dump(SMOKE_SPACE))
-    proc = run_birdplane("sweep", "--smoke", "--num-samples", 5, "--scheduler", "none", "--space", folder / "space.yaml",
-                         "--data-root", tree, "--cache-dir", folder / "cache", "--name", "smoke",
-                         "--storage-path", folder / "ray", "--tracking-uri", mlflow_server.url, "--json")
+    proc = run_birdplane(
+        "sweep",
+        "--smoke",
+        "--num-samples",
+        5,
+        "--scheduler",
+        "none",
+        "--space",
+        folder / "space.yaml",
+        "--data-root",
+        tree,
+        "--cache-dir",
+        folder / "cache",
+        "--name",
+        "smoke",
+        "--storage-path",
+        folder / "ray",
+        "--tracking-uri",
+        mlflow_server.url,
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"summary": last_json(proc.stdout), "uri": mlflow_server.url, "name": "smoke", "folder": folder,
-            "data_root": tree}
+    return {
+        "summary": last_json(proc.stdout),
+        "uri": mlflow_server.url,
+        "name": "smoke",
+        "folder": folder,
+        "data_root": tree,
+    }
 
 
 @dataclass(frozen=True)
@@ -187,10 +238,12 @@ def noisy(tmp_path_factory) -> NoisyStudy:
 
     folder = tmp_path_factory.mktemp("noisy")
     tree = make_image_tree(folder / "images", per_class=150, test_per_class=60, classes=("airplane", "bird"), jitter=80)
-    data = load_study_data(DataConfig(root=str(tree), cache_dir=str(folder / "cache"), val_fraction=0.3),
-                           include_test=True)
-    config = TrainConfig(hidden_sizes=(32,), epochs=8, batch_size=16, lr=0.05, activation="relu", threads=1,
-                         device="cpu")
+    data = load_study_data(
+        DataConfig(root=str(tree), cache_dir=str(folder / "cache"), val_fraction=0.3), include_test=True
+    )
+    config = TrainConfig(
+        hidden_sizes=(32,), epochs=8, batch_size=16, lr=0.05, activation="relu", threads=1, device="cpu"
+    )
     return NoisyStudy(tree, data, config)
 
 

@@ -3,6 +3,7 @@
 Each process runs in its own session and is stopped by its process group, so a test stops
 exactly what it started (never `ray stop`, which would stop every Ray process on the machine).
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,8 @@ def descendants(pid: int) -> dict[int, str]:
             stat = (entry / "stat").read_text()
         except OSError:  # gone meanwhile
             continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
         names[int(entry.name)] = name
     found, frontier = {}, [pid]
     while frontier:
@@ -66,14 +67,31 @@ class MlflowServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90) -> "MlflowServer":
+    def start(self, timeout: float = 90) -> MlflowServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         log = open(self.folder / "server.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-             "--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.folder)
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.folder / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.folder / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=self.folder,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -99,17 +117,29 @@ class RayNode:
         self.address: str | None = head_address
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90) -> "RayNode":
+    def start(self, timeout: float = 90) -> RayNode:
         self.folder.mkdir(parents=True, exist_ok=True)
         name = "head" if self.head_address is None else f"node-{time.monotonic_ns()}"
         self.log = self.folder / f"{name}.log"
-        cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", f"--num-cpus={self.num_cpus}",
-               "--num-gpus=0", "--disable-usage-stats"]
-        cmd += (["--head", f"--port={free_port()}", "--include-dashboard=false"] if self.head_address is None
-                else [f"--address={self.head_address}"])
+        cmd = [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "start",
+            "--block",
+            f"--num-cpus={self.num_cpus}",
+            "--num-gpus=0",
+            "--disable-usage-stats",
+        ]
+        cmd += (
+            ["--head", f"--port={free_port()}", "--include-dashboard=false"]
+            if self.head_address is None
+            else [f"--address={self.head_address}"]
+        )
         env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-                                     start_new_session=True, env=env)
+        self.proc = subprocess.Popen(
+            cmd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log.read_text(errors="replace")

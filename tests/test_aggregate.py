@@ -1,4 +1,5 @@
 """Seed averages: mean ± sd per capacity cell and per rerun (analysis/aggregate.py)."""
+
 import math
 
 import pytest
@@ -20,20 +21,32 @@ def test_mean_sd_text_leaves_out_values_that_are_not_finite_numbers():
 
 
 def _trial(cell, params, val, train, reg="none"):
-    return {"param_count": params, "val_acc": val, "train_acc": train,
-            "tags": {record.TAG_CELL: cell, record.TAG_REGULARISER: reg}}
+    return {
+        "param_count": params,
+        "val_acc": val,
+        "train_acc": train,
+        "tags": {record.TAG_CELL: cell, record.TAG_REGULARISER: reg},
+    }
 
 
 def test_seed_groups_put_the_seeds_of_one_cell_and_regulariser_value_together_smallest_first():
-    trials = [_trial("[64]", 197_000, 0.8, 0.9), _trial("[16]", 49_000, 0.7, 0.75),
-              _trial("[64]", 197_000, 0.82, 0.92), _trial("[64]", 197_000, 0.85, 0.99, "augment=flip")]
+    trials = [
+        _trial("[64]", 197_000, 0.8, 0.9),
+        _trial("[16]", 49_000, 0.7, 0.75),
+        _trial("[64]", 197_000, 0.82, 0.92),
+        _trial("[64]", 197_000, 0.85, 0.99, "augment=flip"),
+    ]
     groups = seed_groups(trials)
     assert list(groups) == [("augment=flip", 197_000, "[64]"), ("none", 49_000, "[16]"), ("none", 197_000, "[64]")]
     assert [t["val_acc"] for t in groups[("none", 197_000, "[64]")]] == [0.8, 0.82]
 
 
 def test_capacity_table_has_one_row_per_cell_with_seed_means():
-    trials = [_trial("[64]", 197_000, 0.8, 0.9), _trial("[64]", 197_000, 0.84, 0.94), _trial("[16]", 49_000, math.nan, None)]
+    trials = [
+        _trial("[64]", 197_000, 0.8, 0.9),
+        _trial("[64]", 197_000, 0.84, 0.94),
+        _trial("[16]", 49_000, math.nan, None),
+    ]
     lines = capacity_table(trials).splitlines()
     assert lines[0] == "final epoch, mean ± sd over seeds:"
     assert len(lines) == 4, lines

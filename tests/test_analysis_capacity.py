@@ -1,12 +1,21 @@
 """Known answers for the capacity analysis: budgets, per-size aggregates, trends, memorisation."""
+
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.capacity import (budget_of, comparisons, curve_trend, curves, memorisation, per_size, readable,
-                               split_by_budget)
+from analysis.capacity import (
+    budget_of,
+    comparisons,
+    curve_trend,
+    curves,
+    memorisation,
+    per_size,
+    readable,
+    split_by_budget,
+)
 from analysis.overfitting import capacity_frontier
 
 
@@ -18,12 +27,35 @@ def _trials(rows):
 
 
 def test_a_trial_stopped_early_is_kept_off_the_frontier_it_would_change():
-    trials = _trials([
-        {"run_id": "a", "hidden_sizes": (16,), "param_count": 100, "val_acc": 0.70, "train_acc": 0.8, "epochs_run": 40},
-        {"run_id": "b", "hidden_sizes": (64,), "param_count": 400, "val_acc": 0.75, "train_acc": 0.9, "epochs_run": 40},
-        # Stopped at epoch 4, while its val_acc was still high by luck: it would top the frontier.
-        {"run_id": "c", "hidden_sizes": (32,), "param_count": 200, "val_acc": 0.80, "train_acc": 0.8, "epochs_run": 4},
-    ])
+    trials = _trials(
+        [
+            {
+                "run_id": "a",
+                "hidden_sizes": (16,),
+                "param_count": 100,
+                "val_acc": 0.70,
+                "train_acc": 0.8,
+                "epochs_run": 40,
+            },
+            {
+                "run_id": "b",
+                "hidden_sizes": (64,),
+                "param_count": 400,
+                "val_acc": 0.75,
+                "train_acc": 0.9,
+                "epochs_run": 40,
+            },
+            # Stopped at epoch 4, while its val_acc was still high by luck: it would top the frontier.
+            {
+                "run_id": "c",
+                "hidden_sizes": (32,),
+                "param_count": 200,
+                "val_acc": 0.80,
+                "train_acc": 0.8,
+                "epochs_run": 4,
+            },
+        ]
+    )
     assert list(capacity_frontier(trials)["run_id"]) == ["a", "c"]
     full, short = split_by_budget(trials, budget_of({"epochs": 40}))
     assert list(short["run_id"]) == ["c"]
@@ -31,26 +63,54 @@ def test_a_trial_stopped_early_is_kept_off_the_frontier_it_would_change():
 
 
 def test_without_a_budget_every_trial_counts():
-    trials = _trials([{"run_id": "a", "hidden_sizes": (8,), "param_count": 1, "val_acc": 0.5, "train_acc": 0.5,
-                       "epochs_run": 3}])
+    trials = _trials(
+        [{"run_id": "a", "hidden_sizes": (8,), "param_count": 1, "val_acc": 0.5, "train_acc": 0.5, "epochs_run": 3}]
+    )
     full, short = split_by_budget(trials, budget_of({"epochs": {"low": 1, "high": 9}}))
     assert len(full) == 1 and short.empty
 
 
 def test_per_size_means_and_spreads_over_seeds_with_val_loss_and_onset_from_the_curves():
-    trials = _trials([
-        {"run_id": "a1", "hidden_sizes": (16,), "param_count": 100, "val_acc": 0.70, "train_acc": 0.80,
-         "best_val_acc": 0.72, "epochs_run": 3},
-        {"run_id": "a2", "hidden_sizes": (16,), "param_count": 100, "val_acc": 0.74, "train_acc": 0.84,
-         "best_val_acc": 0.76, "epochs_run": 3},
-        {"run_id": "b1", "hidden_sizes": (64,), "param_count": 400, "val_acc": 0.80, "train_acc": 1.00,
-         "best_val_acc": 0.82, "epochs_run": 3},
-    ])
-    histories = pd.DataFrame({
-        "run_id": ["a1"] * 3 + ["a2"] * 3 + ["b1"] * 3, "epoch": [1, 2, 3] * 3,
-        "train_acc": [0.6, 0.7, 0.8, 0.6, 0.7, 0.84, 0.7, 0.9, 1.0],
-        "val_acc": [0.6, 0.72, 0.70, 0.6, 0.76, 0.74, 0.7, 0.82, 0.80],
-        "val_loss": [0.7, 0.5, 0.6, 0.7, 0.4, 0.5, 0.6, 0.3, 0.9]})
+    trials = _trials(
+        [
+            {
+                "run_id": "a1",
+                "hidden_sizes": (16,),
+                "param_count": 100,
+                "val_acc": 0.70,
+                "train_acc": 0.80,
+                "best_val_acc": 0.72,
+                "epochs_run": 3,
+            },
+            {
+                "run_id": "a2",
+                "hidden_sizes": (16,),
+                "param_count": 100,
+                "val_acc": 0.74,
+                "train_acc": 0.84,
+                "best_val_acc": 0.76,
+                "epochs_run": 3,
+            },
+            {
+                "run_id": "b1",
+                "hidden_sizes": (64,),
+                "param_count": 400,
+                "val_acc": 0.80,
+                "train_acc": 1.00,
+                "best_val_acc": 0.82,
+                "epochs_run": 3,
+            },
+        ]
+    )
+    histories = pd.DataFrame(
+        {
+            "run_id": ["a1"] * 3 + ["a2"] * 3 + ["b1"] * 3,
+            "epoch": [1, 2, 3] * 3,
+            "train_acc": [0.6, 0.7, 0.8, 0.6, 0.7, 0.84, 0.7, 0.9, 1.0],
+            "val_acc": [0.6, 0.72, 0.70, 0.6, 0.76, 0.74, 0.7, 0.82, 0.80],
+            "val_loss": [0.7, 0.5, 0.6, 0.7, 0.4, 0.5, 0.6, 0.3, 0.9],
+        }
+    )
     table = per_size(trials, histories, tail=1).set_index("hidden_sizes")  # final = the last epoch
     small, large = table.loc["[16]"], table.loc["[64]"]
     assert small["seeds"] == 2 and small["final_val_acc"] == pytest.approx(0.72)
@@ -68,14 +128,36 @@ def test_per_size_uses_the_mean_of_the_last_epochs_and_gives_intervals():
     from analysis.statistics import mean_interval
 
     epochs = 8
-    trials = _trials([{"run_id": f"s{i}", "hidden_sizes": (16,), "param_count": 100, "val_acc": 0.0, "train_acc": 0.0,
-                       "best_val_acc": 0.9, "epochs_run": epochs} for i in range(3)])
+    trials = _trials(
+        [
+            {
+                "run_id": f"s{i}",
+                "hidden_sizes": (16,),
+                "param_count": 100,
+                "val_acc": 0.0,
+                "train_acc": 0.0,
+                "best_val_acc": 0.9,
+                "epochs_run": epochs,
+            }
+            for i in range(3)
+        ]
+    )
     rows = []
     for i in range(3):
         for e in range(1, epochs + 1):  # val_acc swings 0.80 / 0.84 by epoch; the last 5 epochs average 0.824 + i/100
             val = (0.80 if e % 2 else 0.84) + i / 100
-            rows.append({"run_id": f"s{i}", "epoch": e, "val_acc": val, "train_acc": 0.95, "gap": 0.95 - val,
-                         "val_loss": 0.5, "val_ece": 0.02 * (i + 1), "train_eval_loss": 0.1})
+            rows.append(
+                {
+                    "run_id": f"s{i}",
+                    "epoch": e,
+                    "val_acc": val,
+                    "train_acc": 0.95,
+                    "gap": 0.95 - val,
+                    "val_loss": 0.5,
+                    "val_ece": 0.02 * (i + 1),
+                    "train_eval_loss": 0.1,
+                }
+            )
     table = per_size(trials, pd.DataFrame(rows), n_val=1000).iloc[0]
     tails = [np.mean([(0.80 if e % 2 else 0.84) + i / 100 for e in range(4, 9)]) for i in range(3)]
     assert table["final_val_acc"] == pytest.approx(np.mean(tails)), "final = mean over the last 5 epochs"
@@ -87,10 +169,26 @@ def test_per_size_uses_the_mean_of_the_last_epochs_and_gives_intervals():
 
 
 def test_per_size_keeps_groups_apart():
-    trials = _trials([
-        {"run_id": "a", "hidden_sizes": (16,), "param_count": 100, "val_acc": 0.70, "train_acc": 0.9, "augment": "none"},
-        {"run_id": "b", "hidden_sizes": (16,), "param_count": 100, "val_acc": 0.76, "train_acc": 0.8,
-         "augment": "crop+flip"}])
+    trials = _trials(
+        [
+            {
+                "run_id": "a",
+                "hidden_sizes": (16,),
+                "param_count": 100,
+                "val_acc": 0.70,
+                "train_acc": 0.9,
+                "augment": "none",
+            },
+            {
+                "run_id": "b",
+                "hidden_sizes": (16,),
+                "param_count": 100,
+                "val_acc": 0.76,
+                "train_acc": 0.8,
+                "augment": "crop+flip",
+            },
+        ]
+    )
     table = per_size(trials, group="augment")
     assert sorted(table["group"]) == ["crop+flip", "none"] and (table["seeds"] == 1).all()
 
@@ -100,12 +198,21 @@ def _sizes(means, sd=0.01, seeds=3, depth=1, rng=None, group="all"):
     (at -sd, 0, +sd when rng is None: the mean exact, the sd sd)."""
     rows = []
     for i, mean in enumerate(means):
-        values = (np.full(seeds, mean) + (rng.normal(0, sd, seeds) if rng is not None else
-                                          np.array([-sd, 0.0, sd])[:seeds]))
+        values = np.full(seeds, mean) + (
+            rng.normal(0, sd, seeds) if rng is not None else np.array([-sd, 0.0, sd])[:seeds]
+        )
         for s, v in enumerate(values):
-            rows.append({"run_id": f"{depth}-{i}-{s}", "hidden_sizes": (4 ** (i + 1),) * depth,
-                         "param_count": 10 ** (i + 3) * depth, "val_acc": 0.8, "train_acc": 0.8 + v,
-                         "best_val_acc": 0.8, "group": group})
+            rows.append(
+                {
+                    "run_id": f"{depth}-{i}-{s}",
+                    "hidden_sizes": (4 ** (i + 1),) * depth,
+                    "param_count": 10 ** (i + 3) * depth,
+                    "val_acc": 0.8,
+                    "train_acc": 0.8 + v,
+                    "best_val_acc": 0.8,
+                    "group": group,
+                }
+            )
     return per_size(_trials(rows), group="group")
 
 
@@ -133,7 +240,7 @@ def test_comparisons_of_adjacent_sizes_and_against_the_best_are_holm_corrected()
     rows = next(rows for _, rows in curves(_sizes([0.80, 0.80, 0.86, 0.84], sd=0.005)))
     table = comparisons(rows, "gap")
     assert list(table["comparison"]) == ["adjacent"] * 3 + ["vs best"] * 3
-    assert list(zip(table["a"], table["b"]))[:3] == [("[16]", "[4]"), ("[64]", "[16]"), ("[256]", "[64]")]
+    assert list(zip(table["a"], table["b"], strict=False))[:3] == [("[16]", "[4]"), ("[64]", "[16]"), ("[256]", "[64]")]
     assert (table[table["comparison"] == "vs best"]["a"] == "[64]").all()
     assert (table["p_holm"] >= table["p"]).all() and table["p_holm"].max() <= 1
     jump = table.iloc[1]
@@ -143,15 +250,23 @@ def test_comparisons_of_adjacent_sizes_and_against_the_best_are_holm_corrected()
 
 def _curve(train, val):
     n = len(train)
-    return pd.DataFrame({"hidden_sizes": [f"[{2 ** i}]" for i in range(n)], "param_count": [10 ** i for i in range(n)],
-                         "train_acc": train, "final_val_acc": val})
+    return pd.DataFrame(
+        {
+            "hidden_sizes": [f"[{2**i}]" for i in range(n)],
+            "param_count": [10**i for i in range(n)],
+            "train_acc": train,
+            "final_val_acc": val,
+        }
+    )
 
 
 def test_memorisation_point_val_peak_and_a_second_rise():
     result = memorisation(_curve([0.8, 0.95, 0.995, 1.0, 1.0, 1.0], [0.70, 0.78, 0.80, 0.76, 0.75, 0.79]))
     assert result["memorised_at"] == 100 and result["val_peak_at"] == 100
     assert result["peak_vs_memorisation"] == "at"
-    assert result["second_rise"] and result["second_rise_at"] == 100_000 and result["beyond"] == "dips, then rises again"
+    assert (
+        result["second_rise"] and result["second_rise_at"] == 100_000 and result["beyond"] == "dips, then rises again"
+    )
 
 
 def test_no_second_rise_when_validation_only_falls_and_no_memorisation_when_train_stays_low():
@@ -196,6 +311,7 @@ def test_a_size_that_falls_back_below_the_threshold_ends_no_memorised_range():
 
 # ---------------------------------------------------------------- the report on a tiny synthetic capacity study
 
+
 def _log_capacity_study(client, name: str, epochs: int = 30) -> dict:
     """A capacity study as MLflow holds it: a parent run and 3 seeds x 7 sizes (two depths) of
     finished trial runs with per-epoch curves. Depth 1: val_acc rises with size; depth 2: the gap
@@ -206,24 +322,46 @@ def _log_capacity_study(client, name: str, epochs: int = 30) -> dict:
     experiment_id = client.create_experiment(name)
     parent = client.create_run(experiment_id, tags={record.TAG_ROLE: record.ROLE_CAPACITY, record.TAG_SWEEP: name})
     client.log_dict(parent.info.run_id, {"epochs": epochs}, "search_space.json")
-    design = {(16,): (0.78, 0.85), (64,): (0.80, 0.90), (256,): (0.82, 0.95), (1024,): (0.84, 0.99),
-              (16, 16): (0.80, 0.84), (64, 64): (0.80, 0.95), (256, 256): (0.80, 0.86)}
+    design = {
+        (16,): (0.78, 0.85),
+        (64,): (0.80, 0.90),
+        (256,): (0.82, 0.95),
+        (1024,): (0.84, 0.99),
+        (16, 16): (0.80, 0.84),
+        (64, 64): (0.80, 0.95),
+        (256, 256): (0.80, 0.86),
+    }
     from mlflow.entities import Metric
+
     for hidden, (val, train) in design.items():
-        params = 3072 * hidden[0] + sum(a * b for a, b in zip(hidden, hidden[1:])) + 2 * hidden[-1]
+        params = 3072 * hidden[0] + sum(a * b for a, b in zip(hidden, hidden[1:], strict=False)) + 2 * hidden[-1]
         for seed in range(3):
-            run = client.create_run(experiment_id, tags={
-                record.TAG_ROLE: record.ROLE_TRIAL, record.TAG_TRIAL: f"{hidden}-{seed}", record.TAG_SEED: str(seed),
-                record.TAG_PARENT: parent.info.run_id, "mlflow.parentRunId": parent.info.run_id})
+            run = client.create_run(
+                experiment_id,
+                tags={
+                    record.TAG_ROLE: record.ROLE_TRIAL,
+                    record.TAG_TRIAL: f"{hidden}-{seed}",
+                    record.TAG_SEED: str(seed),
+                    record.TAG_PARENT: parent.info.run_id,
+                    "mlflow.parentRunId": parent.info.run_id,
+                },
+            )
             e = np.arange(1, epochs + 1)
             v = val + rng.normal(0, 0.004) + rng.normal(0, 0.004, epochs)
             tr = train - 0.1 * np.exp(-e / 5) + rng.normal(0, 0.002, epochs)
             loss = 0.4 + 0.3 * np.exp(-e / 5) + rng.normal(0, 0.01, epochs)
             curve = {"val_acc": v, "train_acc": tr, "gap": tr - v, "val_loss": loss, "train_loss": loss - 0.1}
             metrics = [Metric(k, float(vals[i]), 0, int(i + 1)) for k, vals in curve.items() for i in range(epochs)]
-            final = {"param_count": params, "val_acc": v[-1], "train_acc": tr[-1], "gap": tr[-1] - v[-1],
-                     "val_loss": loss[-1], "train_loss": loss[-1] - 0.1, "best_val_acc": v.max(),
-                     "epochs_run": epochs}
+            final = {
+                "param_count": params,
+                "val_acc": v[-1],
+                "train_acc": tr[-1],
+                "gap": tr[-1] - v[-1],
+                "val_loss": loss[-1],
+                "train_loss": loss[-1] - 0.1,
+                "best_val_acc": v.max(),
+                "epochs_run": epochs,
+            }
             metrics += [Metric(k, float(x), 0, epochs) for k, x in final.items() if k not in curve]
             client.log_batch(run.info.run_id, metrics=metrics)
             client.log_param(run.info.run_id, "hidden_sizes", ",".join(map(str, hidden)))
@@ -236,8 +374,8 @@ def _log_capacity_study(client, name: str, epochs: int = 30) -> dict:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_report_shows_per_depth_trends_ci_bands_and_the_new_columns(mlflow_server, tmp_path):
-    from mlflow import MlflowClient
     from matplotlib.collections import PolyCollection
+    from mlflow import MlflowClient
 
     from analysis.report import make_figures
     from study.reporting import analyse_study, build_report
@@ -257,8 +395,11 @@ def test_the_report_shows_per_depth_trends_ci_bands_and_the_new_columns(mlflow_s
     figs = make_figures(report, histories, study.space)
     bands = [c for c in figs["capacity.png"].axes[0].collections if isinstance(c, PolyCollection)]
     assert len(bands) == 2, "one 95% band per curve"
-    assert "95% CI" in " ".join(t.get_text() for leg in figs["capacity.png"].axes[0].findobj(
-        lambda o: hasattr(o, "get_texts")) for t in leg.get_texts())
+    assert "95% CI" in " ".join(
+        t.get_text()
+        for leg in figs["capacity.png"].axes[0].findobj(lambda o: hasattr(o, "get_texts"))
+        for t in leg.get_texts()
+    )
     _, paths, _ = build_report(mlflow_server.url, "stats-cap", tmp_path / "r")
     page = (tmp_path / "r" / "report.html").read_text()
     assert "depth 2: the final train-val gap: single peak, not a trend: it peaks at [64,64]" in page

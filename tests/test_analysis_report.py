@@ -1,4 +1,5 @@
 """The report's analysis (analysis/report.py) on a trial table and curves made here: which trials it uses."""
+
 import pandas as pd
 
 from analysis.report import analyse
@@ -10,16 +11,46 @@ def _study():
     """Four trials of a 4-epoch study; "short" was stopped by ASHA after 1 epoch while its val_acc was
     the study's highest and its net the smallest: it would top the frontier and the Pareto set."""
     rows = [("a", 8, 0.70, 4), ("b", 16, 0.74, 4), ("c", 32, 0.72, 4), ("short", 4, 0.90, 1)]
-    trials = pd.DataFrame([{"run_id": r, "trial_id": f"t_{r}", "run_status": "FINISHED",
-                            "outcome": "completed" if epochs == 4 else "stopped_early", "hidden_sizes": (w,),
-                            "depth": 1, "width_0": w, "lr": 0.01 * (i + 1), "loss": "nll", "batch_size": 32,
-                            "param_count": 3075 * w + 2 * w + 2 - w, "val_acc": acc, "best_val_acc": acc,
-                            "train_acc": acc + 0.1, "gap": 0.1, "val_loss": 1 - acc, "train_loss": 0.9 - acc,
-                            "epochs_run": epochs}
-                           for i, (r, w, acc, epochs) in enumerate(rows)])
-    histories = pd.DataFrame([{"run_id": r, "epoch": e, "train_loss": 1.0 / e, "train_acc": acc, "val_loss": 1 - acc,
-                               "val_acc": acc, "gap": 0.1}
-                              for r, _, acc, epochs in rows for e in range(1, epochs + 1)])
+    trials = pd.DataFrame(
+        [
+            {
+                "run_id": r,
+                "trial_id": f"t_{r}",
+                "run_status": "FINISHED",
+                "outcome": "completed" if epochs == 4 else "stopped_early",
+                "hidden_sizes": (w,),
+                "depth": 1,
+                "width_0": w,
+                "lr": 0.01 * (i + 1),
+                "loss": "nll",
+                "batch_size": 32,
+                "param_count": 3075 * w + 2 * w + 2 - w,
+                "val_acc": acc,
+                "best_val_acc": acc,
+                "train_acc": acc + 0.1,
+                "gap": 0.1,
+                "val_loss": 1 - acc,
+                "train_loss": 0.9 - acc,
+                "epochs_run": epochs,
+            }
+            for i, (r, w, acc, epochs) in enumerate(rows)
+        ]
+    )
+    histories = pd.DataFrame(
+        [
+            {
+                "run_id": r,
+                "epoch": e,
+                "train_loss": 1.0 / e,
+                "train_acc": acc,
+                "val_loss": 1 - acc,
+                "val_acc": acc,
+                "gap": 0.1,
+            }
+            for r, _, acc, epochs in rows
+            for e in range(1, epochs + 1)
+        ]
+    )
     return trials, histories
 
 

@@ -1,4 +1,5 @@
 """A table of bad inputs: each ends as one line on stderr and exit 2, with nothing started or written."""
+
 import pytest
 import yaml
 
@@ -44,20 +45,48 @@ CASES = [
     ("grace-too-long", lambda t, d, s: ["--grace-epochs", "5"], "--grace-epochs"),
     ("not-an-int", lambda t, d, s: ["--num-samples", "many"], "--num-samples"),
     ("space-missing", lambda t, d, s: ["--space", str(t / "nope.yaml")], "does not exist"),
-    ("space-unknown-key", lambda t, d, s: ["--space", str(_space(t, "depth: 1\nwidth: 8\nepochs: 1\ncolour: red\n"))], "colour"),
-    ("space-empty-choices", lambda t, d, s: ["--space", str(_space(t, "depth: 1\nwidth: 8\nepochs: 1\nloss: {choices: []}\n"))], "loss"),
-    ("space-low-high", lambda t, d, s: ["--space", str(_space(t, "depth: 1\nwidth: 8\nepochs: 1\nlr: {low: 0.1, high: 0.01}\n"))], "lr"),
-    ("space-lr-not-positive", lambda t, d, s: ["--space", str(_space(t, "depth: 1\nwidth: 8\nepochs: 1\nlr: {low: 0, high: 0.1}\n"))], "lr"),
-    ("space-unknown-loss", lambda t, d, s: ["--space", str(_space(t, "depth: 1\nwidth: 8\nepochs: 1\nloss: hinge\n"))], "hinge"),
+    (
+        "space-unknown-key",
+        lambda t, d, s: ["--space", str(_space(t, "depth: 1\nwidth: 8\nepochs: 1\ncolour: red\n"))],
+        "colour",
+    ),
+    (
+        "space-empty-choices",
+        lambda t, d, s: ["--space", str(_space(t, "depth: 1\nwidth: 8\nepochs: 1\nloss: {choices: []}\n"))],
+        "loss",
+    ),
+    (
+        "space-low-high",
+        lambda t, d, s: ["--space", str(_space(t, "depth: 1\nwidth: 8\nepochs: 1\nlr: {low: 0.1, high: 0.01}\n"))],
+        "lr",
+    ),
+    (
+        "space-lr-not-positive",
+        lambda t, d, s: ["--space", str(_space(t, "depth: 1\nwidth: 8\nepochs: 1\nlr: {low: 0, high: 0.1}\n"))],
+        "lr",
+    ),
+    (
+        "space-unknown-loss",
+        lambda t, d, s: ["--space", str(_space(t, "depth: 1\nwidth: 8\nepochs: 1\nloss: hinge\n"))],
+        "hinge",
+    ),
     ("space-not-yaml", lambda t, d, s: ["--space", str(_space(t, "depth: [1, 2\n"))], "YAML"),
     ("data-missing", lambda t, d, s: ["--data-root", str(t / "missing")], "does not exist"),
-    ("data-empty", lambda t, d, s: ["--data-root", str((t / "empty").mkdir() or t / "empty")], "not a recognised layout"),
+    (
+        "data-empty",
+        lambda t, d, s: ["--data-root", str((t / "empty").mkdir() or t / "empty")],
+        "not a recognised layout",
+    ),
     ("data-unknown-class", lambda t, d, s: ["--classes", "airplane,dragon"], "dragon"),
     ("data-non-image", lambda t, d, s: ["--data-root", str(_non_image_png(d))], "fake.png"),
     ("data-truncated-png", lambda t, d, s: ["--data-root", str(_truncated_png(d))], "airplane_0000.png"),
     ("tracking-dead-server", lambda t, d, s: ["--tracking-uri", "http://127.0.0.1:9"], "does not answer"),
     ("tracking-bad-scheme", lambda t, d, s: ["--tracking-uri", "ftp://example.org/mlflow"], "unsupported scheme"),
-    ("tracking-missing-folder", lambda t, d, s: ["--tracking-uri", f"sqlite:///{t}/no/such/dir/m.db"], "does not exist"),
+    (
+        "tracking-missing-folder",
+        lambda t, d, s: ["--tracking-uri", f"sqlite:///{t}/no/such/dir/m.db"],
+        "does not exist",
+    ),
     ("ray-address-garbage", lambda t, d, s: ["--address", "not an address"], "--address"),
     ("ray-address-dead", lambda t, d, s: ["--address", "127.0.0.1:9"], "no Ray cluster answers"),
     ("ray-client-dead", lambda t, d, s: ["--address", "ray://127.0.0.1:9"], "no Ray cluster answers"),
@@ -70,8 +99,21 @@ def test_bad_sweep_input_is_one_line_exit_2_with_nothing_started_or_written(worl
 
     tmp_path, tree, space = world
     cache, storage, db = tmp_path / "cache", tmp_path / "ray", tmp_path / "mlflow.db"
-    argv = ["sweep", "--space", str(space), "--data-root", str(tree), "--cache-dir", str(cache),
-            "--storage-path", str(storage), "--tracking-uri", f"sqlite:///{db}", "--name", "bad"]
+    argv = [
+        "sweep",
+        "--space",
+        str(space),
+        "--data-root",
+        str(tree),
+        "--cache-dir",
+        str(cache),
+        "--storage-path",
+        str(storage),
+        "--tracking-uri",
+        f"sqlite:///{db}",
+        "--name",
+        "bad",
+    ]
     argv += flags(tmp_path, tree, space)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

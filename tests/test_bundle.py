@@ -1,4 +1,5 @@
 """A model bundle on disk (trainables/bundle.py): the best epoch's weights by default, the last on request."""
+
 import torch
 
 from trainables.bundle import bundle_args, load_bundle, save_bundle
@@ -11,8 +12,12 @@ def _saved(noisy, path):
     last_epoch = result.history[-1]["epoch"]
     assert result.best_epoch < last_epoch, "the situation this test needs: the best epoch is not the last"
     meta = {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)}
-    save_bundle(path, **bundle_args(config.to_dict(), meta, result.model.state_dict(), last_epoch, result.best_model,
-                                    result.best_epoch))
+    save_bundle(
+        path,
+        **bundle_args(
+            config.to_dict(), meta, result.model.state_dict(), last_epoch, result.best_model, result.best_epoch
+        ),
+    )
     return result, last_epoch
 
 

@@ -1,4 +1,5 @@
 """`birdplane capacity` end to end: synthetic data, real Ray, a real mlflow server; and its bad inputs."""
+
 import signal
 import time
 
@@ -13,8 +14,13 @@ from tests.test_faults import epochs_of, finish, output, ray_results, results_re
 
 @pytest.fixture(scope="module")
 def capacity_tree(tmp_path_factory):
-    return make_image_tree(tmp_path_factory.mktemp("capacity-images"), per_class=40, test_per_class=5,
-                           classes=("airplane", "bird"), jitter=80)
+    return make_image_tree(
+        tmp_path_factory.mktemp("capacity-images"),
+        per_class=40,
+        test_per_class=5,
+        classes=("airplane", "bird"),
+        jitter=80,
+    )
 
 
 def runs_of(uri, experiment):
@@ -29,10 +35,30 @@ def runs_of(uri, experiment):
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_a_capacity_study_runs_every_cell_seed_and_value_once_with_its_tags(capacity_tree, mlflow_server, tmp_path):
-    proc = run_birdplane("capacity", "--widths", "8,32", "--depths", "1,2", "--seeds", 2, "--epochs", 2,
-                         "--regulariser", "augment=none,flip", "--data-root", capacity_tree,
-                         "--cache-dir", tmp_path / "cache", "--name", "cap", "--storage-path", tmp_path / "ray",
-                         "--tracking-uri", mlflow_server.url, "--json")
+    proc = run_birdplane(
+        "capacity",
+        "--widths",
+        "8,32",
+        "--depths",
+        "1,2",
+        "--seeds",
+        2,
+        "--epochs",
+        2,
+        "--regulariser",
+        "augment=none,flip",
+        "--data-root",
+        capacity_tree,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--name",
+        "cap",
+        "--storage-path",
+        tmp_path / "ray",
+        "--tracking-uri",
+        mlflow_server.url,
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = last_json(proc.stdout)
     client, parents, children = runs_of(mlflow_server.url, "cap")
@@ -49,11 +75,19 @@ def test_a_capacity_study_runs_every_cell_seed_and_value_once_with_its_tags(capa
         assert tags["outcome"] == "completed" and run.data.metrics["epochs_run"] == 2
         # Everything but size and seed is the chapter's recipe.
         assert (params["activation"], params["loss"], params["optimizer"], params["lr"], params["batch_size"]) == (
-            "tanh", "nll", "sgd", "0.01", "64")
+            "tanh",
+            "nll",
+            "sgd",
+            "0.01",
+            "64",
+        )
         keys.add((tags["birdplane.cell"], tags["seed"], tags["birdplane.regulariser"]))
     assert len(keys) == 16, "one run per cell x seed x value"
-    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} >= {"design.json", "recipe.json",
-                                                                                "search_space.json"}
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} >= {
+        "design.json",
+        "recipe.json",
+        "search_space.json",
+    }
     # The report draws one capacity curve per regulariser value, from seed means.
     out = tmp_path / "report"
     from study.reporting import build_report
@@ -70,9 +104,28 @@ def test_a_capacity_study_runs_every_cell_seed_and_value_once_with_its_tags(capa
 @pytest.mark.timeout(420)
 def test_an_interrupted_capacity_study_resumes_every_run_from_its_checkpoint(mlflow_server, tmp_path):
     tree = make_image_tree(tmp_path / "images", per_class=200, test_per_class=5, classes=("airplane", "bird"))
-    common = ["--widths", "1024,2048", "--depths", "2", "--seeds", 2, "--epochs", 5, "--data-root", tree,
-              "--cache-dir", tmp_path / "cache", "--name", "capres", "--storage-path", tmp_path / "ray",
-              "--tracking-uri", mlflow_server.url, "--max-concurrent", 1]
+    common = [
+        "--widths",
+        "1024,2048",
+        "--depths",
+        "2",
+        "--seeds",
+        2,
+        "--epochs",
+        5,
+        "--data-root",
+        tree,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--name",
+        "capres",
+        "--storage-path",
+        tmp_path / "ray",
+        "--tracking-uri",
+        mlflow_server.url,
+        "--max-concurrent",
+        1,
+    ]
     proc = start(["capacity", *common])  # output to a file: a full pipe would block the study
     experiment = tmp_path / "ray" / "capres"
     deadline = time.monotonic() + 300
@@ -129,10 +182,20 @@ CASES = [
 
 @pytest.mark.parametrize("flags,needle", CASES, ids=[" ".join(c[0])[:40] for c in CASES])
 def test_bad_capacity_input_is_one_line_exit_2_with_nothing_written(capacity_tree, tmp_path, flags, needle, capsys):
-    flags = [(_recipe(tmp_path, f[len("RECIPE:"):]) if f.startswith("RECIPE:") else f) for f in flags]
+    flags = [(_recipe(tmp_path, f[len("RECIPE:") :]) if f.startswith("RECIPE:") else f) for f in flags]
     db, storage = tmp_path / "m.db", tmp_path / "ray"
-    argv = ["capacity", "--data-root", str(capacity_tree), "--cache-dir", str(tmp_path / "c"),
-            "--storage-path", str(storage), "--tracking-uri", f"sqlite:///{db}", *flags]
+    argv = [
+        "capacity",
+        "--data-root",
+        str(capacity_tree),
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--storage-path",
+        str(storage),
+        "--tracking-uri",
+        f"sqlite:///{db}",
+        *flags,
+    ]
     if "--from-run" in flags:  # a store that exists, without that run
         import mlflow
 
@@ -146,34 +209,99 @@ def test_bad_capacity_input_is_one_line_exit_2_with_nothing_written(capacity_tre
 
 def test_a_design_file_and_a_recipe_file_make_the_plan(capacity_tree, tmp_path, capsys):
     design = tmp_path / "design.yaml"
-    design.write_text(yaml.safe_dump({"widths": [32, 128], "depths": [1], "seeds": 4, "epochs": 30,
-                                      "regulariser": {"weight_decay": [0, 0.001]}}))
+    design.write_text(
+        yaml.safe_dump(
+            {"widths": [32, 128], "depths": [1], "seeds": 4, "epochs": 30, "regulariser": {"weight_decay": [0, 0.001]}}
+        )
+    )
     recipe = _recipe(tmp_path, "optimizer: adamw\nlr: 0.001\nactivation: relu\nschedule: onecycle\n")
-    assert main(["capacity", "--check", "--json", "--design", str(design), "--recipe", recipe, "--seeds", "3",
-                 "--data-root", str(capacity_tree), "--storage-path", str(tmp_path / "ray")]) == 0
+    assert (
+        main(
+            [
+                "capacity",
+                "--check",
+                "--json",
+                "--design",
+                str(design),
+                "--recipe",
+                recipe,
+                "--seeds",
+                "3",
+                "--data-root",
+                str(capacity_tree),
+                "--storage-path",
+                str(tmp_path / "ray"),
+            ]
+        )
+        == 0
+    )
     plan = __import__("json").loads(capsys.readouterr().out)
-    assert plan["design"] == {"widths": [32, 128], "depths": [1], "seeds": 3, "epochs": 30,
-                              "regulariser": "weight_decay", "values": [0.0, 0.001]}
+    assert plan["design"] == {
+        "widths": [32, 128],
+        "depths": [1],
+        "seeds": 3,
+        "epochs": 30,
+        "regulariser": "weight_decay",
+        "values": [0.0, 0.001],
+    }
     assert plan["runs"] == 2 * 1 * 3 * 2
     assert (plan["recipe"]["optimizer"], plan["recipe"]["lr"], plan["recipe"]["schedule"], plan["recipe"]["loss"]) == (
-        "adamw", 0.001, "onecycle", "nll")
+        "adamw",
+        0.001,
+        "onecycle",
+        "nll",
+    )
     assert not (tmp_path / "ray").exists()
 
 
 def test_the_shipped_design_and_recipe_files_make_a_valid_plan(capacity_tree, tmp_path, capsys):
     from tests.conftest import REPO
 
-    assert main(["capacity", "--check", "--json", "--design", str(REPO / "configs" / "capacity-design.yaml"),
-                 "--recipe", str(REPO / "configs" / "recipe-adamw.yaml"), "--data-root", str(capacity_tree),
-                 "--storage-path", str(tmp_path / "ray")]) == 0
+    assert (
+        main(
+            [
+                "capacity",
+                "--check",
+                "--json",
+                "--design",
+                str(REPO / "configs" / "capacity-design.yaml"),
+                "--recipe",
+                str(REPO / "configs" / "recipe-adamw.yaml"),
+                "--data-root",
+                str(capacity_tree),
+                "--storage-path",
+                str(tmp_path / "ray"),
+            ]
+        )
+        == 0
+    )
     plan = __import__("json").loads(capsys.readouterr().out)
     assert plan["runs"] == 4 * 2 * 3 * 2 and plan["design"]["regulariser"] == "augment"
     assert plan["recipe"]["optimizer"] == "adamw" and plan["recipe"]["schedule"] == "onecycle"
 
 
-SHARED = ["--name", "same", "--storage-path", "/tmp/nowhere", "--tracking-uri", "sqlite:///x.db", "--experiment", "e",
-          "--address", "auto", "--cpus-per-trial", "2", "--gpus-per-trial", "0.5", "--max-concurrent", "3",
-          "--seed", "4", "--smoke", "--resume"]
+SHARED = [
+    "--name",
+    "same",
+    "--storage-path",
+    "/tmp/nowhere",
+    "--tracking-uri",
+    "sqlite:///x.db",
+    "--experiment",
+    "e",
+    "--address",
+    "auto",
+    "--cpus-per-trial",
+    "2",
+    "--gpus-per-trial",
+    "0.5",
+    "--max-concurrent",
+    "3",
+    "--seed",
+    "4",
+    "--smoke",
+    "--resume",
+]
 
 
 def test_sweep_and_capacity_read_the_shared_study_flags_into_the_same_study_options():
@@ -186,9 +314,19 @@ def test_sweep_and_capacity_read_the_shared_study_flags_into_the_same_study_opti
     capacity = study_options(build_parser().parse_args(["capacity", *SHARED]), "capacity")
     shared = {f.name: getattr(sweep, f.name) for f in dataclasses.fields(StudyOptions)}
     assert shared == {**capacity, "max_failures": StudyOptions.max_failures}
-    assert capacity == {"name": "same", "storage_path": "/tmp/nowhere", "tracking_uri": "sqlite:///x.db",
-                        "experiment": "e", "resume": True, "address": "auto", "cpus_per_trial": 2,
-                        "gpus_per_trial": 0.5, "max_concurrent": 3, "seed": 4, "smoke": True}
+    assert capacity == {
+        "name": "same",
+        "storage_path": "/tmp/nowhere",
+        "tracking_uri": "sqlite:///x.db",
+        "experiment": "e",
+        "resume": True,
+        "address": "auto",
+        "cpus_per_trial": 2,
+        "gpus_per_trial": 0.5,
+        "max_concurrent": 3,
+        "seed": 4,
+        "smoke": True,
+    }
 
 
 @pytest.mark.parametrize("command", ["sweep", "capacity"])

@@ -7,6 +7,7 @@ stderr. For arbitrary space files (arbitrary YAML, wrong types, huge and negativ
 unicode, empty and duplicate keys) and flag values, whatever the answer is, it is never a
 traceback.
 """
+
 import contextlib
 import io
 import math
@@ -25,34 +26,71 @@ from tests.conftest import make_image_tree
 pytestmark = pytest.mark.timeout(300)
 
 
-
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
     """A two-class image tree of 2 images a class (module-scoped: hypothesis runs many examples per test)."""
-    return make_image_tree(tmp_path_factory.mktemp("fuzz") / "images", per_class=2, test_per_class=1,
-                           classes=("airplane", "bird"))
+    return make_image_tree(
+        tmp_path_factory.mktemp("fuzz") / "images", per_class=2, test_per_class=1, classes=("airplane", "bird")
+    )
 
-numbers = st.one_of(st.integers(-10**40, 10**40), st.floats(allow_nan=True, allow_infinity=True),
-                    st.sampled_from([0, 1, 2, 16, 512, 1e-3, 0.1, 0.9, 1.0, -1, 10**12]))
-scalars = st.one_of(numbers, st.booleans(), st.none(), st.text(max_size=12),
-                    st.sampled_from(["nll", "ce", "mse", "bce", "relu", "tanh", "sgd", "adam", "crop+flip", "none"]))
-ranges = st.fixed_dictionaries({}, optional={"low": scalars, "high": scalars, "log": scalars, "step": scalars,
-                                             "choices": st.lists(scalars, max_size=4) | scalars})
+
+numbers = st.one_of(
+    st.integers(-(10**40), 10**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0, 1, 2, 16, 512, 1e-3, 0.1, 0.9, 1.0, -1, 10**12]),
+)
+scalars = st.one_of(
+    numbers,
+    st.booleans(),
+    st.none(),
+    st.text(max_size=12),
+    st.sampled_from(["nll", "ce", "mse", "bce", "relu", "tanh", "sgd", "adam", "crop+flip", "none"]),
+)
+ranges = st.fixed_dictionaries(
+    {},
+    optional={
+        "low": scalars,
+        "high": scalars,
+        "log": scalars,
+        "step": scalars,
+        "choices": st.lists(scalars, max_size=4) | scalars,
+    },
+)
 values = st.one_of(scalars, ranges, st.lists(scalars, max_size=3))
 keys = st.one_of(st.sampled_from(sorted(KNOWN)), st.text(max_size=8), st.integers(-3, 3), st.none())
 spaces = st.dictionaries(keys, values, max_size=8)
 documents = st.one_of(
     spaces.map(lambda d: yaml.safe_dump(d, allow_unicode=True)),
     st.text(max_size=80),  # arbitrary text, mostly not a mapping
-    st.lists(st.tuples(st.sampled_from(sorted(KNOWN)), st.sampled_from(["1", "2", "{low: 1, high: 4}", "x", ""])),
-             max_size=6).map(lambda kv: "".join(f"{k}: {v}\n" for k, v in kv)),  # duplicate and empty values
+    st.lists(
+        st.tuples(st.sampled_from(sorted(KNOWN)), st.sampled_from(["1", "2", "{low: 1, high: 4}", "x", ""])), max_size=6
+    ).map(lambda kv: "".join(f"{k}: {v}\n" for k, v in kv)),  # duplicate and empty values
 )
 flag_values = st.one_of(st.text(max_size=10), numbers.map(str), st.sampled_from(["", "-1", "0", "nan", "1e999"]))
 flags = st.dictionaries(
-    st.sampled_from(["--num-samples", "--epochs", "--grace-epochs", "--cpus-per-trial", "--gpus-per-trial",
-                     "--max-concurrent", "--metric", "--objectives", "--scheduler", "--search", "--name", "--seed",
-                     "--classes", "--val-split", "--split-seed", "--optuna-storage"]),
-    flag_values, max_size=4)
+    st.sampled_from(
+        [
+            "--num-samples",
+            "--epochs",
+            "--grace-epochs",
+            "--cpus-per-trial",
+            "--gpus-per-trial",
+            "--max-concurrent",
+            "--metric",
+            "--objectives",
+            "--scheduler",
+            "--search",
+            "--name",
+            "--seed",
+            "--classes",
+            "--val-split",
+            "--split-seed",
+            "--optuna-storage",
+        ]
+    ),
+    flag_values,
+    max_size=4,
+)
 
 
 def _check(tree: Path, space_text: str, extra: dict) -> tuple[int, list[str]]:
@@ -62,8 +100,20 @@ def _check(tree: Path, space_text: str, extra: dict) -> tuple[int, list[str]]:
         folder = Path(folder)
         space = folder / "space.yaml"
         space.write_text(space_text, encoding="utf-8")
-        argv = ["sweep", "--check", "--space", str(space), "--data-root", str(tree), "--cache-dir", str(folder / "c"),
-                "--storage-path", str(folder / "ray"), "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}"]
+        argv = [
+            "sweep",
+            "--check",
+            "--space",
+            str(space),
+            "--data-root",
+            str(tree),
+            "--cache-dir",
+            str(folder / "c"),
+            "--storage-path",
+            str(folder / "ray"),
+            "--tracking-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+        ]
         for flag, value in extra.items():
             argv.append(f"{flag}={value}")  # "=" so that values starting with "-" stay values
         err = io.StringIO()
@@ -100,16 +150,20 @@ def valid_spaces(draw) -> dict:
     ranges that allow it), every value within TrainConfig's bounds, choices from the known values."""
     depth_high = draw(st.integers(1, 3))
     width_low = draw(st.integers(1, 256))
-    space = {"depth": draw(st.sampled_from([depth_high, _range(1, depth_high + 1)])),
-             "width": draw(st.sampled_from([width_low, _range(width_low, width_low * 4, log=True)])),
-             "epochs": draw(st.integers(1, 50))}
+    space = {
+        "depth": draw(st.sampled_from([depth_high, _range(1, depth_high + 1)])),
+        "width": draw(st.sampled_from([width_low, _range(width_low, width_low * 4, log=True)])),
+        "epochs": draw(st.integers(1, 50)),
+    }
     lr_low = draw(st.floats(1e-6, 0.5))
     optional = {
         "lr": st.sampled_from([lr_low, _range(lr_low, lr_low * 10, log=True), _range(lr_low, lr_low * 2)]),
         "batch_size": st.lists(st.sampled_from([8, 16, 32, 64, 128]), min_size=1, max_size=3, unique=True).map(
-            lambda c: {"choices": c}),
+            lambda c: {"choices": c}
+        ),
         "loss": st.lists(st.sampled_from(["nll", "ce", "mse", "bce"]), min_size=1, max_size=4, unique=True).map(
-            lambda c: {"choices": c}),
+            lambda c: {"choices": c}
+        ),
         "optimizer": st.sampled_from(["sgd", "adam", "adamw", {"choices": ["sgd", "adamw"]}]),
         "activation": st.sampled_from(["tanh", "relu", {"choices": ["tanh", "relu"]}]),
         "dropout": st.sampled_from([0.0, 0.5, 0.89, _range(0.0, 0.5), _range(0.1, 0.89)]),
@@ -139,14 +193,25 @@ DEFECTS = {
     "NaN lr": (lambda s: {**s, "lr": math.nan}, "lr"),
     "negative weight decay": (lambda s: {**s, "weight_decay": -0.1}, "weight_decay"),
 }
-BAD_FLAGS = {"--num-samples": ["0", "-3", "x"], "--max-concurrent": ["0"], "--cpus-per-trial": ["0", "-1"],
-             "--val-split": ["random"], "--classes": ["airplane", "airplane,airplane"],
-             "--scheduler": ["hyperband"], "--metric": ["accuracy"]}
-good_flags = st.fixed_dictionaries({}, optional={"--num-samples": st.integers(1, 64).map(str),
-                                                 "--seed": st.integers(0, 1000).map(str),
-                                                 "--scheduler": st.sampled_from(["asha", "none"]),
-                                                 "--metric": st.sampled_from(["val_acc", "val_loss"]),
-                                                 "--max-concurrent": st.integers(1, 4).map(str)})
+BAD_FLAGS = {
+    "--num-samples": ["0", "-3", "x"],
+    "--max-concurrent": ["0"],
+    "--cpus-per-trial": ["0", "-1"],
+    "--val-split": ["random"],
+    "--classes": ["airplane", "airplane,airplane"],
+    "--scheduler": ["hyperband"],
+    "--metric": ["accuracy"],
+}
+good_flags = st.fixed_dictionaries(
+    {},
+    optional={
+        "--num-samples": st.integers(1, 64).map(str),
+        "--seed": st.integers(0, 1000).map(str),
+        "--scheduler": st.sampled_from(["asha", "none"]),
+        "--metric": st.sampled_from(["val_acc", "val_loss"]),
+        "--max-concurrent": st.integers(1, 4).map(str),
+    },
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

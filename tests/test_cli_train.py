@@ -13,12 +13,36 @@ def run_cli(*args, env=None):
 
 
 def test_train_json_prints_exactly_one_object_with_the_summary(image_tree, cache_dir, capsys):
-    code = main(["train", "--data-root", str(image_tree), "--hidden", "16", "--epochs", "2",
-                 "--batch-size", "16", "--threads", "1", "--json"])
+    code = main(
+        [
+            "train",
+            "--data-root",
+            str(image_tree),
+            "--hidden",
+            "16",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--threads",
+            "1",
+            "--json",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0
     summary = json.loads(out)
-    for key in ("param_count", "epochs", "train_acc", "val_acc", "val_loss", "best_val_acc", "best_epoch", "status", "seconds"):
+    for key in (
+        "param_count",
+        "epochs",
+        "train_acc",
+        "val_acc",
+        "val_loss",
+        "best_val_acc",
+        "best_epoch",
+        "status",
+        "seconds",
+    ):
         assert key in summary
     assert summary["param_count"] == 3072 * 16 + 16 + 16 * 2 + 2 and summary["epochs"] == 2
     assert err.count("epoch ") == 2, "one progress line per epoch, on stderr with --json"
@@ -75,8 +99,12 @@ def test_train_predict_and_help_run_where_ray_optuna_and_mlflow_cannot_be_import
 
     model = tmp_path / "model.pt"
     config = TrainConfig(hidden_sizes=(8,))
-    save_bundle(model, build_model(3072, (8,), 2).state_dict(), config.to_dict(),
-                {"classes": ["airplane", "bird"], "mean": [0.5] * 3, "std": [0.25] * 3})
+    save_bundle(
+        model,
+        build_model(3072, (8,), 2).state_dict(),
+        config.to_dict(),
+        {"classes": ["airplane", "bird"], "mean": [0.5] * 3, "std": [0.25] * 3},
+    )
     image = sorted((image_tree / "test" / "bird").iterdir())[0]
     script = f"""
 import sys
@@ -100,9 +128,14 @@ print("LEAN-OK")
     assert "usage: birdplane train" in proc.stdout and "--weight-decay" in proc.stdout
 
 
-BAD_LEVERS = [(["--dropout", "1.0"], "dropout"), (["--dropout", "-0.1"], "dropout"), (["--schedule", "linear"], "schedule"),
-       (["--weight-decay", "-0.01"], "weight_decay"), (["--warmup", "1.5"], "warmup"),
-       (["--optimizer", "lamb"], "optimizer")]
+BAD_LEVERS = [
+    (["--dropout", "1.0"], "dropout"),
+    (["--dropout", "-0.1"], "dropout"),
+    (["--schedule", "linear"], "schedule"),
+    (["--weight-decay", "-0.01"], "weight_decay"),
+    (["--warmup", "1.5"], "warmup"),
+    (["--optimizer", "lamb"], "optimizer"),
+]
 
 
 @pytest.mark.parametrize("flags,needle", BAD_LEVERS)
@@ -112,16 +145,30 @@ def test_bad_values_of_the_new_levers_are_refused_in_one_line(image_tree, tmp_pa
     assert len(lines) == 1 and needle in lines[0] and not (tmp_path / "c").exists()
 
 
-
 def test_every_train_flag_comes_from_a_trainconfig_field_and_reaches_the_config():
     from study.cli import build_parser, train_config
     from trainables.config import TrainConfig
 
     assert train_config(build_parser().parse_args(["train"])) == TrainConfig(), "the flags' defaults are the config's"
-    changed = {"hidden_sizes": [64, 32], "activation": "relu", "loss": "ce", "optimizer": "adamw", "lr": 0.003,
-               "momentum": 0.5, "weight_decay": 0.01, "batch_size": 32, "epochs": 7, "augment": "flip",
-               "dropout": 0.2, "schedule": "cosine", "warmup": 0.1, "seed": 5, "device": "cpu", "threads": 2,
-               "graphs": "off"}
+    changed = {
+        "hidden_sizes": [64, 32],
+        "activation": "relu",
+        "loss": "ce",
+        "optimizer": "adamw",
+        "lr": 0.003,
+        "momentum": 0.5,
+        "weight_decay": 0.01,
+        "batch_size": 32,
+        "epochs": 7,
+        "augment": "flip",
+        "dropout": 0.2,
+        "schedule": "cosine",
+        "warmup": 0.1,
+        "seed": 5,
+        "device": "cpu",
+        "threads": 2,
+        "graphs": "off",
+    }
     assert set(changed) == {f.name for f in dataclasses.fields(TrainConfig)}, "the test names every field"
     argv = ["train"]
     for name, value in changed.items():
@@ -131,6 +178,9 @@ def test_every_train_flag_comes_from_a_trainconfig_field_and_reaches_the_config(
 
 
 def test_a_bad_choice_is_refused_by_the_config_with_its_choices(image_tree, tmp_path, capsys):
-    assert main(["train", "--data-root", str(image_tree), "--cache-dir", str(tmp_path / "c"), "--graphs", "sometimes"]) == 2
+    assert (
+        main(["train", "--data-root", str(image_tree), "--cache-dir", str(tmp_path / "c"), "--graphs", "sometimes"])
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["birdplane: error: graphs: unknown value 'sometimes' (choose from auto, off)"], err

@@ -6,11 +6,27 @@ from trainables.config import ConfigError, DataConfig, TrainConfig, parse_hidden
 def test_defaults_are_the_chapter_recipe():
     c = TrainConfig()
     assert (c.hidden_sizes, c.activation, c.loss, c.optimizer, c.lr, c.batch_size, c.epochs) == (
-        (512,), "tanh", "nll", "sgd", 1e-2, 64, 100)
+        (512,),
+        "tanh",
+        "nll",
+        "sgd",
+        1e-2,
+        64,
+        100,
+    )
 
 
-@pytest.mark.parametrize("text,expected", [("1024,512,128", (1024, 512, 128)), ("512", (512,)), ([64, 32], (64, 32)),
-                                           ("1", (1,)), (1, (1,)), ("1,2", (1, 2))])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("1024,512,128", (1024, 512, 128)),
+        ("512", (512,)),
+        ([64, 32], (64, 32)),
+        ("1", (1,)),
+        (1, (1,)),
+        ("1,2", (1, 2)),
+    ],
+)
 def test_hidden_sizes_parse(text, expected):
     assert parse_hidden(text) == expected
 
@@ -21,10 +37,23 @@ def test_malformed_hidden_sizes_are_rejected(text):
         TrainConfig(hidden_sizes=text)
 
 
-@pytest.mark.parametrize("key,value", [("lr", 0.0), ("lr", -1e-3), ("batch_size", 0), ("loss", "hinge"),
-                                       ("activation", "gelu"), ("optimizer", "lbfgs"), ("augment", "rotate"),
-                                       ("epochs", -1), ("momentum", 1.0), ("weight_decay", -0.1),
-                                       ("lr", float("nan")), ("device", "tpu")])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("lr", 0.0),
+        ("lr", -1e-3),
+        ("batch_size", 0),
+        ("loss", "hinge"),
+        ("activation", "gelu"),
+        ("optimizer", "lbfgs"),
+        ("augment", "rotate"),
+        ("epochs", -1),
+        ("momentum", 1.0),
+        ("weight_decay", -0.1),
+        ("lr", float("nan")),
+        ("device", "tpu"),
+    ],
+)
 def test_bad_values_name_their_key(key, value):
     with pytest.raises(ConfigError, match=key):
         TrainConfig(**{key: value})
@@ -92,7 +121,9 @@ REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize("changes,message", REFUSALS, ids=[m.split(":")[0] + "-" + str(i) for i, (_, m) in enumerate(REFUSALS)])
+@pytest.mark.parametrize(
+    "changes,message", REFUSALS, ids=[m.split(":")[0] + "-" + str(i) for i, (_, m) in enumerate(REFUSALS)]
+)
 def test_a_bad_value_is_refused_with_its_key_bound_and_value(changes, message):
     with pytest.raises(ConfigError) as refused:
         TrainConfig(**changes)
@@ -100,8 +131,18 @@ def test_a_bad_value_is_refused_with_its_key_bound_and_value(changes, message):
 
 
 def test_the_lowest_and_highest_allowed_values_are_accepted_and_numbers_become_floats():
-    low = TrainConfig(lr=1e-12, momentum=0, weight_decay=0, dropout=0, warmup=0, batch_size=1, epochs=0, seed=0,
-                      threads=0, hidden_sizes=7)
+    low = TrainConfig(
+        lr=1e-12,
+        momentum=0,
+        weight_decay=0,
+        dropout=0,
+        warmup=0,
+        batch_size=1,
+        epochs=0,
+        seed=0,
+        threads=0,
+        hidden_sizes=7,
+    )
     assert (low.momentum, low.weight_decay, low.dropout, low.warmup, low.hidden_sizes) == (0.0, 0.0, 0.0, 0.0, (7,))
     assert all(type(getattr(low, k)) is float for k in ("lr", "momentum", "weight_decay", "dropout", "warmup"))
     high = TrainConfig(lr=10, momentum=0.999, dropout=0.899, warmup=0.999)
@@ -128,9 +169,16 @@ def test_replace_builds_a_validated_copy():
 def test_data_config_defaults_and_a_class_string_split_on_commas():
     d = DataConfig(classes=" airplane , bird,cat")
     assert d.classes == ("airplane", "bird", "cat")
-    assert DataConfig().to_dict() == {"root": "./data", "classes": ["airplane", "bird"], "val_split": "holdout",
-                                      "val_fraction": 0.1, "split_seed": 0, "download": False, "cache_dir": "",
-                                      "subset": 0}
+    assert DataConfig().to_dict() == {
+        "root": "./data",
+        "classes": ["airplane", "bird"],
+        "val_split": "holdout",
+        "val_fraction": 0.1,
+        "split_seed": 0,
+        "download": False,
+        "cache_dir": "",
+        "subset": 0,
+    }
     assert DataConfig.from_dict(d.to_dict()) == d
 
 
@@ -146,7 +194,9 @@ DATA_REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize("changes,message", DATA_REFUSALS, ids=[m.split(":")[0] + "-" + str(i) for i, (_, m) in enumerate(DATA_REFUSALS)])
+@pytest.mark.parametrize(
+    "changes,message", DATA_REFUSALS, ids=[m.split(":")[0] + "-" + str(i) for i, (_, m) in enumerate(DATA_REFUSALS)]
+)
 def test_a_bad_data_config_is_refused_with_its_key_and_value(changes, message):
     with pytest.raises(ConfigError) as refused:
         DataConfig(**changes)
@@ -160,5 +210,14 @@ def test_the_edges_of_the_data_config_are_accepted():
 
 def test_the_book_mode_and_train_defaults_are_still_the_chapters():
     c = TrainConfig()
-    assert (c.optimizer, c.lr, c.momentum, c.weight_decay, c.batch_size, c.epochs, c.augment, c.dropout,
-            c.schedule) == ("sgd", 1e-2, 0.0, 0.0, 64, 100, "none", 0.0, "constant")
+    assert (
+        c.optimizer,
+        c.lr,
+        c.momentum,
+        c.weight_decay,
+        c.batch_size,
+        c.epochs,
+        c.augment,
+        c.dropout,
+        c.schedule,
+    ) == ("sgd", 1e-2, 0.0, 0.0, 64, 100, "none", 0.0, "constant")

@@ -7,8 +7,7 @@ from torchvision import datasets
 
 from tests.conftest import make_image_tree
 from trainables.config import DataConfig
-from trainables.data import (DataError, channel_stats, check_data, load_images, load_study_data,
-                             stratified_holdout)
+from trainables.data import DataError, channel_stats, check_data, load_images, load_study_data, stratified_holdout
 
 
 def _cfg(root, cache, **kw):
@@ -46,8 +45,11 @@ def test_second_load_comes_from_the_cache_and_a_changed_source_is_decoded_again(
     # Count the images torchvision decodes (the real decoder runs; the spy only counts).
     decoded = []
     real_decode = trainables.data._decode_folder
-    monkeypatch.setattr(trainables.data, "_decode_folder",
-                        lambda folder, classes: decoded.append(folder) or real_decode(folder, classes))
+    monkeypatch.setattr(
+        trainables.data,
+        "_decode_folder",
+        lambda folder, classes: decoded.append(folder) or real_decode(folder, classes),
+    )
     root = make_image_tree(tmp_path / "imgs", per_class=6, test_per_class=2, classes=("airplane", "bird"))
     cache = tmp_path / "cache"
     first, _ = load_images(_cfg(root, cache))
@@ -59,6 +61,7 @@ def test_second_load_comes_from_the_cache_and_a_changed_source_is_decoded_again(
     # Replace one image: a new cache entry holds the new pixels.
     victim = sorted((root / "train" / "bird").iterdir())[0]
     from PIL import Image
+
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(victim)
     third, _ = load_images(_cfg(root, cache))
     assert len(decoded) == 4, "a changed source is decoded again"

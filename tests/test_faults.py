@@ -1,4 +1,5 @@
 """Faults with real processes: a killed driver, a killed trial, a lost node, NaNs, MLflow outages."""
+
 import json
 import os
 import signal
@@ -21,22 +22,47 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 @pytest.fixture(scope="module")
 def slow_tree(tmp_path_factory):
     """Enough images that a trial takes a few seconds, so faults land mid-trial."""
-    return make_image_tree(tmp_path_factory.mktemp("fault-images"), per_class=200, test_per_class=5,
-                           classes=("airplane", "bird"))
+    return make_image_tree(
+        tmp_path_factory.mktemp("fault-images"), per_class=200, test_per_class=5, classes=("airplane", "bird")
+    )
 
 
 def write_space(folder: Path, **over) -> Path:
-    space = {"depth": 2, "width": {"low": 1024, "high": 2048}, "batch_size": {"choices": [16, 32]},
-             "lr": {"low": 1e-3, "high": 3e-2, "log": True}, "loss": {"choices": ["nll", "ce"]}, "epochs": 3, **over}
+    space = {
+        "depth": 2,
+        "width": {"low": 1024, "high": 2048},
+        "batch_size": {"choices": [16, 32]},
+        "lr": {"low": 1e-3, "high": 3e-2, "log": True},
+        "loss": {"choices": ["nll", "ce"]},
+        "epochs": 3,
+        **over,
+    }
     path = folder / "space.yaml"
     path.write_text(yaml.safe_dump(space))
     return path
 
 
 def sweep_args(tmp_path, tree, uri, name, samples, space=None, *extra):
-    return ["sweep", "--num-samples", samples, "--space", space or write_space(tmp_path), "--data-root", tree,
-            "--cache-dir", tmp_path / "cache", "--name", name, "--storage-path", tmp_path / "ray",
-            "--tracking-uri", uri, "--scheduler", "none", *extra]
+    return [
+        "sweep",
+        "--num-samples",
+        samples,
+        "--space",
+        space or write_space(tmp_path),
+        "--data-root",
+        tree,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--name",
+        name,
+        "--storage-path",
+        tmp_path / "ray",
+        "--tracking-uri",
+        uri,
+        "--scheduler",
+        "none",
+        *extra,
+    ]
 
 
 def start(args, env=None) -> subprocess.Popen:
@@ -46,11 +72,17 @@ def start(args, env=None) -> subprocess.Popen:
     (conftest's isolated_run_folders, removed at the end of the run)."""
     import tempfile
 
-    with tempfile.NamedTemporaryFile("w", prefix="sweep-", suffix=".log", delete=False,
-                                     dir=os.environ["BIRDPLANE_TEST_TMP"]) as log:
-        proc = subprocess.Popen([sys.executable, "-m", "study.cli", *map(str, args)], stdout=log,
-                                stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
-                                start_new_session=True)
+    with tempfile.NamedTemporaryFile(
+        "w", prefix="sweep-", suffix=".log", delete=False, dir=os.environ["BIRDPLANE_TEST_TMP"]
+    ) as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "study.cli", *map(str, args)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
     proc.log_path = log.name
     return proc
 
@@ -159,11 +191,14 @@ def epochs_in_mlflow(uri, experiment) -> int:
     return sum(len(client.get_metric_history(r.info.run_id, "val_acc")) for r in runs)
 
 
-def test_sigkilled_driver_resumes_the_running_trial_from_its_checkpoint_in_the_same_run(slow_tree, mlflow_server, tmp_path):
+def test_sigkilled_driver_resumes_the_running_trial_from_its_checkpoint_in_the_same_run(
+    slow_tree, mlflow_server, tmp_path
+):
     # Tune snapshots its experiment state every step here, so the trial running at the kill is in
     # the snapshot with its latest checkpoint: the resumed sweep must continue it, in the same run.
-    args = sweep_args(tmp_path, slow_tree, mlflow_server.url, "killed", 6, write_space(tmp_path, epochs=6),
-                      "--max-concurrent", 1)
+    args = sweep_args(
+        tmp_path, slow_tree, mlflow_server.url, "killed", 6, write_space(tmp_path, epochs=6), "--max-concurrent", 1
+    )
     experiment = tmp_path / "ray" / "killed"
     proc = start(args, env={"TUNE_GLOBAL_CHECKPOINT_S": "0"})
     kill_after_results(proc, experiment, 14)  # trials 1 and 2 done (6 epochs each), the third at epoch 2
@@ -196,8 +231,16 @@ def test_runs_of_trials_a_stale_snapshot_never_knew_are_retired_as_orphans(slow_
 
     # (3 epochs a trial: Tune also forces a snapshot once a trial has made num_to_keep=4 checkpoints.)
     env = {"TUNE_GLOBAL_CHECKPOINT_S": "3600"}
-    args = sweep_args(tmp_path, slow_tree, mlflow_server.url, "stale", 6,
-                      write_space(tmp_path, epochs=3, width=2048, batch_size=16), "--max-concurrent", 1)
+    args = sweep_args(
+        tmp_path,
+        slow_tree,
+        mlflow_server.url,
+        "stale",
+        6,
+        write_space(tmp_path, epochs=3, width=2048, batch_size=16),
+        "--max-concurrent",
+        1,
+    )
     experiment = tmp_path / "ray" / "stale"
     proc = start(args, env=env)
     # Ray's result.json files are flushed only with a snapshot here, so the kill point is counted
@@ -227,7 +270,9 @@ def test_runs_of_trials_a_stale_snapshot_never_knew_are_retired_as_orphans(slow_
 def test_a_killed_trial_process_is_retried_from_its_last_checkpoint(slow_tree, mlflow_server, tmp_path):
     space = write_space(tmp_path, epochs=6)
     experiment = tmp_path / "ray" / "workerkill"
-    proc = start(sweep_args(tmp_path, slow_tree, mlflow_server.url, "workerkill", 2, space, "--max-concurrent", 1, "--json"))
+    proc = start(
+        sweep_args(tmp_path, slow_tree, mlflow_server.url, "workerkill", 2, space, "--max-concurrent", 1, "--json")
+    )
     wait_for(lambda: results_reported(experiment) >= 2, proc, what="two epochs of the first trial", poll=0.05)
     # The process the trial reports it runs in, from Ray's record of its results: only that one is killed.
     (rows,) = ray_results(experiment).values()
@@ -251,8 +296,9 @@ def test_a_killed_trial_process_is_retried_from_its_last_checkpoint(slow_tree, m
 
 def test_a_diverging_trial_is_marked_and_the_sweep_goes_on(slow_tree, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    space = write_space(tmp_path, depth=1, width=64, activation="relu", loss="ce", epochs=2,
-                        lr={"choices": [1.0e30, 0.01]})
+    space = write_space(
+        tmp_path, depth=1, width=64, activation="relu", loss="ce", epochs=2, lr={"choices": [1.0e30, 0.01]}
+    )
     proc = run_birdplane(*sweep_args(tmp_path, slow_tree, uri, "nan", 6, space, "--json"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = last_json(proc.stdout)
@@ -268,8 +314,11 @@ def test_mlflow_outage_mid_sweep_loses_nothing_and_delivers_soon_after_the_serve
     server = MlflowServer(tmp_path / "server").start()
     experiment = tmp_path / "ray" / "outage"
     try:
-        proc = start(sweep_args(tmp_path, slow_tree, server.url, "outage", 6, write_space(tmp_path, epochs=6),
-                                "--max-concurrent", 1))
+        proc = start(
+            sweep_args(
+                tmp_path, slow_tree, server.url, "outage", 6, write_space(tmp_path, epochs=6), "--max-concurrent", 1
+            )
+        )
         wait_for(lambda: epochs_logged(server.url, "outage") >= 1, proc, what="the first epoch in MLflow", poll=0.1)
         logged = epochs_in_mlflow(server.url, "outage")  # at most what MLflow holds when it stops
         server.stop()
@@ -286,8 +335,13 @@ def test_mlflow_outage_mid_sweep_loses_nothing_and_delivers_soon_after_the_serve
         epochs_in_mlflow(server.url, "outage")
         poll_s = time.monotonic() - started
         bound = MLFLOW_HTTP_TIMEOUT_S + outbox_max_backoff() + 3 * poll_s
-        wait_for(lambda: epochs_in_mlflow(server.url, "outage") > min(logged, 35), proc, timeout=bound, poll=0.2,
-                 what=f"the first delivery within {bound:.1f} s of the server's return")
+        wait_for(
+            lambda: epochs_in_mlflow(server.url, "outage") > min(logged, 35),
+            proc,
+            timeout=bound,
+            poll=0.2,
+            what=f"the first delivery within {bound:.1f} s of the server's return",
+        )
         print(f"first delivery {time.monotonic() - returned:.1f} s after the server returned (bound {bound:.1f} s)")
         # The rest is the backlog, delivered in order; no clock on it beyond the hang guard.
         wait_for(lambda: assert_complete(server.url, "outage", 6, 6) is None, proc, what="every run delivered")
@@ -335,8 +389,12 @@ def test_a_crashed_node_s_trials_continue_from_their_checkpoints_on_the_other(sl
     experiment = tmp_path / "ray" / "nodeloss"
     try:
         space = write_space(tmp_path, epochs=5)
-        proc = start(sweep_args(tmp_path, slow_tree, mlflow_server.url, "nodeloss", 4, space,
-                                "--address", head.address, "--json"), env={"RAY_AUTH_MODE": "token"})
+        proc = start(
+            sweep_args(
+                tmp_path, slow_tree, mlflow_server.url, "nodeloss", 4, space, "--address", head.address, "--json"
+            ),
+            env={"RAY_AUTH_MODE": "token"},
+        )
         # Both nodes busy: two trials have reported an epoch (and so hold a checkpoint).
         wait_for(lambda: len(ray_results(experiment)) >= 2, proc, what="two running trials", poll=0.1)
         # A crash, not a shutdown: SIGKILL the worker node's raylet, a child of the node we started.

@@ -1,4 +1,5 @@
 """The floors of the house: which package may import which, and that analysis/ only reads MLflow."""
+
 from __future__ import annotations
 
 import ast
@@ -11,11 +12,30 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Every MLflow call that changes a tracking store: the client's and the fluent API's writers.
 # set_tracking_uri / set_registry_uri only point this process at a store; they write nothing.
-_WRITE_PREFIXES = ("log_", "create_", "set_", "update_", "delete_", "rename_", "restore_", "start_", "end_",
-                   "finalize_", "register_", "link_", "unlink_", "transition_", "copy_", "add_", "remove_",
-                   "detach_", "refresh_")
-MLFLOW_WRITES = {name for source in (MlflowClient, mlflow) for name in dir(source)
-                 if name.startswith(_WRITE_PREFIXES)} - {"set_tracking_uri", "set_registry_uri"}
+_WRITE_PREFIXES = (
+    "log_",
+    "create_",
+    "set_",
+    "update_",
+    "delete_",
+    "rename_",
+    "restore_",
+    "start_",
+    "end_",
+    "finalize_",
+    "register_",
+    "link_",
+    "unlink_",
+    "transition_",
+    "copy_",
+    "add_",
+    "remove_",
+    "detach_",
+    "refresh_",
+)
+MLFLOW_WRITES = {
+    name for source in (MlflowClient, mlflow) for name in dir(source) if name.startswith(_WRITE_PREFIXES)
+} - {"set_tracking_uri", "set_registry_uri"}
 
 
 def modules(package: str) -> dict[str, ast.Module]:
@@ -48,8 +68,20 @@ def mlflow_writes(tree: ast.Module) -> list[str]:
 
 def test_the_write_list_knows_the_calls_birdplane_makes():
     # A guard on the guard: the writers study/records.py uses must be on the list.
-    assert {"log_batch", "create_run", "create_experiment", "set_terminated", "update_run", "log_inputs",
-            "log_artifact", "log_dict", "set_experiment_tag", "delete_run", "set_tag", "log_metric"} <= MLFLOW_WRITES
+    assert {
+        "log_batch",
+        "create_run",
+        "create_experiment",
+        "set_terminated",
+        "update_run",
+        "log_inputs",
+        "log_artifact",
+        "log_dict",
+        "set_experiment_tag",
+        "delete_run",
+        "set_tag",
+        "log_metric",
+    } <= MLFLOW_WRITES
     assert mlflow_writes(ast.parse("client.set_terminated(run_id)")) == ["set_terminated at line 1"]
 
 

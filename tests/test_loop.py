@@ -28,7 +28,7 @@ def test_same_config_and_seed_give_a_bit_identical_history(tiny_data):
     c = fit(TrainConfig(**FAST, augment="crop+flip", seed=1), tiny_data)
     assert strip(a.history) == strip(b.history)
     assert strip(a.history) != strip(c.history)
-    for p, q in zip(a.model.parameters(), b.model.parameters()):
+    for p, q in zip(a.model.parameters(), b.model.parameters(), strict=False):
         assert torch.equal(p, q)
 
 
@@ -56,8 +56,8 @@ def test_metrics_are_consistent(tiny_data):
 
 
 def test_train_acc_is_measured_on_the_whole_training_split_in_eval_mode(tiny_data):
-    from trainables.losses import ChapterLoss
     from trainables.loop import evaluate, normalise
+    from trainables.losses import ChapterLoss
 
     result = fit(TrainConfig(**{**FAST, "epochs": 1}), tiny_data)
     x = normalise(tiny_data.train.x, tiny_data.mean, tiny_data.std, torch.device("cpu"))
@@ -77,8 +77,11 @@ def test_zero_epochs_train_nothing_and_the_untrained_net_is_evaluated_apart(tiny
 
 def test_a_nan_loss_ends_the_run_as_diverged_without_raising(tiny_data):
     seen = []
-    result = fit(TrainConfig(**{**FAST, "lr": 1e30, "loss": "ce", "activation": "relu", "epochs": 10}), tiny_data,
-                 on_epoch_end=lambda m, _: seen.append(m["status"]))
+    result = fit(
+        TrainConfig(**{**FAST, "lr": 1e30, "loss": "ce", "activation": "relu", "epochs": 10}),
+        tiny_data,
+        on_epoch_end=lambda m, _: seen.append(m["status"]),
+    )
     assert result.status == "diverged"
     assert len(result.history) < 10 and not math.isfinite(result.history[-1]["train_loss"])
     assert seen[-1] == "diverged" and result.summary()["status"] == "diverged"
@@ -110,7 +113,7 @@ def test_batched_random_crop_matches_torchvision_crop_of_the_padded_image():
     for i in range(16):
         ref = TF.crop(TF.pad(x[i], [4]), int(tops[i]), int(lefts[i]), 32, 32)
         assert torch.equal(out[i], ref)
-    assert len({(int(t), int(l)) for t, l in zip(tops, lefts)}) > 1, "offsets differ per sample"
+    assert len({(int(t), int(l)) for t, l in zip(tops, lefts, strict=False)}) > 1, "offsets differ per sample"
 
 
 def test_random_flip_mirrors_some_images_and_keeps_the_others():
@@ -118,7 +121,7 @@ def test_random_flip_mirrors_some_images_and_keeps_the_others():
     out = random_flip(x, torch.Generator().manual_seed(0))
     flipped = [torch.equal(out[i], TF.horizontal_flip(x[i])) for i in range(64)]
     kept = [torch.equal(out[i], x[i]) for i in range(64)]
-    assert all(f or k for f, k in zip(flipped, kept)) and 10 < sum(flipped) < 54
+    assert all(f or k for f, k in zip(flipped, kept, strict=False)) and 10 < sum(flipped) < 54
 
 
 # ---------------------------------------------------------------- fit against a plain reference loop
@@ -126,11 +129,24 @@ def test_random_flip_mirrors_some_images_and_keeps_the_others():
 REFERENCE_RECIPES = {
     "sgd constant": {},
     "sgd momentum, weight decay, two layers": {"momentum": 0.9, "weight_decay": 1e-3, "hidden_sizes": (32, 16)},
-    "adamw onecycle crop+flip dropout": {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05,
-                                         "schedule": "onecycle", "warmup": 0.2, "augment": "crop+flip",
-                                         "dropout": 0.2, "activation": "relu"},
-    "adam cosine flip ce": {"optimizer": "adam", "lr": 1e-3, "schedule": "cosine", "warmup": 0.1, "augment": "flip",
-                            "loss": "ce"},
+    "adamw onecycle crop+flip dropout": {
+        "optimizer": "adamw",
+        "lr": 3e-3,
+        "weight_decay": 0.05,
+        "schedule": "onecycle",
+        "warmup": 0.2,
+        "augment": "crop+flip",
+        "dropout": 0.2,
+        "activation": "relu",
+    },
+    "adam cosine flip ce": {
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "schedule": "cosine",
+        "warmup": 0.1,
+        "augment": "flip",
+        "loss": "ce",
+    },
     "bce": {"loss": "bce", "lr": 0.1},
     "mse crop": {"loss": "mse", "lr": 0.1, "augment": "crop"},
     "one batch larger than the split": {"batch_size": 500},
@@ -152,16 +168,19 @@ def reference_history(config: TrainConfig, data) -> tuple[list[tuple], dict]:
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     classes = len(data.classes)
-    model = build_model(3 * 32 * 32, config.hidden_sizes, output_units(config.loss, classes), config.activation,
-                        config.dropout)
+    model = build_model(
+        3 * 32 * 32, config.hidden_sizes, output_units(config.loss, classes), config.activation, config.dropout
+    )
     mean, std = torch.tensor(data.mean).view(1, 3, 1, 1), torch.tensor(data.std).view(1, 3, 1, 1)
     train_x, val_x = ((s.x.float() / 255 - mean) / std for s in (data.train, data.val))
     train_y, val_y = data.train.y, data.val.y
     loss_fn = ChapterLoss(config.loss, classes)
     options = {"lr": config.lr, "weight_decay": config.weight_decay}
-    optimizer = {"sgd": lambda: torch.optim.SGD(model.parameters(), momentum=config.momentum, **options),
-                 "adam": lambda: torch.optim.Adam(model.parameters(), **options),
-                 "adamw": lambda: torch.optim.AdamW(model.parameters(), **options)}[config.optimizer]()
+    optimizer = {
+        "sgd": lambda: torch.optim.SGD(model.parameters(), momentum=config.momentum, **options),
+        "adam": lambda: torch.optim.Adam(model.parameters(), **options),
+        "adamw": lambda: torch.optim.AdamW(model.parameters(), **options),
+    }[config.optimizer]()
     n = len(train_y)
     total = config.epochs * math.ceil(n / config.batch_size)
     warm = int(config.warmup * total)
@@ -171,11 +190,13 @@ def reference_history(config: TrainConfig, data) -> tuple[list[tuple], dict]:
             return (t + 1) / warm
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (t - warm) / max(1, total - 1 - warm))))
 
-    scheduler = {"constant": lambda: None,
-                 "cosine": lambda: torch.optim.lr_scheduler.LambdaLR(optimizer, cosine),
-                 "onecycle": lambda: torch.optim.lr_scheduler.OneCycleLR(
-                     optimizer, max_lr=config.lr, total_steps=total, pct_start=config.warmup or 0.3,
-                     cycle_momentum=False)}[config.schedule]()
+    scheduler = {
+        "constant": lambda: None,
+        "cosine": lambda: torch.optim.lr_scheduler.LambdaLR(optimizer, cosine),
+        "onecycle": lambda: torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total, pct_start=config.warmup or 0.3, cycle_momentum=False
+        ),
+    }[config.schedule]()
     order_gen = torch.Generator().manual_seed(config.seed)
     augment_gen = torch.Generator().manual_seed(config.seed + 1)
     history = []
@@ -188,10 +209,15 @@ def reference_history(config: TrainConfig, data) -> tuple[list[tuple], dict]:
                 tops = torch.randint(0, 9, (len(yb),), generator=augment_gen)
                 lefts = torch.randint(0, 9, (len(yb),), generator=augment_gen)
                 padded = torch.nn.functional.pad(xb, (4, 4, 4, 4))
-                xb = torch.stack([image[:, top:top + 32, left:left + 32] for image, top, left in zip(padded, tops, lefts)])
+                xb = torch.stack(
+                    [
+                        image[:, top : top + 32, left : left + 32]
+                        for image, top, left in zip(padded, tops, lefts, strict=False)
+                    ]
+                )
             if "flip" in config.augment:
                 flips = torch.rand(len(yb), generator=augment_gen) < 0.5
-                xb = torch.stack([img.flip(2) if f else img for img, f in zip(xb, flips)])
+                xb = torch.stack([img.flip(2) if f else img for img, f in zip(xb, flips, strict=False)])
             loss = loss_fn(model(xb), yb)
             optimizer.zero_grad()
             loss.backward()
@@ -204,8 +230,10 @@ def reference_history(config: TrainConfig, data) -> tuple[list[tuple], dict]:
             scores = []
             for x, y in ((train_x, train_y), (val_x, val_y)):
                 logits = model(x)
-                scores += [float(loss_fn(logits, y).double() * len(y)) / len(y),
-                           int((loss_fn.predict(logits) == y).sum()) / len(y)]
+                scores += [
+                    float(loss_fn(logits, y).double() * len(y)) / len(y),
+                    int((loss_fn.predict(logits) == y).sum()) / len(y),
+                ]
         history.append((float(loss_sum / n), scores[1], scores[2], scores[3], float(optimizer.param_groups[0]["lr"])))
     return history, model.state_dict()
 
@@ -228,10 +256,12 @@ def test_fit_keeps_the_best_val_epoch_s_weights_not_the_last_ones(noisy):
     assert max(accs) > accs[-1], f"the situation this test needs: the best epoch is not the last ({accs})"
     assert result.best_epoch == accs.index(max(accs)) + 1, "the earliest epoch of the best val_acc"
     data, config = noisy.data, noisy.config
-    assert correct(result.best_model, config, data.val, data.mean, data.std) == round(max(accs) * n_val), \
+    assert correct(result.best_model, config, data.val, data.mean, data.std) == round(max(accs) * n_val), (
         "best_model scores the best epoch's val_acc"
-    assert correct(result.model.state_dict(), config, data.val, data.mean, data.std) == round(accs[-1] * n_val), \
+    )
+    assert correct(result.model.state_dict(), config, data.val, data.mean, data.std) == round(accs[-1] * n_val), (
         "model holds the last epoch's weights"
+    )
 
 
 def test_dropout_is_on_while_training_and_off_while_evaluating(noisy):
@@ -241,10 +271,12 @@ def test_dropout_is_on_while_training_and_off_while_evaluating(noisy):
     # Evaluating: the recorded numbers are those of the eval-mode forward (no mask: deterministic).
     logits = eval_mode_logits(result.model.state_dict(), config, data.val.x, data.mean, data.std)
     last = result.history[-1]
-    assert last["val_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, data.val.y).item(), rel=1e-5), \
+    assert last["val_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, data.val.y).item(), rel=1e-5), (
         "val_loss is the eval-mode loss"
+    )
     assert last["val_acc"] * len(data.val.y) == pytest.approx(int((logits.argmax(1) == data.val.y).sum()))
     # Training: the masks change what is learnt; dropout in eval mode would train the plain net exactly.
     plain = fit(config.replace(dropout=0.0), data)
-    assert [r["train_loss"] for r in result.history] != [r["train_loss"] for r in plain.history], \
+    assert [r["train_loss"] for r in result.history] != [r["train_loss"] for r in plain.history], (
         "training with dropout 0.5 gave the history of training without it: the masks were off"
+    )

@@ -1,4 +1,5 @@
 """The chapter's four losses (trainables/losses.py): values, gradients, predictions and probabilities."""
+
 import pytest
 import torch
 from torch import nn
@@ -22,7 +23,7 @@ def test_nll_and_ce_give_identical_losses_and_gradients():
     nll_loss, nll_grads = _loss_and_grads("nll")
     ce_loss, ce_grads = _loss_and_grads("ce")
     torch.testing.assert_close(nll_loss, ce_loss, rtol=0, atol=1e-7)
-    for a, b in zip(nll_grads, ce_grads):
+    for a, b in zip(nll_grads, ce_grads, strict=False):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
 
 
@@ -39,8 +40,9 @@ def test_bce_uses_one_output_and_thresholds_at_half():
     loss = ChapterLoss("bce", 2)
     logits = torch.tensor([[-0.1], [0.1], [3.0]])
     assert loss.predict(logits).tolist() == [0, 1, 1]
-    torch.testing.assert_close(loss(logits, torch.tensor([0, 1, 1])),
-                               nn.BCEWithLogitsLoss()(logits[:, 0], torch.tensor([0.0, 1.0, 1.0])))
+    torch.testing.assert_close(
+        loss(logits, torch.tensor([0, 1, 1])), nn.BCEWithLogitsLoss()(logits[:, 0], torch.tensor([0.0, 1.0, 1.0]))
+    )
     torch.testing.assert_close(loss.probabilities(logits).sum(1), torch.ones(3))
 
 

@@ -1,4 +1,5 @@
 """The chapter's fully connected net (trainables/model.py): sizes, the book's Sequential, dropout."""
+
 import pytest
 import torch
 from torch import nn

@@ -1,5 +1,6 @@
 """The pure parts of the researcher's workflow: extension rules, where the Optuna study lives, stale
 Optuna trials, run names and the export's all-or-nothing write."""
+
 import optuna
 import pandas as pd
 import pytest
@@ -7,14 +8,19 @@ import pytest
 from analysis.export import curves_path, write_tables
 from analysis.record import readable_name
 from study.errors import UsageError
-from study.space import check_extension, space_from_mapping
 from study.runner import fail_stale_optuna_trials
+from study.space import check_extension, space_from_mapping
 from study.sweep import default_optuna_storage
 
-BASE = {"depth": {"low": 1, "high": 2}, "width": {"low": 16, "high": 128, "log": True},
-        "batch_size": {"choices": [16, 32]}, "lr": {"low": 1e-3, "high": 1e-1, "log": True},
-        "weight_decay": {"low": 1e-5, "high": 1e-2, "log": True, "or_zero": True}, "loss": {"choices": ["nll", "ce"]},
-        "epochs": 4}
+BASE = {
+    "depth": {"low": 1, "high": 2},
+    "width": {"low": 16, "high": 128, "log": True},
+    "batch_size": {"choices": [16, 32]},
+    "lr": {"low": 1e-3, "high": 1e-1, "log": True},
+    "weight_decay": {"low": 1e-5, "high": 1e-2, "log": True, "or_zero": True},
+    "loss": {"choices": ["nll", "ce"]},
+    "epochs": 4,
+}
 
 
 def space(**changes):
@@ -23,7 +29,9 @@ def space(**changes):
 
 def test_an_extension_may_widen_numeric_ranges_and_nothing_else():
     check_extension(space(), space())
-    check_extension(space(), space(lr={"low": 1e-4, "high": 0.3, "log": True}, width={"low": 8, "high": 512, "log": True}))
+    check_extension(
+        space(), space(lr={"low": 1e-4, "high": 0.3, "log": True}, width={"low": 8, "high": 512, "log": True})
+    )
     refused = {
         "changes lr from": space(lr={"low": 1e-2, "high": 0.1, "log": True}),  # narrowed
         "changes lr from [0.001, 0.1] log to [0.0001, 0.1]": space(lr={"low": 1e-4, "high": 0.1}),  # log dropped
@@ -39,7 +47,9 @@ def test_an_extension_may_widen_numeric_ranges_and_nothing_else():
 
 
 def test_the_optuna_study_lives_beside_the_mlflow_store(tmp_path):
-    assert default_optuna_storage(f"sqlite:///{tmp_path}/runs/mlflow.db", "/x") == f"sqlite:///{tmp_path}/runs/optuna.db"
+    assert (
+        default_optuna_storage(f"sqlite:///{tmp_path}/runs/mlflow.db", "/x") == f"sqlite:///{tmp_path}/runs/optuna.db"
+    )
     assert default_optuna_storage(f"file://{tmp_path}/mlruns", "/x") == f"sqlite:///{tmp_path}/optuna.db"
     assert default_optuna_storage(str(tmp_path / "mlruns"), "/x") == f"sqlite:///{tmp_path}/optuna.db"
     assert default_optuna_storage("http://127.0.0.1:5000", str(tmp_path)) == f"sqlite:///{tmp_path}/optuna.db"
@@ -61,10 +71,14 @@ def test_trials_a_killed_driver_left_running_are_failed_and_finished_ones_kept(t
 
 
 def test_run_names_read_like_the_nets_they_train():
-    assert readable_name({"hidden_sizes": [505, 103], "activation": "relu", "loss": "bce", "optimizer": "adam"}) == \
-        "[505,103] relu bce adam"
-    assert readable_name({"hidden_sizes": [512], "activation": "tanh", "loss": "nll", "optimizer": "sgd"}) == \
-        "[512] tanh nll sgd"
+    assert (
+        readable_name({"hidden_sizes": [505, 103], "activation": "relu", "loss": "bce", "optimizer": "adam"})
+        == "[505,103] relu bce adam"
+    )
+    assert (
+        readable_name({"hidden_sizes": [512], "activation": "tanh", "loss": "nll", "optimizer": "sgd"})
+        == "[512] tanh nll sgd"
+    )
 
 
 def test_export_writes_both_tables_or_neither(tmp_path):
@@ -85,8 +99,15 @@ def test_export_writes_both_tables_or_neither(tmp_path):
     assert list(fresh.iterdir()) == []  # the trials table, written first, was not left behind
 
 
-CONFIG = {"depth": 1, "width_0": 32, "batch_size": 16, "lr": 0.01, "weight_decay_on": False, "loss": "ce",
-          "train": {"hidden_sizes": [32]}}
+CONFIG = {
+    "depth": 1,
+    "width_0": 32,
+    "batch_size": 16,
+    "lr": 0.01,
+    "weight_decay_on": False,
+    "loss": "ce",
+    "train": {"hidden_sizes": [32]},
+}
 
 
 def _mirror(tmp_path):
@@ -101,8 +122,16 @@ def _trials(url):
 
 
 def test_the_distributions_are_every_parameter_the_define_by_run_space_can_suggest():
-    assert set(space().optuna_distributions()) == {"depth", "width_0", "width_1", "batch_size", "lr", "weight_decay",
-                                                   "weight_decay_on", "loss"}
+    assert set(space().optuna_distributions()) == {
+        "depth",
+        "width_0",
+        "width_1",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "weight_decay_on",
+        "loss",
+    }
 
 
 def test_a_finished_trial_is_written_with_its_params_value_curve_and_ray_trial_id(tmp_path):
@@ -184,8 +213,9 @@ def test_a_multi_objective_trial_is_written_with_every_value_and_no_curve(tmp_pa
     from study.optuna_mirror import OptunaStudyMirror
 
     url = f"sqlite:///{tmp_path}/optuna.db"
-    mirror = OptunaStudyMirror(url, "s", ["val_acc", "param_count"], ["maximize", "minimize"],
-                               space().optuna_distributions())
+    mirror = OptunaStudyMirror(
+        url, "s", ["val_acc", "param_count"], ["maximize", "minimize"], space().optuna_distributions()
+    )
     mirror.curves["t1"] = {1: 0.6}
     assert mirror.write("t1", CONFIG, {"val_acc": 0.7, "param_count": 1000}, error=False) is True
     (trial,) = _trials(url)

@@ -1,4 +1,5 @@
 """`birdplane rerun` on a real sweep and `birdplane predict` on real and broken files."""
+
 import json
 
 import pytest
@@ -19,17 +20,34 @@ from trainables.tune_adapter import data_meta
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_rerun_reproduces_the_same_seed_trial_exactly_and_adds_test_numbers(smoke_sweep, tmp_path):
-    proc = run_birdplane("rerun", "--experiment", smoke_sweep["name"], "--tracking-uri", smoke_sweep["uri"],
-                         "--seeds", 2, "--register", "birdplane-smoke", "--json")
+    proc = run_birdplane(
+        "rerun",
+        "--experiment",
+        smoke_sweep["name"],
+        "--tracking-uri",
+        smoke_sweep["uri"],
+        "--seeds",
+        2,
+        "--register",
+        "birdplane-smoke",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     best = max(smoke_sweep["summary"]["trials"], key=lambda t: (t["val_acc"], -t["param_count"]))
     assert summary["trial_metric"] == pytest.approx(best["val_acc"])
     client = MlflowClient(smoke_sweep["uri"])
     # The same-seed rerun (the first seed is the trial's own) against the trial, compared here.
-    curves = lambda run_id: {key: [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key),  # noqa: E731
-                                                                        key=lambda m: m.step)]
-                             for key in ("train_loss", "train_acc", "val_loss", "val_acc")}
+    curves = lambda run_id: {
+        key: [
+            (m.step, m.value)
+            for m in sorted(
+                client.get_metric_history(run_id, key),  # noqa: E731
+                key=lambda m: m.step,
+            )
+        ]
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc")
+    }
     trial_curves, rerun_curves = curves(summary["trial_run_id"]), curves(summary["runs"][0]["run_id"])
     assert trial_curves["val_acc"] and trial_curves == rerun_curves
     assert summary["reproduced"] is True
@@ -45,7 +63,8 @@ def test_rerun_reproduces_the_same_seed_trial_exactly_and_adds_test_numbers(smok
         registered = {"model"} if run is summary["runs"][0] else set()  # --register's folder: model/model.pt
         assert {a.path for a in client.list_artifacts(run["run_id"])} == {"config.json", "model.pt"} | registered
         assert [m.step for m in client.get_metric_history(run["run_id"], "val_acc")] == list(
-            range(1, int(child.data.metrics["epochs_run"]) + 1))
+            range(1, int(child.data.metrics["epochs_run"]) + 1)
+        )
     # The saved model holds the best-val epoch's weights: they give exactly the logged test_acc.
     import mlflow.artifacts
 
@@ -53,32 +72,53 @@ def test_rerun_reproduces_the_same_seed_trial_exactly_and_adds_test_numbers(smok
     from trainables.config import DataConfig as _DataConfig
 
     first = client.get_run(summary["runs"][0]["run_id"])
-    path = mlflow.artifacts.download_artifacts(summary["model_uri"], tracking_uri=smoke_sweep["uri"],
-                                               dst_path=str(tmp_path / "model"))
+    path = mlflow.artifacts.download_artifacts(
+        summary["model_uri"], tracking_uri=smoke_sweep["uri"], dst_path=str(tmp_path / "model")
+    )
     bundle = load_bundle(path)
     assert bundle.epoch == int(first.data.metrics["best_epoch"]) == summary["runs"][0]["best_epoch"]
-    cfg = _DataConfig.from_dict(json.loads(open(mlflow.artifacts.download_artifacts(
-        f"runs:/{first.info.run_id}/config.json", tracking_uri=smoke_sweep["uri"],
-        dst_path=str(tmp_path / "config"))).read())["data"])
+    cfg = _DataConfig.from_dict(
+        json.loads(
+            open(
+                mlflow.artifacts.download_artifacts(
+                    f"runs:/{first.info.run_id}/config.json",
+                    tracking_uri=smoke_sweep["uri"],
+                    dst_path=str(tmp_path / "config"),
+                )
+            ).read()
+        )["data"]
+    )
     data = load_study_data(cfg, include_test=True)
     x = normalise(data.test.x, bundle.mean, bundle.std, torch.device("cpu"))
     assert evaluate(bundle.model, x, data.test.y, bundle.loss)["acc"] == first.data.metrics["test_acc"]
     # The model URI it prints works with predict.
     tree = smoke_sweep["data_root"]
-    out = run_birdplane("predict", "--model", summary["model_uri"], "--tracking-uri", smoke_sweep["uri"],
-                        tree / "test" / "bird", "--json")
+    out = run_birdplane(
+        "predict",
+        "--model",
+        summary["model_uri"],
+        "--tracking-uri",
+        smoke_sweep["uri"],
+        tree / "test" / "bird",
+        "--json",
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     by_run = json.loads(out.stdout)
     assert len(by_run) == 10
     # --register: version 1 of the name, the @champion alias on it, both usable by predict (the same file).
-    assert summary["registered"] == {"name": "birdplane-smoke", "version": 1, "uri": "models:/birdplane-smoke/1",
-                                     "alias_uri": "models:/birdplane-smoke@champion"}
+    assert summary["registered"] == {
+        "name": "birdplane-smoke",
+        "version": 1,
+        "uri": "models:/birdplane-smoke/1",
+        "alias_uri": "models:/birdplane-smoke@champion",
+    }
     version = client.get_model_version("birdplane-smoke", "1")
     assert version.run_id == first.info.run_id
     assert client.get_model_version_by_alias("birdplane-smoke", "champion").version == "1"
     for uri in ("models:/birdplane-smoke/1", "models:/birdplane-smoke@champion"):
-        registered = run_birdplane("predict", "--model", uri, "--tracking-uri", smoke_sweep["uri"],
-                                   tree / "test" / "bird", "--json")
+        registered = run_birdplane(
+            "predict", "--model", uri, "--tracking-uri", smoke_sweep["uri"], tree / "test" / "bird", "--json"
+        )
         assert registered.returncode == 0, registered.stderr[-2000:]
         assert json.loads(registered.stdout) == by_run
 
@@ -95,8 +135,19 @@ def _train_bundle(root, cache, path):
 def test_predict_on_the_real_test_images_matches_direct_evaluation(real_data_root, tmp_path, capsys):
     model = tmp_path / "model.pt"
     direct = _train_bundle(real_data_root, tmp_path / "cache", model)
-    assert main(["predict", "--model", str(model), str(real_data_root / "test" / "airplane"),
-                 str(real_data_root / "test" / "bird"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(model),
+                str(real_data_root / "test" / "airplane"),
+                str(real_data_root / "test" / "bird"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     predictions = json.loads(capsys.readouterr().out)
     assert len(predictions) == 2000
     correct = sum(p["label"] == ("airplane" if "/airplane/" in p["path"] else "bird") for p in predictions)
@@ -112,22 +163,25 @@ def test_predict_uses_the_best_epoch_s_weights_unless_told_the_last(noisy, tmp_p
     assert result.best_epoch < last_epoch, "the situation this test needs: the best epoch is not the last"
     last_state = result.model.state_dict()
     meta = {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)}
-    save_bundle(tmp_path / "m.pt", **bundle_args(config.to_dict(), meta, last_state, last_epoch, result.best_model,
-                                                 result.best_epoch))
+    save_bundle(
+        tmp_path / "m.pt",
+        **bundle_args(config.to_dict(), meta, last_state, last_epoch, result.best_model, result.best_epoch),
+    )
     images = sorted((noisy.tree / "test").rglob("*.png"))
     pixels = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in images])).permute(0, 3, 1, 2)
     expected = {}
     for weights, state in (("best", result.best_model), ("last", last_state)):
         probs = torch.softmax(eval_mode_logits(state, config, pixels, data.mean, data.std), dim=1)
-        expected[weights] = [(data.classes[int(i)], float(p)) for p, i in zip(*probs.max(dim=1))]
+        expected[weights] = [(data.classes[int(i)], float(p)) for p, i in zip(*probs.max(dim=1), strict=False)]
     assert expected["best"] != expected["last"], "the situation: best and last weights predict differently"
     for flags, weights in (([], "best"), (["--weights", "last"], "last"), (["--weights", "best"], "best")):
         assert main(["predict", "--model", str(tmp_path / "m.pt"), *map(str, images), "--json", *flags]) == 0
         got = json.loads(capsys.readouterr().out)
         assert [p["path"] for p in got] == [str(p) for p in images]
         assert [p["label"] for p in got] == [label for label, _ in expected[weights]], f"{flags}: {weights} labels"
-        assert [p["probability"] for p in got] == pytest.approx([prob for _, prob in expected[weights]], abs=1e-5), \
+        assert [p["probability"] for p in got] == pytest.approx([prob for _, prob in expected[weights]], abs=1e-5), (
             f"{flags}: the probabilities of the {weights} epoch's weights"
+        )
 
 
 def test_predict_reports_bad_files_on_their_own_line_and_classifies_the_rest(image_tree, tmp_path, capsys):
@@ -140,7 +194,9 @@ def test_predict_reports_bad_files_on_their_own_line_and_classifies_the_rest(ima
     text.write_text("not an image")
     broken = tmp_path / "broken.png"
     broken.write_bytes(good.read_bytes()[:50])
-    code = main(["predict", "--model", str(model), str(good), str(text), str(big), str(broken), str(tmp_path / "nope.png")])
+    code = main(
+        ["predict", "--model", str(model), str(good), str(text), str(big), str(broken), str(tmp_path / "nope.png")]
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 1 and len(lines) == 5
     assert lines[0].split("\t")[1] in ("airplane", "bird") and lines[2].split("\t")[1] in ("airplane", "bird")
@@ -152,7 +208,9 @@ def test_predict_refuses_a_model_file_that_would_unpickle_objects(tmp_path, caps
     import pickle
 
     evil = tmp_path / "evil.pt"
-    torch.save({"model": {}, "config": TrainConfig().to_dict(), "data": {"classes": ["a", "b"]}, "f": pickle.dumps}, evil)
+    torch.save(
+        {"model": {}, "config": TrainConfig().to_dict(), "data": {"classes": ["a", "b"]}, "f": pickle.dumps}, evil
+    )
     assert main(["predict", "--model", str(evil), str(tmp_path)]) == 2
     assert "not a birdplane model file" in capsys.readouterr().err
 
@@ -191,7 +249,7 @@ def test_predict_handles_every_image_kind_in_one_call_with_one_line_per_file(ima
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
     assert code == 1 and len(lines) == 9 and "Traceback" not in out + err, out + err
-    for line, want in zip(lines, expected):
+    for line, want in zip(lines, expected, strict=False):
         fields = line.split("\t")
         if want is None:
             assert "error: not a readable image" in fields[1], line
@@ -252,8 +310,24 @@ def test_a_capacity_recipe_can_come_from_a_sweep_trial(smoke_sweep, capsys):
     from study.cli import main as cli
 
     best = max(smoke_sweep["summary"]["trials"], key=lambda t: t["val_acc"])
-    assert cli(["capacity", "--check", "--json", "--from-run", best["run_id"], "--tracking-uri", smoke_sweep["uri"],
-                "--data-root", str(smoke_sweep["data_root"]), "--storage-path", str(smoke_sweep["folder"] / "cap")]) == 0
+    assert (
+        cli(
+            [
+                "capacity",
+                "--check",
+                "--json",
+                "--from-run",
+                best["run_id"],
+                "--tracking-uri",
+                smoke_sweep["uri"],
+                "--data-root",
+                str(smoke_sweep["data_root"]),
+                "--storage-path",
+                str(smoke_sweep["folder"] / "cap"),
+            ]
+        )
+        == 0
+    )
     plan = json.loads(capsys.readouterr().out)
     for key in ("lr", "batch_size", "loss", "optimizer", "activation", "weight_decay", "augment"):
         assert plan["recipe"][key] == best["config"][key], key

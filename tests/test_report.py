@@ -1,4 +1,5 @@
 """`birdplane report` on a real sweep logged to a real mlflow server."""
+
 import pytest
 from mlflow import MlflowClient
 
@@ -10,7 +11,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 def test_report_writes_every_figure_and_the_html_and_logs_them_to_the_parent(smoke_sweep, tmp_path, capsys):
     out = tmp_path / "report"
-    code = main(["report", "--experiment", smoke_sweep["name"], "--tracking-uri", smoke_sweep["uri"], "--out", str(out)])
+    code = main(
+        ["report", "--experiment", smoke_sweep["name"], "--tracking-uri", smoke_sweep["uri"], "--out", str(out)]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     for name in (*FIGURE_FILES, "report.html"):
@@ -30,7 +33,9 @@ def test_report_writes_every_figure_and_the_html_and_logs_them_to_the_parent(smo
     full = [t for t in trials if t["epochs"] == 2]
     short = len(trials) - len(full)
     assert f"best val_acc {max(t['val_acc'] for t in full):.4f}" in printed
-    assert (f"{short} trials left out: {short} stopped before the 2-epoch budget" if short else "no trial left out") in printed
+    assert (
+        f"{short} trials left out: {short} stopped before the 2-epoch budget" if short else "no trial left out"
+    ) in printed
     assert (out / "capacity_table.csv").read_text().startswith("group,depth,hidden_sizes,param_count,seeds,")
 
 
@@ -52,11 +57,14 @@ def _study_with(client, name: str, children: list[tuple[str, dict]]):
 
     experiment_id = client.create_experiment(name)
     parent = client.create_run(experiment_id, tags={record.TAG_ROLE: record.ROLE_SWEEP, record.TAG_SWEEP: name})
-    client.log_dict(parent.info.run_id, {"depth": 1, "width": {"low": 8, "high": 64, "log": True}, "epochs": 2},
-                    "search_space.json")
+    client.log_dict(
+        parent.info.run_id, {"depth": 1, "width": {"low": 8, "high": 64, "log": True}, "epochs": 2}, "search_space.json"
+    )
     for i, (status, metrics) in enumerate(children):
-        run = client.create_run(experiment_id, tags={record.TAG_ROLE: record.ROLE_TRIAL, record.TAG_TRIAL: f"t{i}",
-                                                     record.TAG_PARENT: parent.info.run_id})
+        run = client.create_run(
+            experiment_id,
+            tags={record.TAG_ROLE: record.ROLE_TRIAL, record.TAG_TRIAL: f"t{i}", record.TAG_PARENT: parent.info.run_id},
+        )
         for key, value in metrics.items():
             client.log_metric(run.info.run_id, key, value, step=1)
         client.log_param(run.info.run_id, "hidden_sizes", str(8 * (i + 1)))
@@ -69,21 +77,43 @@ def _study_with(client, name: str, children: list[tuple[str, dict]]):
 def test_the_report_says_which_trials_it_left_out_and_why(mlflow_server, tmp_path, capsys):
     client = MlflowClient(mlflow_server.url)
     done = {"val_acc": 0.7, "train_acc": 0.8, "gap": 0.1, "val_loss": 0.5, "train_loss": 0.4, "epochs_run": 2}
-    _study_with(client, "left-out", [("FINISHED", {**done, "param_count": 1000}),
-                                     ("FINISHED", {**done, "val_acc": 0.75, "param_count": 2000}),
-                                     ("FINISHED", {**done, "val_acc": 0.72, "param_count": 4000}),
-                                     # stopped by ASHA after 1 of 2 epochs, with a val_acc that would top the study
-                                     ("FINISHED", {**done, "val_acc": 0.9, "param_count": 500, "epochs_run": 1}),
-                                     ("RUNNING", {}), ("FAILED", {})])
+    _study_with(
+        client,
+        "left-out",
+        [
+            ("FINISHED", {**done, "param_count": 1000}),
+            ("FINISHED", {**done, "val_acc": 0.75, "param_count": 2000}),
+            ("FINISHED", {**done, "val_acc": 0.72, "param_count": 4000}),
+            # stopped by ASHA after 1 of 2 epochs, with a val_acc that would top the study
+            ("FINISHED", {**done, "val_acc": 0.9, "param_count": 500, "epochs_run": 1}),
+            ("RUNNING", {}),
+            ("FAILED", {}),
+        ],
+    )
     out = tmp_path / "out"
     assert main(["report", "--experiment", "left-out", "--tracking-uri", mlflow_server.url, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert ("3 trials at the 2-epoch budget (3 trials left out: 1 run RUNNING, 1 run FAILED, "
-            "1 stopped before the 2-epoch budget), best val_acc 0.7500") in printed
+    assert (
+        "3 trials at the 2-epoch budget (3 trials left out: 1 run RUNNING, 1 run FAILED, "
+        "1 stopped before the 2-epoch budget), best val_acc 0.7500"
+    ) in printed
     assert "3 trials left out" in (out / "report.html").read_text()
     assert "500" not in (out / "capacity_table.csv").read_text(), "the short trial is not in the per-size table"
-    assert main(["report", "--experiment", "left-out", "--tracking-uri", mlflow_server.url, "--out", str(out),
-                 "--include-short"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--experiment",
+                "left-out",
+                "--tracking-uri",
+                mlflow_server.url,
+                "--out",
+                str(out),
+                "--include-short",
+            ]
+        )
+        == 0
+    )
     assert "4 trials at any budget (--include-short" in capsys.readouterr().out
 
 
@@ -103,6 +133,7 @@ def test_report_refuses_what_it_cannot_report(case, smoke_sweep, tmp_path, capsy
         experiment = "no-such-study"
     elif case == "dead-server":
         from tests.servers import free_port
+
         uri = f"http://127.0.0.1:{free_port()}"
     elif case == "no-sweep":
         client.create_experiment("empty-study")

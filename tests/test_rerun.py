@@ -1,4 +1,5 @@
 """`birdplane rerun`: what one seed's retraining reports (the Ray task's own function, run here)."""
+
 from study.rerun import train_seed
 from tests.conftest import correct
 from trainables.loop import fit

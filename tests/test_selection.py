@@ -1,4 +1,5 @@
 """One best-epoch rule: the highest finite val_acc, the earliest epoch among ties, everywhere."""
+
 from __future__ import annotations
 
 import math
@@ -13,9 +14,13 @@ from trainables.selection import best_record, improves
 
 NAN = float("nan")
 # Ties at 0.8 (epochs 2 and 4), a NaN epoch that must not win, records out of epoch order.
-HISTORY = [{"epoch": 3, "val_acc": 0.7, "train_acc": 0.8}, {"epoch": 1, "val_acc": 0.6, "train_acc": 0.6},
-           {"epoch": 4, "val_acc": 0.8, "train_acc": 0.95}, {"epoch": 2, "val_acc": 0.8, "train_acc": 0.7},
-           {"epoch": 5, "val_acc": NAN, "train_acc": 0.99}]
+HISTORY = [
+    {"epoch": 3, "val_acc": 0.7, "train_acc": 0.8},
+    {"epoch": 1, "val_acc": 0.6, "train_acc": 0.6},
+    {"epoch": 4, "val_acc": 0.8, "train_acc": 0.95},
+    {"epoch": 2, "val_acc": 0.8, "train_acc": 0.7},
+    {"epoch": 5, "val_acc": NAN, "train_acc": 0.99},
+]
 
 
 def test_the_best_epoch_is_the_earliest_of_the_highest_finite_val_acc():
@@ -23,8 +28,17 @@ def test_the_best_epoch_is_the_earliest_of_the_highest_finite_val_acc():
 
 
 def test_no_best_epoch_without_a_finite_val_acc():
-    assert best_record([{"epoch": 1, "val_acc": NAN}, {"epoch": 2, "val_acc": math.inf},
-                        {"epoch": 3, "val_acc": None}, {"epoch": 4}]) is None
+    assert (
+        best_record(
+            [
+                {"epoch": 1, "val_acc": NAN},
+                {"epoch": 2, "val_acc": math.inf},
+                {"epoch": 3, "val_acc": None},
+                {"epoch": 4},
+            ]
+        )
+        is None
+    )
     assert best_record([]) is None
 
 

@@ -48,8 +48,11 @@ def test_or_zero_reaches_zero_and_the_log_range_and_every_lever_builds_a_config(
             seen[key].add(getattr(config, key))
         study.tell(trial, 0.5)
     assert decays == {True, False}
-    assert seen == {"schedule": {"constant", "cosine", "onecycle"}, "augment": {"none", "flip", "crop", "crop+flip"},
-                    "optimizer": {"sgd", "adam", "adamw"}}
+    assert seen == {
+        "schedule": {"constant", "cosine", "onecycle"},
+        "augment": {"none", "flip", "crop", "crop+flip"},
+        "optimizer": {"sgd", "adam", "adamw"},
+    }
 
 
 def test_define_by_run_suggests_one_width_per_layer_and_builds_a_valid_config(tmp_path):
@@ -118,8 +121,11 @@ def _space(**changes):
 
 
 EXACT = [
-    ({"colour": "red"}, "search space: unknown key 'colour' (known: activation, augment, batch_size, depth, dropout, "
-                        "epochs, loss, lr, momentum, optimizer, schedule, warmup, weight_decay, width)"),
+    (
+        {"colour": "red"},
+        "search space: unknown key 'colour' (known: activation, augment, batch_size, depth, dropout, "
+        "epochs, loss, lr, momentum, optimizer, schedule, warmup, weight_decay, width)",
+    ),
     ({"depth": None}, "search space: missing key 'depth'"),
     ({"loss": {"choices": "nll"}}, "search space: loss: choices must be a non-empty list"),
     ({"loss": {"low": 1, "high": 2}}, "search space: loss: give a value or {choices: [...]}"),
@@ -136,7 +142,10 @@ EXACT = [
     ({"depth": 0}, "search space: depth: must be >= 1"),
     ({"depth": {"choices": [0, 1]}}, "search space: depth: must be >= 1"),
     ({"momentum": {"low": 0.5, "high": 1.0}}, "search space: momentum: must be in [0, 1), got 1.0"),
-    ({"optimizer": {"choices": ["sgd", "x"]}}, "search space: optimizer: unknown value 'x' (choose from sgd, adam, adamw)"),
+    (
+        {"optimizer": {"choices": ["sgd", "x"]}},
+        "search space: optimizer: unknown value 'x' (choose from sgd, adam, adamw)",
+    ),
 ]
 
 
@@ -147,8 +156,9 @@ def test_a_bad_dimension_is_refused_with_one_exact_message(changes, message):
     assert str(refused.value) == message
 
 
-@pytest.mark.parametrize("name,value", [("epochs", 2**31), ("width", -(2**31)), ("lr", float("nan")),
-                                        ("lr", float("inf"))])
+@pytest.mark.parametrize(
+    "name,value", [("epochs", 2**31), ("width", -(2**31)), ("lr", float("nan")), ("lr", float("inf"))]
+)
 def test_numbers_beyond_2_31_or_not_finite_are_refused(name, value):
     with pytest.raises(UsageError, match=f"search space: {name}: .* is not a finite"):
         _space(**{name: value})
@@ -166,11 +176,20 @@ def test_a_non_string_key_is_refused():
 
 
 def test_a_space_round_trips_through_its_recorded_mapping():
-    space = _space(lr={"low": 1e-3, "high": 0.1, "log": True}, loss={"choices": ["nll", "ce"]},
-                   weight_decay={"low": 1e-5, "high": 1e-2, "log": True, "or_zero": True}, dropout=0.2)
-    assert space.to_dict() == {**BASE, "depth": {"low": 1, "high": 3, "log": False},
-                               "lr": {"low": 1e-3, "high": 0.1, "log": True}, "loss": {"choices": ["nll", "ce"]},
-                               "weight_decay": {"low": 1e-5, "high": 1e-2, "log": True, "or_zero": True}, "dropout": 0.2}
+    space = _space(
+        lr={"low": 1e-3, "high": 0.1, "log": True},
+        loss={"choices": ["nll", "ce"]},
+        weight_decay={"low": 1e-5, "high": 1e-2, "log": True, "or_zero": True},
+        dropout=0.2,
+    )
+    assert space.to_dict() == {
+        **BASE,
+        "depth": {"low": 1, "high": 3, "log": False},
+        "lr": {"low": 1e-3, "high": 0.1, "log": True},
+        "loss": {"choices": ["nll", "ce"]},
+        "weight_decay": {"low": 1e-5, "high": 1e-2, "log": True, "or_zero": True},
+        "dropout": 0.2,
+    }
     from study.space import space_from_mapping
 
     assert space_from_mapping(space.to_dict(), "again").dimensions == space.dimensions
@@ -179,14 +198,24 @@ def test_a_space_round_trips_through_its_recorded_mapping():
 def test_the_optuna_distributions_match_what_the_space_suggests():
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    space = _space(lr={"low": 1e-3, "high": 0.1, "log": True}, loss={"choices": ["nll", "ce"]}, dropout={"low": 0.0, "high": 0.5},
-                   weight_decay={"low": 1e-5, "high": 1e-2, "log": True, "or_zero": True}, momentum=0.9)
+    space = _space(
+        lr={"low": 1e-3, "high": 0.1, "log": True},
+        loss={"choices": ["nll", "ce"]},
+        dropout={"low": 0.0, "high": 0.5},
+        weight_decay={"low": 1e-5, "high": 1e-2, "log": True, "or_zero": True},
+        momentum=0.9,
+    )
     assert space.optuna_distributions() == {
-        "depth": IntDistribution(1, 3), "width_0": IntDistribution(32, 256, log=True),
-        "width_1": IntDistribution(32, 256, log=True), "width_2": IntDistribution(32, 256, log=True),
-        "lr": FloatDistribution(1e-3, 0.1, log=True), "loss": CategoricalDistribution(["nll", "ce"]),
-        "dropout": FloatDistribution(0.0, 0.5), "weight_decay": FloatDistribution(1e-5, 1e-2, log=True),
-        "weight_decay_on": CategoricalDistribution([True, False])}
+        "depth": IntDistribution(1, 3),
+        "width_0": IntDistribution(32, 256, log=True),
+        "width_1": IntDistribution(32, 256, log=True),
+        "width_2": IntDistribution(32, 256, log=True),
+        "lr": FloatDistribution(1e-3, 0.1, log=True),
+        "loss": CategoricalDistribution(["nll", "ce"]),
+        "dropout": FloatDistribution(0.0, 0.5),
+        "weight_decay": FloatDistribution(1e-5, 1e-2, log=True),
+        "weight_decay_on": CategoricalDistribution([True, False]),
+    }
 
 
 @pytest.mark.parametrize("depth,expected", [(2, 2), ({"choices": [1, 4, 2]}, 4), ({"low": 1, "high": 5}, 5)])
@@ -207,16 +236,42 @@ def test_random_search_samples_build_the_same_kind_of_config(tmp_path):
 
     from study.space import TrainFromSample
 
-    space = _space(lr={"low": 1e-3, "high": 0.1, "log": True},
-                   weight_decay={"low": 1e-5, "high": 1e-2, "log": True, "or_zero": True})
+    space = _space(
+        lr={"low": 1e-3, "high": 0.1, "log": True},
+        weight_decay={"low": 1e-5, "high": 1e-2, "log": True, "or_zero": True},
+    )
     param_space = space.tune_param_space(seed=7, threads=2, device="cpu")
-    assert {"depth", "width_0", "width_1", "width_2", "lr", "weight_decay", "weight_decay_on", "epochs", "seed",
-            "train"} == set(param_space)
-    sample = {"depth": 2, "width_0": 40, "width_1": 50, "width_2": 60, "lr": 0.02, "weight_decay": 1e-3,
-              "weight_decay_on": False, "epochs": 2, "seed": 5}
+    assert {
+        "depth",
+        "width_0",
+        "width_1",
+        "width_2",
+        "lr",
+        "weight_decay",
+        "weight_decay_on",
+        "epochs",
+        "seed",
+        "train",
+    } == set(param_space)
+    sample = {
+        "depth": 2,
+        "width_0": 40,
+        "width_1": 50,
+        "width_2": 60,
+        "lr": 0.02,
+        "weight_decay": 1e-3,
+        "weight_decay_on": False,
+        "epochs": 2,
+        "seed": 5,
+    }
     train = TrainFromSample(space, 7, 2, "cpu")(SimpleNamespace(config=sample))
     assert (train["hidden_sizes"], train["lr"], train["weight_decay"], train["seed"], train["threads"]) == (
-        [40, 50], 0.02, 0.0, 12, 2)
+        [40, 50],
+        0.02,
+        0.0,
+        12,
+        2,
+    )
     sample["weight_decay_on"] = True
     assert TrainFromSample(space, 7, 2, "cpu")(SimpleNamespace(config=sample))["weight_decay"] == 1e-3
 

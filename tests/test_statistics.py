@@ -2,23 +2,42 @@
 
 benchmarks/analysis_coverage.py prints the same rates with many more draws.
 """
+
 import math
 from collections import Counter
 
 import numpy as np
 import pytest
 
-from analysis.statistics import (betainc, confirmation, curve_shape, ece, f_sf, holm, loss_onset, mean_interval,
-                                 onset_share, size_comparisons, size_trend, t_quantile, t_two_sided_p, tail_mean,
-                                 welch)
+from analysis.statistics import (
+    betainc,
+    confirmation,
+    curve_shape,
+    ece,
+    f_sf,
+    holm,
+    loss_onset,
+    mean_interval,
+    onset_share,
+    size_comparisons,
+    size_trend,
+    t_quantile,
+    t_two_sided_p,
+    tail_mean,
+    welch,
+)
 
 # ---------------------------------------------------------------- simulation scenarios (shared with the benchmark)
 
 LOG_PARAMS = np.log10([49_202, 196_802, 787_202, 3_148_802])  # the default study's depth-1 sizes
 TRUE_SLOPE = 0.02
 # name: (seeds a size, sd of the sizes' departure from the line, seed sd per size)
-TREND_SCENARIOS = {"linear": (3, 0.0, 0.01), "curved": (3, 0.01, 0.01), "few seeds": (2, 0.005, 0.01),
-                   "unequal spread": (3, 0.005, (0.002, 0.005, 0.01, 0.02))}
+TREND_SCENARIOS = {
+    "linear": (3, 0.0, 0.01),
+    "curved": (3, 0.01, 0.01),
+    "few seeds": (2, 0.005, 0.01),
+    "unequal spread": (3, 0.005, (0.002, 0.005, 0.01, 0.02)),
+}
 # name: (true means, seed sd, seeds, the right answer)
 SHAPE_SCENARIOS = {
     "flat": ([0.83] * 4, 0.01, 3, {"flat", "no detectable shape"}),
@@ -36,8 +55,11 @@ def trend_coverage(scenario: str, reps: int, seed: int = 0) -> float:
     sd = np.broadcast_to(np.asarray(seed_sd, dtype=float), LOG_PARAMS.shape)
     hits = 0
     for _ in range(reps):
-        truth = 0.1 + TRUE_SLOPE * LOG_PARAMS + rng.normal(0, departure, len(LOG_PARAMS)) if departure else \
-            0.1 + TRUE_SLOPE * LOG_PARAMS
+        truth = (
+            0.1 + TRUE_SLOPE * LOG_PARAMS + rng.normal(0, departure, len(LOG_PARAMS))
+            if departure
+            else 0.1 + TRUE_SLOPE * LOG_PARAMS
+        )
         values = truth[:, None] + rng.normal(0, 1, (len(truth), seeds)) * sd[:, None]
         t = size_trend(LOG_PARAMS, values.mean(1), values.std(1, ddof=1), [seeds] * len(truth))
         hits += t["low"] <= TRUE_SLOPE <= t["high"]
@@ -78,12 +100,17 @@ def onset_curves(kind: str, reps: int, seed: int = 0, epochs: int = 60, sd: floa
         if kind == "wander":
             for i in range(1, epochs):
                 noise[i] += 0.6 * noise[i - 1]
-        base = {"flat": 0.45 + 0 * e, "wander": 0.45 + 0 * e, "learning": 0.4 + 0.3 * np.exp(-e / 8),
-                "onset": 0.4 + 0.3 * np.exp(-e / 6) + 0.008 * np.maximum(0, e - 20)}[kind]
+        base = {
+            "flat": 0.45 + 0 * e,
+            "wander": 0.45 + 0 * e,
+            "learning": 0.4 + 0.3 * np.exp(-e / 8),
+            "onset": 0.4 + 0.3 * np.exp(-e / 6) + 0.008 * np.maximum(0, e - 20),
+        }[kind]
         yield base + noise
 
 
 # ---------------------------------------------------------------- distributions: known values
+
 
 def test_t_and_f_distributions_match_tabulated_values():
     # Student's t 0.975 quantiles (any statistics table) and a few exact cdf values.
@@ -113,12 +140,13 @@ def test_holm_adjusts_step_down_and_keeps_the_order():
 
 # ---------------------------------------------------------------- per-size means: intervals that cover
 
+
 def test_a_mean_interval_is_t_with_n_minus_1_df_widened_by_the_splits_binomial_noise():
     plain = mean_interval(0.8, 0.01, 3)
     assert plain["half"] == pytest.approx(4.302652730 * 0.01 / math.sqrt(3)) and plain["df"] == pytest.approx(2)
     wide = mean_interval(0.8, 0.01, 3, n_val=1000)
-    seed_var, split_var = 0.01 ** 2 / 3, 0.8 * 0.2 / 1000
-    df = (seed_var + split_var) ** 2 / (seed_var ** 2 / 2)
+    seed_var, split_var = 0.01**2 / 3, 0.8 * 0.2 / 1000
+    df = (seed_var + split_var) ** 2 / (seed_var**2 / 2)
     assert wide["df"] == pytest.approx(df)
     assert wide["half"] == pytest.approx(t_quantile(0.975, df) * math.sqrt(seed_var + split_var))
     assert math.isnan(mean_interval(0.8, math.nan, 1)["low"]), "one seed: no interval"
@@ -142,7 +170,11 @@ def test_without_the_split_noise_the_interval_would_under_cover():
 def test_size_comparisons_are_adjacent_and_against_the_best_with_holm():
     rows = size_comparisons(["a", "b", "c"], [0.80, 0.85, 0.84], [0.005] * 3, [3] * 3)
     assert [(r["comparison"], r["a"], r["b"]) for r in rows] == [
-        ("adjacent", "b", "a"), ("adjacent", "c", "b"), ("vs best", "b", "a"), ("vs best", "b", "c")]
+        ("adjacent", "b", "a"),
+        ("adjacent", "c", "b"),
+        ("vs best", "b", "a"),
+        ("vs best", "b", "c"),
+    ]
     assert rows[0]["diff"] == pytest.approx(0.05) and rows[0]["p_holm"] < 0.01
     assert rows[3]["p_holm"] == pytest.approx(holm([r["p"] for r in rows])[3]) and rows[3]["p_holm"] > 0.05
     single = size_comparisons(["a", "b"], [0.80, 0.85], [math.nan] * 2, [1, 1])
@@ -150,6 +182,7 @@ def test_size_comparisons_are_adjacent_and_against_the_best_with_holm():
 
 
 # ---------------------------------------------------------------- trends over sizes: coverage and lack of fit
+
 
 @pytest.mark.parametrize("scenario", list(TREND_SCENARIOS))
 def test_the_size_level_trend_interval_covers_the_true_slope_at_95_percent(scenario):
@@ -169,6 +202,7 @@ def test_lack_of_fit_flags_a_curve_and_not_a_line():
 
 # ---------------------------------------------------------------- shapes of a whole curve
 
+
 @pytest.mark.parametrize("scenario", list(SHAPE_SCENARIOS))
 def test_curve_shapes_are_classified_right_at_least_90_percent_of_the_time(scenario):
     rate, found = shape_rate(scenario, reps=300)
@@ -187,6 +221,7 @@ def test_shapes_say_where_the_peak_and_the_dip_are():
 
 
 # ---------------------------------------------------------------- the onset on the val loss
+
 
 @pytest.mark.parametrize("kind", ["flat", "wander", "learning"])
 def test_no_onset_on_curves_that_do_not_overfit_at_least_95_percent_of_the_time(kind):
@@ -214,6 +249,7 @@ def test_onset_uses_the_given_epochs_needs_later_epochs_and_counts_seeds():
 
 # ---------------------------------------------------------------- final values, calibration, confirmations
 
+
 def test_final_is_the_mean_of_the_last_k_epochs():
     assert tail_mean([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], 5) == pytest.approx(0.5)
     assert tail_mean([0.4, 0.6], 5) == pytest.approx(0.5) and math.isnan(tail_mean([]))
@@ -233,9 +269,14 @@ def test_ece_known_answers():
 def test_a_confirmation_compares_like_with_like_and_keeps_the_own_seed_apart():
     # Issue 17's case: the trial's final 0.877 reproduces exactly with its own seed; the two
     # independent seeds average 0.8665, so the selection was ~0.010 lucky.
-    rows = confirmation({"seed": 0, "final": 0.877, "best": 0.885},
-                        [{"seed": 0, "final": 0.877, "best": 0.885}, {"seed": 1, "final": 0.865, "best": 0.874},
-                         {"seed": 2, "final": 0.868, "best": 0.878}])
+    rows = confirmation(
+        {"seed": 0, "final": 0.877, "best": 0.885},
+        [
+            {"seed": 0, "final": 0.877, "best": 0.885},
+            {"seed": 1, "final": 0.865, "best": 0.874},
+            {"seed": 2, "final": 0.868, "best": 0.878},
+        ],
+    )
     final, best = rows
     assert final["metric"] == "final" and final["own_seed"] == 0.877 and final["independent_seeds"] == 2
     assert final["independent_mean"] == pytest.approx(0.8665) and final["luck"] == pytest.approx(0.0105)

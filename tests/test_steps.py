@@ -1,6 +1,7 @@
 """trainables/steps.py's evaluation sums, and the per-epoch calibration and eval-mode train loss
 that fit() records from them (the statistics issue: a val loss that rises while accuracy stays
 flat is overconfidence, so the loop logs the ECE; train loss is also measured in eval mode)."""
+
 import pytest
 import torch
 
@@ -28,7 +29,8 @@ def test_calibration_sums_give_the_reference_ece(loss):
     assert calibration.shape == (2, CALIBRATION_BINS)
     assert calibration[1].sum().item() == correct.item() == hits.sum().item()
     assert calibration_error(calibration.tolist(), len(y)) == pytest.approx(
-        ece(confidence.tolist(), hits.tolist()), abs=1e-9)
+        ece(confidence.tolist(), hits.tolist()), abs=1e-9
+    )
 
 
 def test_fit_records_the_val_ece_and_the_eval_mode_train_loss_of_each_epoch(tiny_data):

@@ -1,4 +1,5 @@
 """End-to-end sweeps: real Ray (local and a 2-node cluster), a real `mlflow server` on 127.0.0.1."""
+
 import collections
 import signal
 import time
@@ -15,14 +16,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 @pytest.fixture(scope="module")
 def sweep_tree(tmp_path_factory):
-    return make_image_tree(tmp_path_factory.mktemp("sweep-images"), per_class=40, test_per_class=10,
-                           classes=("airplane", "bird"))
+    return make_image_tree(
+        tmp_path_factory.mktemp("sweep-images"), per_class=40, test_per_class=10, classes=("airplane", "bird")
+    )
 
 
 def small_space(tmp_path, epochs=2, **over) -> str:
-    space = {"depth": {"low": 1, "high": 2}, "width": {"low": 16, "high": 128, "log": True},
-             "batch_size": {"choices": [16, 32]}, "lr": {"low": 1e-3, "high": 1e-1, "log": True},
-             "loss": {"choices": ["nll", "ce", "mse", "bce"]}, "epochs": epochs, **over}
+    space = {
+        "depth": {"low": 1, "high": 2},
+        "width": {"low": 16, "high": 128, "log": True},
+        "batch_size": {"choices": [16, 32]},
+        "lr": {"low": 1e-3, "high": 1e-1, "log": True},
+        "loss": {"choices": ["nll", "ce", "mse", "bce"]},
+        "epochs": epochs,
+        **over,
+    }
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(space))
     return str(path)
@@ -44,7 +52,11 @@ def test_smoke_sweep_records_every_trial_as_a_nested_mlflow_run(smoke_sweep, mlf
     assert len(parents) == 1 and len(children) == 5
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.info.run_id == summary["parent_run_id"]
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"search_space.json", "data.json", "sweep.json"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "search_space.json",
+        "data.json",
+        "sweep.json",
+    }
     assert parent.data.params["num_samples"] == "5"
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -65,10 +77,30 @@ def test_multi_objective_sweep_really_optimises_both_objectives(sweep_tree, tmp_
     import optuna
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    proc = run_birdplane("sweep", "--smoke", "--num-samples", 3, "--space", small_space(tmp_path),
-                         "--objectives", "val_acc,param_count", "--scheduler", "none", "--optuna-storage", storage,
-                         "--data-root", sweep_tree, "--cache-dir", tmp_path / "cache", "--name", "mo",
-                         "--storage-path", tmp_path / "ray", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    proc = run_birdplane(
+        "sweep",
+        "--smoke",
+        "--num-samples",
+        3,
+        "--space",
+        small_space(tmp_path),
+        "--objectives",
+        "val_acc,param_count",
+        "--scheduler",
+        "none",
+        "--optuna-storage",
+        storage,
+        "--data-root",
+        sweep_tree,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--name",
+        "mo",
+        "--storage-path",
+        tmp_path / "ray",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Pareto set" in proc.stdout
     # What the searcher optimised, from the Optuna study it persisted: two directions, two values a trial.
@@ -83,9 +115,26 @@ def test_an_interrupted_sweep_resumes_to_exactly_num_samples_trials_and_runs(mlf
     # Trials of a few seconds each, so the interruption lands mid-sweep.
     tree = make_image_tree(tmp_path / "images", per_class=200, test_per_class=5, classes=("airplane", "bird"))
     space = small_space(tmp_path, epochs=6, width={"low": 1024, "high": 2048}, depth=2)
-    common = ["--num-samples", 6, "--space", space, "--data-root", tree, "--cache-dir", tmp_path / "cache",
-              "--name", "resumable", "--storage-path", tmp_path / "ray", "--tracking-uri", mlflow_server.url,
-              "--scheduler", "none", "--max-concurrent", 1]
+    common = [
+        "--num-samples",
+        6,
+        "--space",
+        space,
+        "--data-root",
+        tree,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--name",
+        "resumable",
+        "--storage-path",
+        tmp_path / "ray",
+        "--tracking-uri",
+        mlflow_server.url,
+        "--scheduler",
+        "none",
+        "--max-concurrent",
+        1,
+    ]
     proc = start(["sweep", *common])  # output to a file: a full pipe would block the study
     # Interrupt at a known point: two trials done (6 epochs each) and the third at epoch 2.
     deadline = time.monotonic() + 300
@@ -141,13 +190,45 @@ def test_sweep_on_a_two_node_cluster_runs_trials_on_both_nodes(mlflow_server, tw
     # Trials of a few seconds, so two run at once, one per node.
     tree = make_image_tree(tmp_path / "images", per_class=200, test_per_class=5, classes=("airplane", "bird"))
     space = small_space(tmp_path, width={"low": 1024, "high": 2048}, depth=2)
-    args = ["sweep", "--num-samples", 4, "--epochs", 2, "--space", space, "--scheduler", "none",
-            "--data-root", tree, "--cache-dir", tmp_path / "cache", "--address", two_node_cluster.address]
-    refused = run_birdplane(*args, "--name", "local-store", "--storage-path", tmp_path / "shared",
-                            "--tracking-uri", f"sqlite:///{tmp_path / 'local.db'}", env=env)
+    args = [
+        "sweep",
+        "--num-samples",
+        4,
+        "--epochs",
+        2,
+        "--space",
+        space,
+        "--scheduler",
+        "none",
+        "--data-root",
+        tree,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--address",
+        two_node_cluster.address,
+    ]
+    refused = run_birdplane(
+        *args,
+        "--name",
+        "local-store",
+        "--storage-path",
+        tmp_path / "shared",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'local.db'}",
+        env=env,
+    )
     assert refused.returncode == 2 and "tracking server" in refused.stderr.strip().splitlines()[-1]
-    proc = run_birdplane(*args, "--name", "cluster", "--storage-path", tmp_path / "shared",
-                         "--tracking-uri", mlflow_server.url, "--json", env=env)
+    proc = run_birdplane(
+        *args,
+        "--name",
+        "cluster",
+        "--storage-path",
+        tmp_path / "shared",
+        "--tracking-uri",
+        mlflow_server.url,
+        "--json",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = last_json(proc.stdout)
     nodes = collections.Counter(t["node_id"] for t in summary["trials"])

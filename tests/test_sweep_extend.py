@@ -1,6 +1,7 @@
 """A researcher's workflow end to end, on synthetic data with real Ray, a real mlflow server and a
 real optuna-dashboard: the persisted Optuna study, extending a finished sweep, comparing studies,
 exporting tidy tables and what MLflow's UI shows."""
+
 import json
 import shutil
 import subprocess
@@ -38,9 +39,25 @@ def extended(mlflow_server, tmp_path_factory):
     wider = {**SMOKE_SPACE, "lr": {"low": 1e-4, "high": 0.3, "log": True}}
     (folder / "wider.yaml").write_text(yaml.safe_dump(wider))
     common = ["--storage-path", folder / "ray", "--json"]
-    first = run_birdplane("sweep", "--smoke", "--num-samples", 3, "--scheduler", "none", "--space", folder / "space.yaml",
-                          "--data-root", tree, "--cache-dir", folder / "cache", "--name", "wf",
-                          "--tracking-uri", mlflow_server.url, *common)
+    first = run_birdplane(
+        "sweep",
+        "--smoke",
+        "--num-samples",
+        3,
+        "--scheduler",
+        "none",
+        "--space",
+        folder / "space.yaml",
+        "--data-root",
+        tree,
+        "--cache-dir",
+        folder / "cache",
+        "--name",
+        "wf",
+        "--tracking-uri",
+        mlflow_server.url,
+        *common,
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     # The default Optuna storage: beside the MLflow store; for a tracking server, in the Ray storage folder.
     url = f"sqlite:///{folder / 'ray' / 'optuna.db'}"
@@ -48,8 +65,15 @@ def extended(mlflow_server, tmp_path_factory):
     _optuna_study(url, "wf").ask()  # a trial a killed driver would leave RUNNING
     ext = run_birdplane("sweep", "--name", "wf", "--extend", 2, "--space", folder / "wider.yaml", *common)
     assert ext.returncode == 0, ext.stderr[-3000:]
-    return {"folder": folder, "url": url, "uri": mlflow_server.url, "first": last_json(first.stdout),
-            "ext": last_json(ext.stdout), "before": before, "tree": tree}
+    return {
+        "folder": folder,
+        "url": url,
+        "uri": mlflow_server.url,
+        "first": last_json(first.stdout),
+        "ext": last_json(ext.stdout),
+        "before": before,
+        "tree": tree,
+    }
 
 
 def _children(client: MlflowClient, experiment: str, parent: str) -> list:
@@ -128,9 +152,22 @@ def test_optuna_dashboard_serves_the_persisted_study_live(extended, tmp_path):
     pytest.importorskip("optuna_dashboard", reason="the dashboard extra: pip install -e '.[dashboard]'")
     port = free_port()
     # The `optuna-dashboard` console script of this environment (its entry point, run by this Python).
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from optuna_dashboard._cli import main; sys.exit(main())",
-                             extended["url"], "--host", "127.0.0.1", "--port", str(port), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from optuna_dashboard._cli import main; sys.exit(main())",
+            extended["url"],
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--quiet",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -147,9 +184,20 @@ def test_optuna_dashboard_serves_the_persisted_study_live(extended, tmp_path):
         assert b"<title>Optuna Dashboard</title>" in _get(f"{base}/dashboard")
         chromium = shutil.which("chromium") or shutil.which("chromium-browser")
         if chromium:  # the page as a browser renders it (the README's screenshot is taken the same way)
-            dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000",
-                                  "--dump-dom", f"{base}/dashboard/studies/{summary['study_id']}"],
-                                 capture_output=True, text=True, timeout=120).stdout
+            dom = subprocess.run(
+                [
+                    chromium,
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--virtual-time-budget=15000",
+                    "--dump-dom",
+                    f"{base}/dashboard/studies/{summary['study_id']}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            ).stdout
             assert f"wf (id={summary['study_id']})" in dom and "History" in dom and "Hyperparameter Importance" in dom
             assert "Best Trial (number=" in dom
     finally:
@@ -159,11 +207,25 @@ def test_optuna_dashboard_serves_the_persisted_study_live(extended, tmp_path):
 def test_report_compares_studies_on_one_page(extended, smoke_sweep, tmp_path):
     client = MlflowClient(extended["uri"])
     out = tmp_path / "cmp"
-    proc = run_birdplane("report", "--experiment", "wf", "--experiment", smoke_sweep["name"],
-                         "--tracking-uri", extended["uri"], "--out", out)
+    proc = run_birdplane(
+        "report",
+        "--experiment",
+        "wf",
+        "--experiment",
+        smoke_sweep["name"],
+        "--tracking-uri",
+        extended["uri"],
+        "--out",
+        out,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert {p.name for p in out.iterdir()} == {"compare.html", "compare_capacity.png", "compare_gap.png",
-                                               "compare_best.csv", "compare_trends.csv"}
+    assert {p.name for p in out.iterdir()} == {
+        "compare.html",
+        "compare_capacity.png",
+        "compare_gap.png",
+        "compare_best.csv",
+        "compare_trends.csv",
+    }
     best = pd.read_csv(out / "compare_best.csv")
     assert list(best["experiment"]) == ["wf", smoke_sweep["name"]]
     for row in best.itertuples():
@@ -174,8 +236,10 @@ def test_report_compares_studies_on_one_page(extended, smoke_sweep, tmp_path):
     page = (out / "compare.html").read_text()
     assert "wf" in page and smoke_sweep["name"] in page and page.count("data:image/png;base64") == 2
     # Bad input: one line, exit 2, nothing written.
-    for args, message in ((["--experiment", "wf", "--experiment", "nosuch"], "experiment 'nosuch' does not exist"),
-                          (["--experiment", "wf", "--experiment", "wf"], "--experiment 'wf' is given twice")):
+    for args, message in (
+        (["--experiment", "wf", "--experiment", "nosuch"], "experiment 'nosuch' does not exist"),
+        (["--experiment", "wf", "--experiment", "wf"], "--experiment 'wf' is given twice"),
+    ):
         bad = run_birdplane("report", *args, "--tracking-uri", extended["uri"], "--out", tmp_path / "bad")
         lines = bad.stderr.strip().splitlines()
         assert bad.returncode == 2 and len(lines) == 1 and message in lines[0], lines
@@ -185,15 +249,35 @@ def test_report_compares_studies_on_one_page(extended, smoke_sweep, tmp_path):
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_export_writes_one_row_per_trial_and_one_per_trial_epoch(smoke_sweep, tmp_path, suffix):
     out = tmp_path / f"smoke{suffix}"
-    proc = run_birdplane("export", "--experiment", smoke_sweep["name"], "--tracking-uri", smoke_sweep["uri"], "--out", out)
+    proc = run_birdplane(
+        "export", "--experiment", smoke_sweep["name"], "--tracking-uri", smoke_sweep["uri"], "--out", out
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     read = pd.read_csv if suffix == ".csv" else pd.read_parquet
     trials, curves = read(out), read(tmp_path / f"smoke.curves{suffix}")
     summary = smoke_sweep["summary"]["trials"]
     assert sorted(trials["run_id"]) == sorted(t["run_id"] for t in summary)
-    for column in ("experiment", "study_run_id", "trial_id", "run_id", "outcome", "budget", "reached_budget", "seed",
-                   "node", "lr", "batch_size", "loss", "hidden_sizes", "depth", "param_count", "val_acc", "train_acc",
-                   "best_val_acc", "epochs_run"):
+    for column in (
+        "experiment",
+        "study_run_id",
+        "trial_id",
+        "run_id",
+        "outcome",
+        "budget",
+        "reached_budget",
+        "seed",
+        "node",
+        "lr",
+        "batch_size",
+        "loss",
+        "hidden_sizes",
+        "depth",
+        "param_count",
+        "val_acc",
+        "train_acc",
+        "best_val_acc",
+        "epochs_run",
+    ):
         assert column in trials.columns, column
     by_run = {t["run_id"]: t for t in summary}
     for row in trials.itertuples():
@@ -207,9 +291,11 @@ def test_export_writes_one_row_per_trial_and_one_per_trial_epoch(smoke_sweep, tm
 
 
 def test_export_refuses_bad_input_in_one_line_and_writes_nothing(smoke_sweep, tmp_path):
-    cases = [(["--experiment", "nosuch", "--out", tmp_path / "x.csv"], "experiment 'nosuch' does not exist"),
-             (["--experiment", smoke_sweep["name"], "--out", tmp_path / "x.xlsx"], "unknown format '.xlsx'"),
-             (["--experiment", smoke_sweep["name"], "--out", tmp_path / "no" / "x.csv"], "does not exist")]
+    cases = [
+        (["--experiment", "nosuch", "--out", tmp_path / "x.csv"], "experiment 'nosuch' does not exist"),
+        (["--experiment", smoke_sweep["name"], "--out", tmp_path / "x.xlsx"], "unknown format '.xlsx'"),
+        (["--experiment", smoke_sweep["name"], "--out", tmp_path / "no" / "x.csv"], "does not exist"),
+    ]
     for args, message in cases:
         proc = run_birdplane("export", *args, "--tracking-uri", smoke_sweep["uri"])
         lines = proc.stderr.strip().splitlines()
@@ -231,8 +317,9 @@ def test_the_mlflow_ui_gets_readable_runs_sources_datasets_and_the_study_headlin
     for t in trials:
         run = client.get_run(t["run_id"])
         c = t["config"]
-        assert run.info.run_name == (f"[{','.join(map(str, c['hidden_sizes']))}] {c['activation']} {c['loss']} "
-                                     f"{c['optimizer']}")
+        assert run.info.run_name == (
+            f"[{','.join(map(str, c['hidden_sizes']))}] {c['activation']} {c['loss']} {c['optimizer']}"
+        )
         assert run.data.tags["mlflow.source.git.commit"] == commit
         assert run.data.tags["mlflow.source.name"] == "birdplane sweep"
         assert run.data.tags["birdplane.node"] == t["node_id"]
@@ -248,11 +335,21 @@ def test_rerun_register_refuses_a_bad_model_name_before_training(smoke_sweep):
     exp = client.get_experiment_by_name(smoke_sweep["name"])
     before = len(client.search_runs([exp.experiment_id], max_results=1000))
     for name, message in (("bad/name", "--register 'bad/name': use letters"), ("x@y", "--register 'x@y': use letters")):
-        proc = run_birdplane("rerun", "--experiment", smoke_sweep["name"], "--tracking-uri", smoke_sweep["uri"],
-                             "--register", name)
+        proc = run_birdplane(
+            "rerun", "--experiment", smoke_sweep["name"], "--tracking-uri", smoke_sweep["uri"], "--register", name
+        )
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], lines
     assert len(client.search_runs([exp.experiment_id], max_results=1000)) == before  # nothing trained or logged
-    proc = run_birdplane("rerun", "--experiment", smoke_sweep["name"], "--tracking-uri", smoke_sweep["uri"],
-                         "--top", 1, "--register", "m")
+    proc = run_birdplane(
+        "rerun",
+        "--experiment",
+        smoke_sweep["name"],
+        "--tracking-uri",
+        smoke_sweep["uri"],
+        "--top",
+        1,
+        "--register",
+        "m",
+    )
     assert proc.returncode == 2 and "--register goes with a rerun of one trial" in proc.stderr

@@ -4,6 +4,7 @@
 checkpoint, the MLflow logger reads the final one back to log the model. On disk it is a dict of
 tensors, numbers, strings and lists, loadable with ``torch.load(..., weights_only=True)``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,7 +35,7 @@ class TrainState:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_dict(cls, blob: dict) -> "TrainState":
+    def from_dict(cls, blob: dict) -> TrainState:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in blob.items() if k in known})
 
@@ -42,8 +43,8 @@ class TrainState:
         torch.save(self.to_dict(), path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainState":
+    def load(cls, path: str | Path) -> TrainState:
         return cls.from_dict(torch.load(path, weights_only=True, map_location="cpu"))
 
-    def with_data(self, data: dict) -> "TrainState":
+    def with_data(self, data: dict) -> TrainState:
         return dataclasses.replace(self, data=data)

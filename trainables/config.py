@@ -1,10 +1,12 @@
 """The frozen description of one training run, validated once when it is built."""
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 ACTIVATIONS = ("tanh", "relu")
 LOSSES = ("nll", "ce", "mse", "bce")
@@ -31,9 +33,7 @@ def parse_hidden(text: str | int | list | tuple) -> tuple[int, ...]:
     for item in items:
         token = str(item).strip()
         if not token.isdigit() or int(token) <= 0:
-            raise ConfigError(
-                f"hidden_sizes: {text!r} is not a comma-separated list of positive integers"
-            )
+            raise ConfigError(f"hidden_sizes: {text!r} is not a comma-separated list of positive integers")
         sizes.append(int(token))
     if not sizes:
         raise ConfigError("hidden_sizes: at least one hidden layer is required")
@@ -63,30 +63,42 @@ class TrainConfig:
     the field's name.
     """
 
-    hidden_sizes: tuple[int, ...] = field(default=(512,), metadata={
-        "flag": "--hidden", "help": "hidden layer widths, e.g. 1024,512,128"})
+    hidden_sizes: tuple[int, ...] = field(
+        default=(512,), metadata={"flag": "--hidden", "help": "hidden layer widths, e.g. 1024,512,128"}
+    )
     activation: str = field(default="tanh", metadata={"choices": ACTIVATIONS})
     loss: str = field(default="nll", metadata={"choices": LOSSES})
     optimizer: str = field(default="sgd", metadata={"choices": OPTIMIZERS})
     lr: float = field(default=1e-2, metadata={"help": "learning rate, > 0"})
     momentum: float = field(default=0.0, metadata={"help": "SGD momentum, [0, 1)"})
-    weight_decay: float = field(default=0.0, metadata={
-        "help": "sgd, adam: L2 added to the gradient; adamw: decoupled decay"})
+    weight_decay: float = field(
+        default=0.0, metadata={"help": "sgd, adam: L2 added to the gradient; adamw: decoupled decay"}
+    )
     batch_size: int = field(default=64, metadata={"help": "training batch size"})
     epochs: int = field(default=100, metadata={"help": "epochs to train (0: evaluate the untrained net)"})
     augment: str = field(default="none", metadata={"choices": AUGMENTATIONS})
-    dropout: float = field(default=0.0, metadata={
-        "help": "dropout after each hidden activation, [0, 0.9); 0: no Dropout layer at all"})
-    schedule: str = field(default="constant", metadata={
-        "choices": SCHEDULES, "help": "the learning rate per batch (cosine decays to 0)"})
-    warmup: float = field(default=0.0, metadata={
-        "help": "share of the steps spent warming up (cosine), or onecycle's rising share (0: 0.3)"})
+    dropout: float = field(
+        default=0.0, metadata={"help": "dropout after each hidden activation, [0, 0.9); 0: no Dropout layer at all"}
+    )
+    schedule: str = field(
+        default="constant", metadata={"choices": SCHEDULES, "help": "the learning rate per batch (cosine decays to 0)"}
+    )
+    warmup: float = field(
+        default=0.0,
+        metadata={"help": "share of the steps spent warming up (cosine), or onecycle's rising share (0: 0.3)"},
+    )
     seed: int = field(default=0, metadata={"help": "seed of the weights, the batch order and augmentation"})
     device: str = field(default="auto", metadata={"choices": DEVICES})
-    threads: int = field(default=0, metadata={
-        "help": "torch threads (0: torch's default, all CPUs the process may use)"})
-    graphs: str = field(default="auto", metadata={
-        "choices": GRAPHS, "help": "auto: CUDA-graphed steps on a GPU (eager elsewhere, said once); off: always eager"})
+    threads: int = field(
+        default=0, metadata={"help": "torch threads (0: torch's default, all CPUs the process may use)"}
+    )
+    graphs: str = field(
+        default="auto",
+        metadata={
+            "choices": GRAPHS,
+            "help": "auto: CUDA-graphed steps on a GPU (eager elsewhere, said once); off: always eager",
+        },
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", parse_hidden(self.hidden_sizes))
@@ -118,7 +130,7 @@ class TrainConfig:
                 raise ConfigError(f"{name}: must be an integer >= {low}, got {value!r}")
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         return _from_dict(cls, values, "config")
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,7 +138,7 @@ class TrainConfig:
         out["hidden_sizes"] = list(self.hidden_sizes)
         return out
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -167,5 +179,5 @@ class DataConfig:
         return out
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "DataConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> DataConfig:
         return _from_dict(cls, values, "data config")

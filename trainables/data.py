@@ -7,6 +7,7 @@ Three layouts are read, always through torchvision's own datasets:
 Decoding happens once; the tensors are cached on disk under a key made of the source's location,
 its files' sizes and modification times, and the classes, so a changed source is decoded again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,8 +27,7 @@ CIFAR_FOLDER = "cifar-10-batches-py"
 
 IMAGE_SIZE = (3, 32, 32)
 LAYOUTS_HELP = (
-    "expected ROOT/train/<class>/*.png and ROOT/test/<class>/*.png, "
-    "or ROOT/cifar-10-batches-py, or --download"
+    "expected ROOT/train/<class>/*.png and ROOT/test/<class>/*.png, or ROOT/cifar-10-batches-py, or --download"
 )
 CACHE_FORMAT = 1
 
@@ -68,6 +68,7 @@ class StudyData:
 
 
 # ---------------------------------------------------------------- layout and classes (no decoding)
+
 
 def detect_layout(cfg: DataConfig) -> str:
     """'imagefolder', 'cifar-python' or 'download'; DataError for anything else."""
@@ -118,6 +119,7 @@ def check_data(cfg: DataConfig) -> str:
 
 
 # ---------------------------------------------------------------- decoding and cache
+
 
 def _class_subset_folder(root: str, classes: tuple[str, ...], transform):
     """ImageFolder restricted to the requested classes, labelled in the order given."""
@@ -211,6 +213,7 @@ def load_images(cfg: DataConfig) -> tuple[Split, Split]:
 
 
 # ---------------------------------------------------------------- splits and statistics
+
 
 def stratified_holdout(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices (keep, held_out): ``fraction`` of every class held out, chosen by ``seed``."""

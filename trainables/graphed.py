@@ -14,6 +14,7 @@ random generators are restored afterwards), so the same config and seed give the
 within float tolerance. Anything that cannot be captured falls back to eager steps, with the
 reason recorded once.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,8 +33,7 @@ def graphs_unavailable(device: torch.device, mode: str) -> str | None:
     return None
 
 
-def make_steps(step: TrainStep, x: torch.Tensor, y: torch.Tensor, order: ShuffledBatchSampler,
-               graphs: str) -> Steps:
+def make_steps(step: TrainStep, x: torch.Tensor, y: torch.Tensor, order: ShuffledBatchSampler, graphs: str) -> Steps:
     """Graphed steps where the device, ``graphs`` ("auto" or "off") and capture allow; eager
     steps otherwise, their description saying why. Build them after any resume: the graphs point
     at the state tensors as they are now."""
@@ -100,8 +100,10 @@ class GraphedSteps:
         step = self.step
         return {
             "model": {k: v.detach().clone() for k, v in step.model.state_dict().items()},
-            "optimizer": {id(p): {k: (v.clone() if torch.is_tensor(v) else v) for k, v in state.items()}
-                          for p, state in step.optimizer.state.items()},
+            "optimizer": {
+                id(p): {k: (v.clone() if torch.is_tensor(v) else v) for k, v in state.items()}
+                for p, state in step.optimizer.state.items()
+            },
             "augment_rng": step.augment_gen.get_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device),
         }

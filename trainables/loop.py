@@ -5,29 +5,29 @@ data set normalised once and kept on the training device. ``fit`` restores any r
 picks the steps (trainables/steps.py: the chapter's DataLoader loop, or CUDA graphs of the same
 step on a GPU) and runs the epochs; each epoch's numbers come back in one host sync.
 """
+
 from __future__ import annotations
 
 import copy
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from trainables.bundle import build_model_for
 from trainables.checkpoint import TrainState
 from trainables.config import TrainConfig
 from trainables.data import StudyData
 from trainables.graphed import make_steps
-from trainables.bundle import build_model_for
 from trainables.losses import ChapterLoss
 from trainables.model import param_count
 from trainables.selection import best_record, improves
-from trainables.steps import (CALIBRATION_BINS, ShuffledBatchSampler, Steps, TrainStep, calibration_error,
-                              evaluate_sums)
+from trainables.steps import CALIBRATION_BINS, ShuffledBatchSampler, Steps, TrainStep, calibration_error, evaluate_sums
 
 # on_epoch_end(metrics, snapshot): metrics of the epoch just finished; snapshot() returns the
 # TrainState to resume from (a deep copy, made only when the callback asks for it).
@@ -35,6 +35,7 @@ EpochCallback = Callable[[dict, Callable[[], TrainState]], None]
 
 
 # ---------------------------------------------------------------- device and seeds
+
 
 def pick_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
@@ -52,6 +53,7 @@ def seed_everything(seed: int) -> None:
 
 # ---------------------------------------------------------------- data on the device
 
+
 def normalise(x: torch.Tensor, mean, std, device: torch.device) -> torch.Tensor:
     """uint8 (N,3,H,W) -> float32 on ``device``, (x/255 - mean) / std, as ToTensor + Normalize."""
     m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -60,6 +62,7 @@ def normalise(x: torch.Tensor, mean, std, device: torch.device) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- optimizer, schedule, evaluation
+
 
 def make_optimizer(config: TrainConfig, params, device: torch.device | None = None) -> torch.optim.Optimizer:
     """The run's optimizer. On a CUDA device: torch's fused kernels, which CUDA graphs can capture,
@@ -102,8 +105,9 @@ def make_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total, int(config.warmup * total)))
     if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total,
-                                                   pct_start=config.warmup or 0.3, cycle_momentum=False)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total, pct_start=config.warmup or 0.3, cycle_momentum=False
+        )
     return None
 
 
@@ -115,6 +119,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Chapte
 
 
 # ---------------------------------------------------------------- fit
+
 
 @dataclass
 class FitResult:
@@ -190,8 +195,9 @@ class Run:
     progress: Progress = field(default_factory=Progress)
 
     def train_step(self) -> TrainStep:
-        return TrainStep(self.model, self.loss_fn, self.optimizer, self.scheduler, self.config.augment,
-                         self.augment_gen)
+        return TrainStep(
+            self.model, self.loss_fn, self.optimizer, self.scheduler, self.config.augment, self.augment_gen
+        )
 
     def state(self) -> TrainState:
         """A deep copy of the resumable state: the caller may keep it while training goes on."""
@@ -224,8 +230,9 @@ class Run:
             self.scheduler.load_state_dict(state.scheduler)
         self.progress.history = [dict(r) for r in state.history]
         self.progress.best_epoch = state.best_epoch
-        self.progress.best_model = ({k: v.to(self.device) for k, v in state.best_model.items()}
-                                    if state.best_model is not None else None)
+        self.progress.best_model = (
+            {k: v.to(self.device) for k, v in state.best_model.items()} if state.best_model is not None else None
+        )
 
 
 def setup_run(config: TrainConfig, data: StudyData) -> Run:
@@ -243,11 +250,19 @@ def setup_run(config: TrainConfig, data: StudyData) -> Run:
     order = ShuffledBatchSampler(len(train_y), config.batch_size, sampler_gen)
     optimizer = make_optimizer(config, model.parameters(), device)
     return Run(
-        config=config, device=device, model=model, loss_fn=ChapterLoss(config.loss, n_classes),
-        optimizer=optimizer, scheduler=make_scheduler(config, optimizer, len(order)),
-        train_x=train_x, train_y=train_y,
-        val_x=normalise(data.val.x, data.mean, data.std, device), val_y=data.val.y.to(device),
-        order=order, augment_gen=torch.Generator(device=device).manual_seed(config.seed + 1))
+        config=config,
+        device=device,
+        model=model,
+        loss_fn=ChapterLoss(config.loss, n_classes),
+        optimizer=optimizer,
+        scheduler=make_scheduler(config, optimizer, len(order)),
+        train_x=train_x,
+        train_y=train_y,
+        val_x=normalise(data.val.x, data.mean, data.std, device),
+        val_y=data.val.y.to(device),
+        order=order,
+        augment_gen=torch.Generator(device=device).manual_seed(config.seed + 1),
+    )
 
 
 class _Clock:
@@ -282,10 +297,16 @@ def run_epoch(run: Run, steps: Steps, epoch: int) -> dict:
     clock.mark()
     train_loss_sum, train_correct, _ = steps.evaluate(run.train_x, run.train_y)
     val_loss_sum, val_correct, val_calibration = steps.evaluate(run.val_x, run.val_y)
-    host = torch.cat([torch.stack([mean_loss.double(), train_loss_sum, train_correct.double(), val_loss_sum,
-                                   val_correct.double()]), val_calibration.flatten()]).tolist()  # the epoch's one host sync
+    host = torch.cat(
+        [
+            torch.stack(
+                [mean_loss.double(), train_loss_sum, train_correct.double(), val_loss_sum, val_correct.double()]
+            ),
+            val_calibration.flatten(),
+        ]
+    ).tolist()  # the epoch's one host sync
     train_loss, train_loss_sum, train_correct, val_loss_sum, val_correct = host[:5]
-    calibration = [host[5:5 + CALIBRATION_BINS], host[5 + CALIBRATION_BINS:]]
+    calibration = [host[5 : 5 + CALIBRATION_BINS], host[5 + CALIBRATION_BINS :]]
     n_train, n_val = max(len(run.train_y), 1), max(len(run.val_y), 1)
     train_seconds = clock.seconds()
     lr = run.optimizer.param_groups[0]["lr"]
@@ -328,8 +349,9 @@ def fit(
         if status == "diverged":
             break
     progress = run.progress
-    return FitResult(progress.history, status, count, run.model, progress.best_model, progress.best_epoch,
-                     steps.description)
+    return FitResult(
+        progress.history, status, count, run.model, progress.best_model, progress.best_epoch, steps.description
+    )
 
 
 def evaluate_untrained(config: TrainConfig, data: StudyData) -> dict:
@@ -337,5 +359,10 @@ def evaluate_untrained(config: TrainConfig, data: StudyData) -> dict:
     run = setup_run(config, data)
     train_eval = evaluate(run.model, run.train_x, run.train_y, run.loss_fn)
     val_eval = evaluate(run.model, run.val_x, run.val_y, run.loss_fn)
-    return {"param_count": param_count(run.model), "train_eval_loss": train_eval["loss"],
-            "train_acc": train_eval["acc"], "val_loss": val_eval["loss"], "val_acc": val_eval["acc"]}
+    return {
+        "param_count": param_count(run.model),
+        "train_eval_loss": train_eval["loss"],
+        "train_acc": train_eval["acc"],
+        "val_loss": val_eval["loss"],
+        "val_acc": val_eval["acc"],
+    }

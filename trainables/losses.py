@@ -1,4 +1,5 @@
 """The chapter's four classification losses over one shared logits model, and their predictions."""
+
 from __future__ import annotations
 
 import torch

@@ -1,7 +1,8 @@
 """The chapter's fully connected classifier, sized by plain numbers."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -10,7 +11,10 @@ IN_FEATURES = 3 * 32 * 32  # a CIFAR-10 image, flattened
 
 
 def build_model(
-    in_features: int, hidden_sizes: Sequence[int], out_features: int, activation: str = "tanh",
+    in_features: int,
+    hidden_sizes: Sequence[int],
+    out_features: int,
+    activation: str = "tanh",
     dropout: float = 0.0,
 ) -> nn.Sequential:
     """Flatten -> [Linear -> activation (-> Dropout)] * depth -> Linear. Outputs logits.
@@ -37,7 +41,7 @@ def param_count(model: nn.Module) -> int:
 def count_params(in_features: int, hidden_sizes: Sequence[int], out_features: int) -> int:
     """Parameter count without building the model (cheap enough for a search space)."""
     widths = [in_features, *hidden_sizes, out_features]
-    return sum(a * b + b for a, b in zip(widths, widths[1:]))
+    return sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
 
 
 def size_label(hidden_sizes) -> str:

@@ -6,11 +6,13 @@ training step, run eagerly by ``EagerSteps`` or replayed as CUDA graphs by ``Gra
 answering with device tensors that it reads back in one host sync per epoch. A population of
 same-shape nets trained by one batched step fits the same two methods, with one value per member.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -24,6 +26,7 @@ CROP_PADDING = 4
 
 
 # ---------------------------------------------------------------- augmentation, on the device in batches
+
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Per-sample random HxW crop of the zero-padded batch (RandomCrop(H, padding) on each image)."""
@@ -53,6 +56,7 @@ def augment(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Ten
 
 
 # ---------------------------------------------------------------- the batch order
+
 
 class ShuffledBatchSampler(Sampler):
     """The batch order of every run: a new permutation each epoch, cut into batches of indices.
@@ -95,8 +99,9 @@ CALIBRATION_BINS = 15  # equal-width confidence bins of the expected calibration
 
 
 @torch.inference_mode()
-def evaluate_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: ChapterLoss,
-                  chunk: int = EVAL_BATCH) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def evaluate_sums(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: ChapterLoss, chunk: int = EVAL_BATCH
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(summed loss, correct count, calibration sums) over the whole split in eval mode, as device
     tensors (no sync). The calibration sums are a [2, CALIBRATION_BINS] tensor: per confidence bin
     (the predicted class's probability), the summed confidence and the number of correct
@@ -106,7 +111,7 @@ def evaluate_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: C
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
     calibration = torch.zeros((2, CALIBRATION_BINS), device=x.device, dtype=torch.float64)
     for start in range(0, len(y), chunk):
-        xb, yb = x[start:start + chunk], y[start:start + chunk]
+        xb, yb = x[start : start + chunk], y[start : start + chunk]
         logits = model(xb)
         loss_sum += loss_fn(logits, yb).double() * len(yb)
         hits = loss_fn.predict(logits) == yb
@@ -124,6 +129,7 @@ def calibration_error(calibration: list[list[float]], n: int) -> float:
 
 
 # ---------------------------------------------------------------- the one training step
+
 
 @dataclass(frozen=True, eq=False)
 class TrainStep:
@@ -156,8 +162,9 @@ class TrainStep:
 Batch = TypeVar("Batch")
 
 
-def train_pass(step: TrainStep, batches: Iterable[Batch], apply: Callable[[Batch], None], loss_sum: torch.Tensor,
-               n: int) -> torch.Tensor:
+def train_pass(
+    step: TrainStep, batches: Iterable[Batch], apply: Callable[[Batch], None], loss_sum: torch.Tensor, n: int
+) -> torch.Tensor:
     """One epoch: ``apply`` runs the step on each batch in order, the schedule steps after each.
     ``apply`` adds each batch's summed loss to ``loss_sum``; returns the mean over ``n`` samples."""
     step.model.train()
@@ -169,6 +176,7 @@ def train_pass(step: TrainStep, batches: Iterable[Batch], apply: Callable[[Batch
 
 
 # ---------------------------------------------------------------- the interface, and the eager steps
+
 
 class Steps(Protocol):
     """How a run's steps execute; ``fit`` needs nothing else."""
@@ -185,8 +193,9 @@ class Steps(Protocol):
 class EagerSteps:
     """The step as Python launches it, batch by batch from the chapter's DataLoader."""
 
-    def __init__(self, step: TrainStep, x: torch.Tensor, y: torch.Tensor, order: ShuffledBatchSampler,
-                 description: str = "eager"):
+    def __init__(
+        self, step: TrainStep, x: torch.Tensor, y: torch.Tensor, order: ShuffledBatchSampler, description: str = "eager"
+    ):
         self.step, self.n, self.description = step, len(y), description
         self.loader = make_loader(x, y, order)
         self.loss_sum = torch.zeros((), device=x.device)

@@ -3,6 +3,7 @@
 The only module of `trainables` that imports Ray. The trial's config is ``{'train': TrainConfig
 dict, ...search parameters}``; the data arrive through ``tune.with_parameters`` (Ray's object store).
 """
+
 from __future__ import annotations
 
 import math
