@@ -144,7 +144,10 @@ def per_size(
     frame["size"] = frame["hidden_sizes"].map(size_label)
     rows = []
     for (grp, size), seeds in frame.groupby(["group", "size"], sort=False):
-        sd = lambda column: float(seeds[column].std(ddof=1)) if len(seeds) > 1 else math.nan  # noqa: E731
+
+        def sd(column: str, seeds: pd.DataFrame = seeds) -> float:
+            return float(seeds[column].std(ddof=1)) if len(seeds) > 1 else math.nan
+
         share = onset_share(seeds["onset"].tolist())
         row = {
             "group": grp,

@@ -189,7 +189,7 @@ def hyperparameter_figure(trials: pd.DataFrame, space: dict):
             )
             for edge in (low, high):
                 ax.axvline(edge, color="tab:red", lw=1, ls=":")
-        ax.scatter(xs, data["val_acc"], c=[_colour(l) for l in data.get("loss", [None] * len(data))], s=18)
+        ax.scatter(xs, data["val_acc"], c=[_colour(loss) for loss in data.get("loss", [None] * len(data))], s=18)
         ax.set_title("widest layer" if name == "width" else name, fontsize=9)
         ax.set_ylabel("val_acc", fontsize=8)
         ax.grid(alpha=0.3)

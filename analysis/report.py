@@ -239,7 +239,8 @@ def _seed_of(row) -> int | None:
 
 
 CONFIRMED_LEGEND = (
-    "one row per confirmed trial: sweep_* its single-seed sweep numbers (sweep_epochs as run), best_val_acc .. gap means "
+    "one row per confirmed trial: sweep_* its single-seed sweep numbers (sweep_epochs as run), "
+    "best_val_acc .. gap means "
     "over all its full-budget retrainings; like for like: own_seed_val_acc is the retraining with the trial's own seed "
     "(it reproduces the trial), independent_* the other seeds' mean (95% interval) of the last epoch's val_acc and of "
     "the best epoch's (selected on the split it is reported on), luck_* = sweep - that mean; like_for_like: same "

@@ -127,7 +127,8 @@ def mean_interval(
 
     Formula: mean ± t(df) · sqrt(sd²/n + v), with v = p(1-p)/n_val the binomial variance of an
     accuracy p (``split_p``, else the mean itself) measured on the fixed validation split of n_val
-    images (0 when n_val is None: give it only for accuracies or differences involving one), and df from Welch-Satterthwaite:
+    images (0 when n_val is None: give it only for accuracies or differences involving one), and df
+    from Welch-Satterthwaite:
     df = (sd²/n + v)² / ((sd²/n)² / (n-1)) (v is known, so it adds no uncertainty of its own).
     Assumptions: seeds are independent draws of one size's training noise, roughly normal; every
     seed is scored on the same split, so its sampling error is shared by all seeds and does not

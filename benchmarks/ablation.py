@@ -75,9 +75,11 @@ def main() -> None:
     full = statistics.fmean(r["best"] for r in table["full recipe"])
     print(f"{'variant':>24} {'best val_acc':>16} {'final val_acc':>16} {'best vs full':>13}")
     for name, rs in table.items():
-        ms = lambda k: (
-            f"{statistics.fmean(r[k] for r in rs):.3f} ± {statistics.stdev(r[k] for r in rs) if len(rs) > 1 else 0:.3f}"
-        )  # noqa: E731
+
+        def ms(k, rs=rs):
+            sd = statistics.stdev(r[k] for r in rs) if len(rs) > 1 else 0
+            return f"{statistics.fmean(r[k] for r in rs):.3f} ± {sd:.3f}"
+
         print(f"{name:>24} {ms('best'):>16} {ms('final'):>16} {statistics.fmean(r['best'] for r in rs) - full:>+13.3f}")
 
 

@@ -93,7 +93,7 @@ def run(epochs: int, threads: int, n: int, batch_size: int, device_name: str, gr
         bare.epoch()  # warm-up
         pairs = []
 
-        def after_epoch(metrics, _snapshot):
+        def after_epoch(metrics, _snapshot, pairs=pairs, bare=bare):
             pairs.append(
                 (
                     metrics["samples_per_second"],
@@ -114,7 +114,7 @@ def run(epochs: int, threads: int, n: int, batch_size: int, device_name: str, gr
         result = fit(cfg, data, on_epoch_end=after_epoch)
         pairs = pairs[1:]  # fit's first epoch warms up
         flops = flops_per_sample(hidden)
-        med = lambda values: statistics.median(values)
+        med = statistics.median
         rows.append(
             {
                 "net": name,
@@ -152,7 +152,8 @@ def main() -> None:
     )
     for row in run(a.epochs, a.threads, a.samples, a.batch_size, a.device, a.graphs):
         print(
-            f"{row['net']:>16}: fit {row['fit_samples_per_s']:9,.0f} samples/s | bare {row['bare_samples_per_s']:9,.0f} | "
+            f"{row['net']:>16}: fit {row['fit_samples_per_s']:9,.0f} samples/s | "
+            f"bare {row['bare_samples_per_s']:9,.0f} | "
             f"fit/bare {row['fit_over_bare']:.3f} (goal >= 0.95) | {row['fit_gflops']:.0f} of "
             f"{row['peak_gflops']:.0f} GFLOP/s peak = {row['fit_over_peak']:.3f} exact count, "
             f"{row['fit_over_peak_6n']:.3f} as 6*params (goal >= 0.75) | "

@@ -338,7 +338,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"  {t['trial_id']}: {format_trial(t)}")
     if summary.undelivered:
         print(
-            f"warning: {summary.undelivered} MLflow calls were not delivered; run `birdplane sync --name {summary.name}`"
+            f"warning: {summary.undelivered} MLflow calls were not delivered; "
+            f"run `birdplane sync --name {summary.name}`"
         )
     print(review_hint(summary.tracking_uri, summary.experiment))
     return code
@@ -446,7 +447,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"  {'param_count':>12} {'val_acc':>8} {'train_acc':>9} {'gap':>7}  config")
     for _, r in report.pareto.iterrows():
         print(
-            f"  {int(r['param_count']):>12,} {r['val_acc']:>8.3f} {r['train_acc']:>9.3f} {r['gap']:>+7.3f}  {config_label(r)}"
+            f"  {int(r['param_count']):>12,} {r['val_acc']:>8.3f} {r['train_acc']:>9.3f} {r['gap']:>+7.3f}  "
+            f"{config_label(r)}"
         )
     flagged = report.edges[report.edges["at_edge"]] if not report.edges.empty else report.edges
     for r in flagged.itertuples():
@@ -621,7 +623,8 @@ def confirm(args: argparse.Namespace) -> int:
     for t in summary.trials:
         print(
             f"  {t['trial_id']:<10} {t['param_count']:>11,} {t['sweep_val_acc']:>16.3f} ({t['sweep_epochs']:>3}) "
-            f"{t['best_val_acc_mean']:>8.3f} ± {t['best_val_acc_sd']:.3f} {t['val_acc_mean']:>8.3f} ± {t['val_acc_sd']:.3f}"
+            f"{t['best_val_acc_mean']:>8.3f} ± {t['best_val_acc_sd']:.3f} "
+            f"{t['val_acc_mean']:>8.3f} ± {t['val_acc_sd']:.3f}"
         )
     print(f"see them beside the sweep: birdplane report --experiment {args.experiment}")
     return 0

@@ -108,7 +108,7 @@ def predict(bundle: ModelBundle, paths: list[Path]) -> list[Prediction]:
             x = normalise(batch, bundle.mean, bundle.std, torch.device("cpu"))
             probs = loss.probabilities(bundle.model(x))
             conf, label = probs.max(dim=1)
-            for offset, (c, l) in enumerate(zip(conf.tolist(), label.tolist(), strict=False)):
+            for offset, (c, index) in enumerate(zip(conf.tolist(), label.tolist(), strict=False)):
                 slot = results[slots[start + offset]]
-                slot.label, slot.probability = bundle.classes[l], c
+                slot.label, slot.probability = bundle.classes[index], c
     return results

@@ -54,19 +54,19 @@ class StudyOptions:
     max_failures: int = 3
 
 
-O = TypeVar("O", bound=StudyOptions)
+OptionsT = TypeVar("OptionsT", bound=StudyOptions)
 S = TypeVar("S")
 
 
 @dataclass(frozen=True)
-class Prepared(Generic[O, S]):
+class Prepared(Generic[OptionsT, S]):
     """A study that passed every check that needs neither Ray nor training.
 
     ``space`` is what the study explores (a sweep's SearchSpace, a capacity study's CapacitySpec);
     its ``to_dict()`` is recorded as search_space.json and in the manifest.
     """
 
-    options: O
+    options: OptionsT
     space: S
     data: DataConfig
     tracking_uri: str

@@ -22,7 +22,9 @@ def test_training_reduces_the_loss_and_learns_the_classes(tiny_data):
 
 
 def test_same_config_and_seed_give_a_bit_identical_history(tiny_data):
-    strip = lambda h: [{k: v for k, v in r.items() if k not in ("epoch_seconds", "samples_per_second")} for r in h]
+    def strip(history):
+        return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "samples_per_second")} for r in history]
+
     a = fit(TrainConfig(**FAST, augment="crop+flip"), tiny_data)
     b = fit(TrainConfig(**FAST, augment="crop+flip"), tiny_data)
     c = fit(TrainConfig(**FAST, augment="crop+flip", seed=1), tiny_data)
@@ -40,7 +42,10 @@ def test_resuming_from_a_snapshot_continues_exactly_where_it_stopped(tiny_data, 
     path = tmp_path / "state.pt"
     snapshots[2].save(path)
     resumed = fit(config, tiny_data, resume=TrainState.load(path))
-    strip = lambda h: [(r["epoch"], r["train_loss"], r["val_acc"]) for r in h]
+
+    def strip(history):
+        return [(r["epoch"], r["train_loss"], r["val_acc"]) for r in history]
+
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
     assert strip(resumed.history) == strip(full.history)
 
@@ -113,7 +118,7 @@ def test_batched_random_crop_matches_torchvision_crop_of_the_padded_image():
     for i in range(16):
         ref = TF.crop(TF.pad(x[i], [4]), int(tops[i]), int(lefts[i]), 32, 32)
         assert torch.equal(out[i], ref)
-    assert len({(int(t), int(l)) for t, l in zip(tops, lefts, strict=False)}) > 1, "offsets differ per sample"
+    assert len({(int(t), int(left)) for t, left in zip(tops, lefts, strict=False)}) > 1, "offsets differ per sample"
 
 
 def test_random_flip_mirrors_some_images_and_keeps_the_others():

@@ -37,17 +37,14 @@ def test_rerun_reproduces_the_same_seed_trial_exactly_and_adds_test_numbers(smok
     best = max(smoke_sweep["summary"]["trials"], key=lambda t: (t["val_acc"], -t["param_count"]))
     assert summary["trial_metric"] == pytest.approx(best["val_acc"])
     client = MlflowClient(smoke_sweep["uri"])
+
     # The same-seed rerun (the first seed is the trial's own) against the trial, compared here.
-    curves = lambda run_id: {
-        key: [
-            (m.step, m.value)
-            for m in sorted(
-                client.get_metric_history(run_id, key),  # noqa: E731
-                key=lambda m: m.step,
-            )
-        ]
-        for key in ("train_loss", "train_acc", "val_loss", "val_acc")
-    }
+    def curves(run_id):
+        return {
+            key: [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+            for key in ("train_loss", "train_acc", "val_loss", "val_acc")
+        }
+
     trial_curves, rerun_curves = curves(summary["trial_run_id"]), curves(summary["runs"][0]["run_id"])
     assert trial_curves["val_acc"] and trial_curves == rerun_curves
     assert summary["reproduced"] is True
