@@ -585,6 +585,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         f"of {runs[0]['last_epoch']}), test_acc {mean_sd_text([r['test_acc'] for r in runs])} with those "
         f"best-epoch weights (last epoch's: {mean_sd_text([r['test_acc_last'] for r in runs])})"
     )
+    print(like_for_like_text(summary.like_for_like))
     if summary.reproduced is not None:
         print(f"same-seed rerun reproduced the trial exactly: {'yes' if summary.reproduced else 'NO'}")
     print(f"MLflow: parent run {summary.parent_run_id}; model: {summary.model_uri}")
@@ -595,6 +596,25 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         model = r["alias_uri"]
     print(f"use it: birdplane predict --model {model} IMAGE_OR_DIR...")
     return 0
+
+
+def like_for_like_text(rows: list[dict]) -> str:
+    """One line: the selected trial against its independent retrainings, final with final, best with best."""
+
+    def number(value) -> str:
+        return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+    parts = []
+    for r in rows:
+        interval = f" ({number(r['low'])}..{number(r['high'])})" if r["independent_seeds"] > 1 else ""
+        luck = "" if r["luck"] is None or math.isnan(r["luck"]) else f", luck {r['luck']:+.3f}"
+        parts.append(
+            f"{r['metric']} val_acc: trial {number(r['sweep'])}, its own seed {number(r['own_seed'])}, "
+            f"{r['independent_seeds']} independent seeds {number(r['independent_mean'])}{interval}{luck}"
+        )
+    return "like for like (final = mean of the last 5 epochs; best = the best epoch, selected on val): " + "; ".join(
+        parts
+    )
 
 
 def confirm(args: argparse.Namespace) -> int:
@@ -626,6 +646,7 @@ def confirm(args: argparse.Namespace) -> int:
             f"{t['best_val_acc_mean']:>8.3f} ± {t['best_val_acc_sd']:.3f} "
             f"{t['val_acc_mean']:>8.3f} ± {t['val_acc_sd']:.3f}"
         )
+        print(f"    {like_for_like_text(t['like_for_like'])}")
     print(f"see them beside the sweep: birdplane report --experiment {args.experiment}")
     return 0
 

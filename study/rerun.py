@@ -31,6 +31,7 @@ from analysis.record import (
     flat_params,
 )
 from analysis.runs import load_histories, read_json_artifact
+from analysis.statistics import confirmation, tail_mean
 from study import records as store
 from study.errors import UsageError
 from study.reporting import open_study
@@ -63,6 +64,8 @@ class RerunSummary:
     reproduced: bool | None = None
     model_uri: str = ""
     registered: dict | None = None  # {"name", "version", "uri", "alias_uri"} with --register
+    # final with final, best with best; the trial's own seed apart from the independent ones
+    like_for_like: list[dict] = field(default_factory=list)
 
 
 def pick_trial(trials: pd.DataFrame, rank: int, metric: str) -> pd.Series:
@@ -180,6 +183,29 @@ def prepare_rerun(opts: RerunOptions):
     return client, study, trial, config, data_cfg
 
 
+def like_for_like(
+    client: MlflowClient, trial: pd.Series, seed: int, outcomes: list[dict], n_val: int | None
+) -> list[dict]:
+    """The selected trial against its retrainings (``analysis.statistics.confirmation``): final
+    (the mean of the last epochs) against final, best epoch against best epoch; the retraining with
+    the trial's own ``seed`` reproduces it, so only the other seeds count as independent."""
+    curve = load_histories(client, [trial["run_id"]], ("val_acc",))["val_acc"].tolist()
+    selected = {
+        "seed": seed,
+        "final": tail_mean(curve),
+        "best": best_of([{"epoch": i + 1, "val_acc": v} for i, v in enumerate(curve)]).get("best_val_acc"),
+    }
+    runs = [
+        {
+            "seed": o["seed"],
+            "final": tail_mean([r["val_acc"] for r in o["history"]]),
+            "best": best_of(o["history"]).get("best_val_acc"),
+        }
+        for o in outcomes
+    ]
+    return confirmation(selected, runs, n_val=n_val)
+
+
 def run_rerun(opts: RerunOptions) -> RerunSummary:
     from study.runner import connect_ray
     from trainables.data import load_study_data
@@ -238,6 +264,10 @@ def run_rerun(opts: RerunOptions) -> RerunSummary:
                 "status": outcome["status"],
             }
         )
+    n_val = len(data.val.y)
+    summary.like_for_like = like_for_like(
+        client, trial, config.seed, [{**o, "seed": s} for s, o in zip(seeds, outcomes, strict=True)], n_val
+    )
     if epochs == int(trial["epochs_run"]):
         original = load_histories(client, [trial["run_id"]], COMPARED)
         summary.reproduced = same_history(original, outcomes[0]["history"])
@@ -378,9 +408,12 @@ def run_confirm(opts: ConfirmOptions) -> ConfirmSummary:
         for seed in range(config.seed, config.seed + opts.seeds):
             jobs.append((trial, seed, task.remote(config.replace(seed=seed, epochs=epochs).to_dict(), data_ref, False)))
     summary = ConfirmSummary(study.parent_run_id, epochs, opts.seeds)
+    config_of = {trial["run_id"]: config for (_, trial), (config, _) in zip(chosen.iterrows(), configs, strict=True)}
     by_trial: dict[str, list[dict]] = {}
+    outcomes_of: dict[str, list[dict]] = {}
     for trial, seed, future in jobs:
         outcome = ray.get(future)
+        outcomes_of.setdefault(trial["run_id"], []).append({**outcome, "seed": seed})
         run_id = log_seed_run(
             client,
             study.experiment_id,
@@ -413,6 +446,9 @@ def run_confirm(opts: ConfirmOptions) -> ConfirmSummary:
             "sweep_val_acc": float(trial["val_acc"]),
             "sweep_epochs": int(trial["epochs_run"]),
             "runs": runs,
+            "like_for_like": like_for_like(
+                client, trial, config_of[trial["run_id"]].seed, outcomes_of[trial["run_id"]], len(data.val.y)
+            ),
         }
         for key in ("best_val_acc", "val_acc", "train_acc"):
             values = [r[key] for r in runs if r[key] is not None]

@@ -1,5 +1,6 @@
 """`birdplane capacity` end to end: synthetic data, real Ray, a real mlflow server; and its bad inputs."""
 
+import json
 import signal
 import time
 
@@ -342,3 +343,34 @@ def test_the_sweep_and_the_capacity_grid_are_designs_of_the_study_runner():
 
     assert isinstance(Sweep(), Design) and isinstance(Capacity(), Design)
     assert (Sweep().kind, Capacity().kind) == ("sweep", "capacity"), "the manifest's kinds stay what they were"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_capacity_recipe_can_come_from_a_sweep_trial(smoke_sweep, capsys):
+    from study.cli import main as cli
+
+    best = max(smoke_sweep["summary"]["trials"], key=lambda t: t["val_acc"])
+    assert (
+        cli(
+            [
+                "capacity",
+                "--check",
+                "--json",
+                "--from-run",
+                best["run_id"],
+                "--tracking-uri",
+                smoke_sweep["uri"],
+                "--data-root",
+                str(smoke_sweep["data_root"]),
+                "--storage-path",
+                str(smoke_sweep["folder"] / "cap"),
+            ]
+        )
+        == 0
+    )
+    plan = json.loads(capsys.readouterr().out)
+    for key in ("lr", "batch_size", "loss", "optimizer", "activation", "weight_decay", "augment"):
+        assert plan["recipe"][key] == best["config"][key], key
+    assert "hidden_sizes" not in plan["recipe"] and "seed" not in plan["recipe"]
+    assert plan["recipe_source"] == f"run {best['run_id']}"
