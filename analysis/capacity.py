@@ -69,13 +69,13 @@ SIZE_TABLE_LEGEND = (
 _VAL_ACCURACIES = ("final_val_acc", "gap")
 
 
-def budget_of(space: dict) -> int | None:
+def epochs_of(space: dict) -> int | None:
     """The epochs every trial of the study was meant to run: the space's fixed ``epochs``."""
     epochs = space.get("epochs") if space else None
     return int(epochs) if isinstance(epochs, (int, float)) and not isinstance(epochs, bool) else None
 
 
-def split_by_budget(trials: pd.DataFrame, budget: int | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_by_epochs(trials: pd.DataFrame, budget: int | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(full, short): trials that ran ``budget`` epochs, and those that ran fewer (stopped early,
     diverged). Without a known budget every trial counts as full."""
     if budget is None or trials.empty or "epochs_run" not in trials.columns:

@@ -32,7 +32,7 @@ def best_table(reports: list[StudyReport]) -> pd.DataFrame:
             {
                 "experiment": r.experiment,
                 "trials": len(r.trials),
-                "budget": r.budget,
+                "epochs": r.epochs,
                 "best_val_acc": float(best["val_acc"]),
                 "best_train_acc": float(best["train_acc"]),
                 "best_gap": float(best["gap"]),
@@ -182,7 +182,7 @@ def write_comparison(reports: list[StudyReport], out: Path) -> list[Path]:
     written += [out / BEST_FILE, out / TRENDS_FILE]
     names = ", ".join(r.experiment for r in reports)
     counts = "; ".join(
-        f"{html.escape(r.experiment)}: {len(r.trials)} trials at the {r.budget}-epoch budget "
+        f"{html.escape(r.experiment)}: {len(r.trials)} trials at the {r.epochs}-epoch budget "
         f"({html.escape(r.left_out_text())})"
         for r in reports
     )

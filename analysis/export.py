@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 
-from analysis.capacity import budget_of
+from analysis.capacity import epochs_of
 from analysis.record import EPOCH_METRICS, TAG_NODE
 from analysis.runs import load_histories, load_study
 
@@ -30,14 +30,15 @@ def study_tables(client: MlflowClient, experiment: str) -> tuple[pd.DataFrame, p
     """(trials, curves) of the experiment's latest study; StudyNotFound when there is none."""
     study = load_study(client, experiment)
     trials = study.trials.copy()
-    budget = budget_of(study.space)
+    budget = epochs_of(study.space)
     if trials.empty:
         return trials, pd.DataFrame(columns=["run_id", "trial_id", "epoch", *EPOCH_METRICS])
     trials.insert(0, "experiment", experiment)
     trials.insert(1, "study_run_id", study.parent_run_id)
     trials.insert(2, "kind", study.kind)
-    trials["budget"] = budget
-    trials["reached_budget"] = trials["epochs_run"].ge(budget) if budget is not None else pd.NA
+    if "epochs" not in trials:  # each trial's epochs param is its budget; else the study's
+        trials["epochs"] = budget
+    trials["ran_all_epochs"] = trials["epochs_run"].ge(trials["epochs"]) if trials["epochs"].notna().all() else pd.NA
     trials["node"] = trials["run_id"].map(_nodes(client, trials["run_id"]))
     if "hidden_sizes" in trials:  # a list per row: kept as text, a parquet- and csv-safe type
         trials["hidden_sizes"] = trials["hidden_sizes"].map(

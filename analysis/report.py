@@ -20,15 +20,15 @@ import pandas as pd
 from analysis import figures
 from analysis.capacity import (
     SIZE_TABLE_LEGEND,
-    budget_of,
     comparisons,
     curve_trend,
     curves,
+    epochs_of,
     memorisation,
     per_size,
     readable,
     size_label,
-    split_by_budget,
+    split_by_epochs,
 )
 from analysis.overfitting import compare_by, edge_flags, importances, overfitting_summary, pareto_front
 from analysis.statistics import confirmation
@@ -68,7 +68,7 @@ class StudyReport:
     sizes: pd.DataFrame  # per size (and group): means, spreads and 95% intervals over seeds
     group: str | None  # what separates the curves: the regulariser, the loss, or nothing
     memorisation: dict  # per group: analysis.capacity.memorisation
-    budget: int | None
+    epochs: int | None  # the study's epoch budget (None: not fixed)
     short: pd.DataFrame  # finished trials below the budget, drawn apart
     curve_runs: list = field(default_factory=list)
     left_out: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LEFT_OUT_COLUMNS))
@@ -116,8 +116,8 @@ def analyse(
 ) -> StudyReport:
     """``n_val``: the validation split's size (else a ``val_size`` column of the trials, if any): it
     widens the accuracies' intervals by the split's binomial noise."""
-    budget = budget_of(space)
-    full, short = (trials, trials.iloc[0:0]) if include_short else split_by_budget(trials, budget)
+    budget = epochs_of(space)
+    full, short = (trials, trials.iloc[0:0]) if include_short else split_by_epochs(trials, budget)
     left = pd.concat(
         [left_out if left_out is not None else pd.DataFrame(columns=LEFT_OUT_COLUMNS), _short_reasons(short, budget)],
         ignore_index=True,
@@ -153,7 +153,7 @@ def analyse(
         sizes=sizes,
         group=group,
         memorisation={curve_name(g, d, sizes): memorisation(t) for (g, d), t in sizes.groupby(["group", "depth"])},
-        budget=budget,
+        epochs=budget,
         short=short,
         curve_runs=top + ([largest] if largest not in top else []),
         left_out=left,
@@ -362,7 +362,7 @@ def write_report(report: StudyReport, figs: dict, out: Path) -> list[Path]:
         if flagged.empty
         else "; ".join(f"{r.dimension} at its {r.edge} edge ({r.low}..{r.high})" for r in flagged.itertuples())
     )
-    budget = f"the {report.budget}-epoch budget" if report.budget else "an unknown budget"
+    budget = f"the {report.epochs}-epoch budget" if report.epochs else "an unknown budget"
     sections = [
         f"<h1>birdplane study: {html.escape(report.experiment)}</h1>",
         f"<p>{len(report.trials)} trials at {budget} ({html.escape(report.left_out_text())}). "

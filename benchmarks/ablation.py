@@ -37,7 +37,7 @@ def train(args: tuple[dict, dict]) -> dict:
 
 
 def main() -> None:
-    from analysis.capacity import budget_of
+    from analysis.capacity import epochs_of
     from study.reporting import open_study
     from study.rerun import pick_trial, trial_configs
 
@@ -52,7 +52,7 @@ def main() -> None:
     client, study, trials, _ = open_study(a.tracking_uri, a.experiment)
     trial = trials[trials["run_id"] == a.run].iloc[0] if a.run else pick_trial(trials, 1, "val_acc")
     config, data = trial_configs(client, trial)
-    epochs = a.epochs or budget_of(study.space) or config.epochs
+    epochs = a.epochs or epochs_of(study.space) or config.epochs
     base = config.replace(epochs=epochs, threads=1, device="cpu")
     variants = {"full recipe": {}} | {
         f"without {name}": change

@@ -394,9 +394,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         return compare_studies(args)
     args.experiment = args.experiment[0]
     report, paths, uri = build_report(args.tracking_uri, args.experiment, Path(args.out), args.include_short)
-    budget = f"the {report.budget}-epoch budget" if report.budget else "an unknown budget"
+    budget = f"the {report.epochs}-epoch budget" if report.epochs else "an unknown budget"
     if args.include_short:
-        budget = f"any budget (--include-short; the study's is {report.budget} epochs)"
+        budget = f"any budget (--include-short; the study's is {report.epochs} epochs)"
     print(
         f"study {args.experiment}: {len(report.trials)} trials at {budget} ({report.left_out_text()}), "
         f"best val_acc {report.trials['val_acc'].max():.4f}"
@@ -470,7 +470,7 @@ def compare_studies(args: argparse.Namespace) -> int:
     table = best_table(reports)
     print("studies compared (best trial at each study's budget):")
     print(
-        readable(table[["experiment", "trials", "budget", "best_val_acc", "best_gap", "best_param_count"]]).to_string(
+        readable(table[["experiment", "trials", "epochs", "best_val_acc", "best_gap", "best_param_count"]]).to_string(
             index=False
         )
     )

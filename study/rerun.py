@@ -381,7 +381,7 @@ def run_confirm(opts: ConfirmOptions) -> ConfirmSummary:
     run, tagged ``confirms=<the trial's run id>``, so the report can rebuild the frontier from
     equal-budget, multi-seed numbers. Validation only: the test split stays untouched.
     """
-    from analysis.capacity import budget_of
+    from analysis.capacity import epochs_of
     from study.runner import connect_ray
     from trainables.data import check_data, load_study_data
 
@@ -391,7 +391,7 @@ def run_confirm(opts: ConfirmOptions) -> ConfirmSummary:
         raise UsageError("--top, --seeds and --epochs must be >= 1")
     client, study, trials, _ = open_study(opts.tracking_uri, opts.experiment)
     chosen = select_for_confirmation(trials, opts.pareto, opts.top)
-    epochs = opts.epochs or budget_of(study.space)
+    epochs = opts.epochs or epochs_of(study.space)
     if epochs is None:
         raise UsageError("the study records no fixed epoch budget: give --epochs")
     configs = [trial_configs(client, trial) for _, trial in chosen.iterrows()]

@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 
 from analysis.capacity import (
-    budget_of,
     comparisons,
     curve_trend,
     curves,
+    epochs_of,
     memorisation,
     per_size,
     readable,
-    split_by_budget,
+    split_by_epochs,
 )
 from analysis.overfitting import capacity_frontier
 
@@ -57,7 +57,7 @@ def test_a_trial_stopped_early_is_kept_off_the_frontier_it_would_change():
         ]
     )
     assert list(capacity_frontier(trials)["run_id"]) == ["a", "c"]
-    full, short = split_by_budget(trials, budget_of({"epochs": 40}))
+    full, short = split_by_epochs(trials, epochs_of({"epochs": 40}))
     assert list(short["run_id"]) == ["c"]
     assert list(capacity_frontier(full)["run_id"]) == ["a", "b"]
 
@@ -66,7 +66,7 @@ def test_without_a_budget_every_trial_counts():
     trials = _trials(
         [{"run_id": "a", "hidden_sizes": (8,), "param_count": 1, "val_acc": 0.5, "train_acc": 0.5, "epochs_run": 3}]
     )
-    full, short = split_by_budget(trials, budget_of({"epochs": {"low": 1, "high": 9}}))
+    full, short = split_by_epochs(trials, epochs_of({"epochs": {"low": 1, "high": 9}}))
     assert len(full) == 1 and short.empty
 
 

@@ -263,8 +263,8 @@ def test_export_writes_one_row_per_trial_and_one_per_trial_epoch(smoke_sweep, tm
         "trial_id",
         "run_id",
         "outcome",
-        "budget",
-        "reached_budget",
+        "epochs",
+        "ran_all_epochs",
         "seed",
         "node",
         "lr",
@@ -282,7 +282,7 @@ def test_export_writes_one_row_per_trial_and_one_per_trial_epoch(smoke_sweep, tm
     by_run = {t["run_id"]: t for t in summary}
     for row in trials.itertuples():
         assert row.val_acc == pytest.approx(by_run[row.run_id]["val_acc"])
-        assert row.node == by_run[row.run_id]["node_id"] and row.budget == 2 and bool(row.reached_budget)
+        assert row.node == by_run[row.run_id]["node_id"] and row.epochs == 2 and bool(row.ran_all_epochs)
         assert row.trial_id == by_run[row.run_id]["trial_id"]
     assert len(curves) == sum(t["epochs"] for t in summary)
     assert set(curves.columns) >= {"run_id", "trial_id", "epoch", "train_loss", "val_acc", "lr"}
