@@ -20,7 +20,9 @@ from trainables.selection import best_record
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 TAG_ROLE = "birdplane.role"
-TAG_SWEEP = "birdplane.sweep"
+TAG_STUDY = (
+    "birdplane.sweep"  # the study name (value kept from when every study was a sweep: stored studies still read)
+)
 TAG_TRIAL = "ray_trial_id"
 TAG_OUTCOME = "outcome"
 TAG_RERUN_OF = "rerun_of"

@@ -26,7 +26,7 @@ from analysis.record import (
     TAG_PARENT,
     TAG_ROLE,
     TAG_RUN_NAME,
-    TAG_SWEEP,
+    TAG_STUDY,
     TAG_TRIAL,
     readable_name,
 )
@@ -126,7 +126,7 @@ class MlflowTrialLogger(tune.Callback):
         self,
         tracking_uri: str,
         experiment: str,
-        sweep_name: str,
+        study_name: str,
         parent_params: dict,
         parent_artifacts: dict[str, dict],
         data_config: dict,
@@ -140,7 +140,7 @@ class MlflowTrialLogger(tune.Callback):
         self.role = role  # the parent run's role: a sweep or a capacity study
         self.tracking_uri = tracking_uri
         self.experiment = experiment
-        self.sweep_name = sweep_name
+        self.study_name = study_name
         self.parent_params = parent_params
         self.parent_artifacts = parent_artifacts
         self.data_config = data_config
@@ -188,10 +188,10 @@ class MlflowTrialLogger(tune.Callback):
         if self.parent_run_id is None:
             self._client = MlflowClient(self.tracking_uri)
             self._experiment_id = store.ensure_experiment(self._client, self.experiment)
-            key = {TAG_SWEEP: self.sweep_name, TAG_ROLE: getattr(self, "role", ROLE_SWEEP)}
+            key = {TAG_STUDY: self.study_name, TAG_ROLE: getattr(self, "role", ROLE_SWEEP)}
             role = getattr(self, "role", ROLE_SWEEP)
             self.parent_run_id, created = store.ensure_run(
-                self._client, self._experiment_id, key, self.sweep_name, store.source_tags(f"birdplane {role}")
+                self._client, self._experiment_id, key, self.study_name, store.source_tags(f"birdplane {role}")
             )
             store.log_params(self._client, self.parent_run_id, self.parent_params)
             if created:
@@ -289,7 +289,7 @@ class MlflowTrialLogger(tune.Callback):
         train = (config or {}).get("train")
         tags = {
             TAG_ROLE: ROLE_TRIAL,
-            TAG_SWEEP: self.sweep_name,
+            TAG_STUDY: self.study_name,
             **extra,
             **store.source_tags(f"birdplane {getattr(self, 'role', ROLE_SWEEP)}"),
         }

@@ -320,7 +320,7 @@ def _log_capacity_study(client, name: str, epochs: int = 30) -> dict:
 
     rng = np.random.default_rng(0)
     experiment_id = client.create_experiment(name)
-    parent = client.create_run(experiment_id, tags={record.TAG_ROLE: record.ROLE_CAPACITY, record.TAG_SWEEP: name})
+    parent = client.create_run(experiment_id, tags={record.TAG_ROLE: record.ROLE_CAPACITY, record.TAG_STUDY: name})
     client.log_dict(parent.info.run_id, {"epochs": epochs}, "search_space.json")
     design = {
         (16,): (0.78, 0.85),

@@ -56,7 +56,7 @@ def _study_with(client, name: str, children: list[tuple[str, dict]]):
     from analysis import record
 
     experiment_id = client.create_experiment(name)
-    parent = client.create_run(experiment_id, tags={record.TAG_ROLE: record.ROLE_SWEEP, record.TAG_SWEEP: name})
+    parent = client.create_run(experiment_id, tags={record.TAG_ROLE: record.ROLE_SWEEP, record.TAG_STUDY: name})
     client.log_dict(
         parent.info.run_id, {"depth": 1, "width": {"low": 8, "high": 64, "log": True}, "epochs": 2}, "search_space.json"
     )
