@@ -132,7 +132,7 @@ def test_rerun_reproduces_the_same_seed_trial_exactly_and_adds_test_numbers(smok
     }
     version = client.get_model_version("birdplane-smoke", "1")
     assert version.run_id == first.info.run_id
-    assert client.get_model_version_by_alias("birdplane-smoke", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("birdplane-smoke", "champion").version) == "1"
     for uri in ("models:/birdplane-smoke/1", "models:/birdplane-smoke@champion"):
         registered = run_birdplane(
             "predict", "--model", uri, "--tracking-uri", smoke_sweep["uri"], tree / "test" / "bird", "--json"
