@@ -416,7 +416,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     ]
     print(
         "\nper size (means over seeds; final_val_acc_sd their sd; val_loss_rise = final - minimum val loss; "
-        "onset = median overfitting-onset epoch):"
+        "onset = median val-loss onset epoch of the seeds that show one):"
     )
     print(readable(report.sizes[columns]).to_string(index=False))
     for group, m in report.memorisation.items():
