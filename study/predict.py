@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,26 @@ class Prediction:
     error: str | None = None
 
 
+@contextmanager
+def registry(uri: str):
+    """MLflow's registry URI set to ``uri`` for the block, then put back: ``mlflow.set_registry_uri``
+    also exports MLFLOW_REGISTRY_URI, which would leak into the caller's later clients and child
+    processes (a later `rerun --register` registered into this store instead of its own)."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+
+    previous, previous_env = registry_utils._registry_uri, os.environ.get("MLFLOW_REGISTRY_URI")
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        registry_utils._registry_uri = previous
+        if previous_env is None:
+            os.environ.pop("MLFLOW_REGISTRY_URI", None)
+        else:
+            os.environ["MLFLOW_REGISTRY_URI"] = previous_env
+
+
 def resolve_model(model: str, tracking_uri: str | None, folder: Path) -> Path:
     """A local file, or an MLflow artifact URI (runs:/ID/model.pt, models:/..., mlflow-artifacts:/...)
     downloaded into ``folder`` (the caller's, which it removes)."""
@@ -36,8 +58,10 @@ def resolve_model(model: str, tracking_uri: str | None, folder: Path) -> Path:
 
         try:
             uri = resolve_tracking_uri(tracking_uri)
-            mlflow.set_registry_uri(uri)  # models:/ URIs are resolved by the registry, not the tracking URI
-            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, tracking_uri=uri, dst_path=str(folder)))
+            with registry(uri):  # models:/ URIs are resolved by the registry, not the tracking URI
+                path = Path(
+                    mlflow.artifacts.download_artifacts(artifact_uri=model, tracking_uri=uri, dst_path=str(folder))
+                )
         except Exception as err:  # MLflow raises several types for a bad URI
             raise UsageError(f"cannot fetch model {model}: {str(err).splitlines()[0]}") from None
         if path.is_dir():  # a registered version (models:/NAME/1) is a folder holding model.pt

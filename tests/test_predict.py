@@ -186,3 +186,20 @@ def test_predict_from_an_mlflow_uri_leaves_no_downloaded_copy_behind(image_tree,
     assert main(["predict", "--model", f"runs:/{run.info.run_id}/model.pt", "--tracking-uri", uri, str(image)]) == 0
     assert capsys.readouterr().out.split("\t")[1] in ("airplane", "bird")
     assert list(scratch.iterdir()) == [], "the downloaded model was removed after loading"
+
+
+def test_predict_from_an_mlflow_uri_leaves_the_caller_s_registry_uri_as_it_was(image_tree, tmp_path, monkeypatch):
+    # mlflow.set_registry_uri exports MLFLOW_REGISTRY_URI: left behind, a later rerun --register in the
+    # same process tree registered its model into this store instead of its own tracking server.
+    import os
+
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    model = tmp_path / "model.pt"
+    _train_bundle(image_tree, tmp_path / "cache", model)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("p", artifact_location=(tmp_path / "a").as_uri()))
+    client.log_artifact(run.info.run_id, str(model))
+    image = sorted((image_tree / "test" / "bird").iterdir())[0]
+    assert main(["predict", "--model", f"runs:/{run.info.run_id}/model.pt", "--tracking-uri", uri, str(image)]) == 0
+    assert "MLFLOW_REGISTRY_URI" not in os.environ, "predict left its registry URI to the caller's process"
