@@ -89,6 +89,19 @@ def trends_table(reports: list[StudyReport]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TREND_COLUMNS)
 
 
+def _curve_with_band(ax, rows, metric: str, j: int, colour, label: str) -> None:
+    """One curve's per-size means of ``metric`` and its 95% band (``metric``_low/_high), the j-th line style."""
+    ax.plot(
+        rows["param_count"],
+        rows[metric],
+        ["-o", "--s", ":D", "-.^"][j % 4],
+        color=colour,
+        ms=4,
+        label=f"{label} (mean, 95% CI)",
+    )
+    ax.fill_between(rows["param_count"], rows[f"{metric}_low"], rows[f"{metric}_high"], color=colour, alpha=0.12, lw=0)
+
+
 def _curves(r: StudyReport):
     """(label, rows by size) per curve of a study's per-size table: group and depth apart."""
     depths = r.sizes["depth"].nunique() if not r.sizes.empty else 0
@@ -108,22 +121,7 @@ def frontier_figure(reports: list[StudyReport]):
         ax.scatter(t["param_count"], t["val_acc"], color=colour, s=14, alpha=0.45)
         if not r.sizes.empty and (r.sizes["seeds"] > 1).any():
             for j, (label, rows) in enumerate(_curves(r)):
-                ax.plot(
-                    rows["param_count"],
-                    rows["final_val_acc"],
-                    ["-o", "--s", ":D", "-.^"][j % 4],
-                    color=colour,
-                    ms=4,
-                    label=f"{label} (mean, 95% CI)",
-                )
-                ax.fill_between(
-                    rows["param_count"],
-                    rows["final_val_acc_low"],
-                    rows["final_val_acc_high"],
-                    color=colour,
-                    alpha=0.12,
-                    lw=0,
-                )
+                _curve_with_band(ax, rows, "final_val_acc", j, colour, label)
         else:
             front = capacity_frontier(t)
             xs = list(front["param_count"]) + [t["param_count"].max()]
@@ -145,15 +143,7 @@ def gap_figure(reports: list[StudyReport]):
             ax.plot([], [], color=colour, label=f"{r.experiment}: one seed a size, no curve")
             continue
         for j, (label, rows) in enumerate(_curves(r)):
-            ax.plot(
-                rows["param_count"],
-                rows["gap"],
-                ["-o", "--s", ":D", "-.^"][j % 4],
-                color=colour,
-                ms=4,
-                label=f"{label} (mean, 95% CI)",
-            )
-            ax.fill_between(rows["param_count"], rows["gap_low"], rows["gap_high"], color=colour, alpha=0.12, lw=0)
+            _curve_with_band(ax, rows, "gap", j, colour, label)
     ax.axhline(0, color="black", lw=0.8)
     return _finish(
         fig, ax, "parameters", "train_acc - val_acc (final)", "Generalisation gap, per study and depth", 8, log_x=True
