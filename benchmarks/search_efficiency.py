@@ -51,6 +51,9 @@ def one_sweep(search: str, seed: int, a, work: Path) -> dict:
         seed=seed,
         search="random" if search == "random" else "tpe",
         sampler="tpe" if search == "random" else sampler,
+        # Every searcher under the same (asynchronous) ASHA: Ray's random search cannot batch, so the
+        # reproducible mode would give it another scheduler than the others.
+        reproducible=False,
         name=name,
         storage_path=str(work / "ray"),
         tracking_uri=uri,

@@ -241,6 +241,14 @@ def _sweep_parser(sub) -> None:
         "MLflow parent run gets them; --space may widen numeric ranges",
     )
     p.add_argument(
+        "--reproducible",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the same flags, seed and data give the same trials and metrics: the searcher sees whole "
+        "batches in trial order, ASHA decides against earlier batches (default: on for a local Ray, off "
+        "with --address)",
+    )
+    p.add_argument(
         "--optuna-storage",
         default=None,
         help="the Optuna study's database (study name = --name); default: optuna.db beside the MLflow "
@@ -270,6 +278,7 @@ def sweep_options(args: argparse.Namespace) -> SweepOptions:
         search=args.search,
         optuna_storage=args.optuna_storage,
         sampler=args.sampler,
+        reproducible=args.reproducible,
     )
 
 

@@ -10,6 +10,7 @@ Ray, MLflow and Optuna are imported inside the functions that use them (see stud
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -49,6 +50,15 @@ class SweepOptions(StudyOptions):
     optuna_storage: str | None = None  # an Optuna RDB URL: the study is persisted there (optuna-dashboard)
     sampler: str = "tpe"  # the Optuna sampler behind --search tpe: tpe, gp, qmc or random
     extends: str | None = None  # --extend: the sweep whose Optuna study and MLflow parent run this one continues
+    # Same flags, seed and data -> the same trials (study/reproducible.py); None: on for a local Ray
+    # instance, off on a cluster (--address), where batches wait for the slowest node.
+    reproducible: bool | None = None
+
+    @property
+    def is_reproducible(self) -> bool:
+        if self.reproducible is not None:
+            return self.reproducible
+        return self.address in (None, "local")
 
     @property
     def study_name(self) -> str:
@@ -77,6 +87,7 @@ def default_optuna_storage(tracking_uri: str, storage_path: str) -> str | None:
 def prepare(opts: SweepOptions, data: DataConfig, space: SearchSpace | None = None) -> SweepPrepared:
     """Every check that needs neither Ray nor training; raises UsageError with one line.
     ``space`` replaces the space file (an extension's checked space)."""
+    opts = dataclasses.replace(opts, reproducible=opts.is_reproducible)  # the manifest records the mode used
     if opts.num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {opts.num_samples}")
     if opts.metric not in ("val_acc", "val_loss"):
@@ -107,6 +118,11 @@ def prepare(opts: SweepOptions, data: DataConfig, space: SearchSpace | None = No
         raise UsageError("search space: epochs must be fixed (or give --epochs): ASHA needs a budget")
     if epochs.fixed < 1:
         raise UsageError(f"search space: epochs must be >= 1 in a sweep, got {epochs.fixed}")
+    if opts.is_reproducible and opts.search == "random" and opts.scheduler == "asha":
+        raise UsageError(
+            "--search random with --scheduler asha is not reproducible (Ray's random search does not "
+            "batch): use --sampler random (Optuna's, reproducible), --scheduler none, or --no-reproducible"
+        )
     if opts.scheduler == "asha" and opts.grace_epochs is not None and opts.grace_epochs > epochs.fixed:
         raise UsageError(f"--grace-epochs {opts.grace_epochs} exceeds the {epochs.fixed} epochs of a trial")
     loss = space.dimensions.get("loss")
@@ -121,7 +137,11 @@ def prepare(opts: SweepOptions, data: DataConfig, space: SearchSpace | None = No
     if opts.resume:  # the study the interrupted sweep persisted, wherever that was
         found = manifest.read(manifest.experiment_path(storage, opts.name))
         optuna_storage = found.optuna_storage
-        opts = dataclasses.replace(opts, extends=found.options.get("extends") or None)
+        opts = dataclasses.replace(
+            opts,
+            extends=found.options.get("extends") or None,
+            reproducible=bool(found.options.get("reproducible", False)),  # the mode it started in
+        )
     elif optuna_storage is None and opts.search == "tpe":
         optuna_storage = default_optuna_storage(uri, storage)
     if optuna_storage == "none":
@@ -191,6 +211,8 @@ def prepare_extension(opts: SweepOptions, data: DataConfig | None, count: int) -
         grace_epochs=flags.get("grace_epochs"),
         search="tpe",
         sampler=flags.get("sampler", opts.sampler),
+        # The sweep's own mode unless this command says otherwise (a sweep from before the flag: async).
+        reproducible=opts.reproducible if opts.reproducible is not None else bool(flags.get("reproducible", False)),
         seed=int(flags.get("seed", 0)) + k,
         tracking_uri=base.tracking_uri,
         experiment=base.experiment,
@@ -223,7 +245,9 @@ def warm_start(url: str | None, study_name: str, directions: list[str]):
         done = optuna.load_study(study_name=study_name, storage=url).get_trials(
             deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
         )
-        study.add_trials(done)
+        # In a stable order (the persisted copy is written in completion order), so that a reproducible
+        # sweep's extension is reproducible too.
+        study.add_trials(sorted(done, key=lambda t: (json.dumps(t.params, sort_keys=True, default=str), t.values)))
     return memory
 
 
@@ -303,15 +327,32 @@ def build_tuner(
                     prep.optuna_storage, prep.study_name, metrics, directions, prep.space.optuna_distributions()
                 ),
             ]
-        searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrency)
+        if opts.is_reproducible:
+            from study.reproducible import OrderedBatchLimiter
+
+            searcher = OrderedBatchLimiter(searcher, max_concurrent=concurrency)
+        else:
+            searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrency)
     scheduler = None
-    if opts.scheduler == "asha":
+    grace = opts.grace_epochs or min(DEFAULT_GRACE, prep.epochs)
+    if opts.scheduler == "asha" and opts.is_reproducible:
+        from study.reproducible import BatchedHalving
+
+        scheduler = BatchedHalving(
+            metric=prep.metric,
+            mode=prep.mode,
+            max_t=prep.epochs,
+            grace_period=grace,
+            reduction_factor=3,
+            batch_size=concurrency,
+        )
+    elif opts.scheduler == "asha":
         scheduler = ASHAScheduler(
             time_attr="epoch",
             metric=prep.metric,
             mode=prep.mode,
             max_t=prep.epochs,
-            grace_period=opts.grace_epochs or min(DEFAULT_GRACE, prep.epochs),
+            grace_period=grace,
             reduction_factor=3,
         )
     tune_config = tune.TuneConfig(

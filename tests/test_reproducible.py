@@ -1,0 +1,125 @@
+"""The reproducible search's two pieces, on the real Ray and Optuna objects: a batch's results reach
+Optuna in trial order whatever order they finish in, and successive halving decides against earlier
+batches only, so its decisions do not depend on arrival order."""
+
+from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from study.reproducible import BatchedHalving, OrderedBatchLimiter, batch_rungs, rung_cutoff
+
+
+def space(trial):
+    trial.suggest_float("x", 0.0, 1.0)
+
+
+def limited_searcher(batch: int) -> OrderedBatchLimiter:
+    searcher = OptunaSearch(space=space, metric="val_acc", mode="max", sampler=optuna.samplers.RandomSampler(seed=0))
+    return OrderedBatchLimiter(searcher, max_concurrent=batch)
+
+
+@pytest.mark.parametrize("finish_order", [(2, 0, 1), (1, 2, 0), (0, 1, 2)])
+def test_a_batch_s_results_reach_optuna_in_trial_order_whatever_order_they_finish_in(finish_order):
+    limiter = limited_searcher(3)
+    ids = [f"t{k}" for k in (7, 3, 5)]  # Tune's ids are random: the suggestion order is what counts
+    for tid in ids:
+        assert limiter.suggest(tid) is not None
+    assert limiter.suggest("t9") is None, "a 4th trial was suggested before the batch of 3 finished"
+    study = limiter.searcher._ot_study
+    told = []
+    for k in finish_order:
+        limiter.on_trial_complete(ids[k], result={"val_acc": 0.5 + k / 10})
+        told.append([t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
+    assert told[:-1] == [[]] * (len(ids) - 1), "results reached Optuna before the whole batch had finished"
+    complete = sorted(
+        (t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: t.datetime_complete
+    )
+    assert [t.number for t in complete] == [0, 1, 2], "told to Optuna in completion order, not trial order"
+    assert [t.value for t in complete] == [0.5, 0.6, 0.7], "a trial's value went to another trial"
+    assert limiter.suggest("t9") is not None, "the next batch did not start once the batch was told"
+
+
+def test_the_plain_limiter_tells_in_completion_order_so_the_test_above_can_fail():
+    from ray.tune.search import ConcurrencyLimiter
+
+    searcher = OptunaSearch(space=space, metric="val_acc", mode="max", sampler=optuna.samplers.RandomSampler(seed=0))
+    limiter = ConcurrencyLimiter(searcher, max_concurrent=3, batch=True)
+    for tid in ("a", "b", "c"):
+        limiter.suggest(tid)
+    for tid in ("c", "a", "b"):
+        limiter.on_trial_complete(tid, result={"val_acc": 0.5})
+    done = sorted(searcher._ot_study.trials, key=lambda t: t.datetime_complete)
+    assert [t.number for t in done] == [2, 0, 1]
+
+
+def test_the_rungs_and_cutoff_are_asha_s():
+    for grace, max_t, rf in [(4, 40, 3), (1, 2, 3), (1, 27, 3), (2, 100, 4), (1, 1000, 2)]:
+        asha = AsyncHyperBandScheduler(grace_period=grace, max_t=max_t, reduction_factor=rf, metric="m", mode="max")
+        milestones = sorted(m for m, _ in asha._brackets[0]._rungs)
+        assert batch_rungs(grace, max_t, rf) == [m for m in milestones if m < max_t], (grace, max_t, rf)
+        values = {str(i): float(v) for i, v in enumerate([0.3, 0.9, 0.5, 0.7, 0.1])}
+        assert rung_cutoff(list(values.values()), rf) == pytest.approx(asha._brackets[0].cutoff(values))
+    assert rung_cutoff([], 3) is None
+
+
+def decisions(order: list[tuple[int, int, float]], batch_size: int = 2) -> dict:
+    """Feed (trial number, epoch, val_acc) results to a fresh BatchedHalving in the given arrival order;
+    the decision for each (trial, epoch)."""
+    sched = BatchedHalving(
+        metric="val_acc", mode="max", max_t=9, grace_period=1, reduction_factor=3, batch_size=batch_size
+    )
+    trials = [SimpleNamespace(trial_id=f"id{n}") for n in range(6)]
+    for t in trials:
+        sched.on_trial_add(None, t)
+    return {(n, e): sched.on_trial_result(None, trials[n], {"epoch": e, "val_acc": v}) for n, e, v in order}
+
+
+def test_halving_decisions_do_not_depend_on_the_arrival_order_within_a_batch():
+    # batch 0 = trials 0, 1 (all finish before batch 1 starts); batch 1 = trials 2, 3; batch 2 = 4, 5.
+    first = [(0, 1, 0.80), (1, 1, 0.60), (0, 3, 0.85), (1, 3, 0.65)]
+    second = [(2, 1, 0.70), (3, 1, 0.50), (2, 3, 0.90), (3, 3, 0.55)]
+    third = [(4, 1, 0.79), (5, 1, 0.81)]
+    outcomes = set()
+    for a, b in itertools.product(itertools.permutations(second), itertools.permutations(third)):
+        outcomes.add(tuple(sorted(decisions(first + list(a) + list(b)).items())))
+    assert len(outcomes) == 1, "the same results in another arrival order gave other decisions"
+    got = dict(next(iter(outcomes)))
+    assert {k: v for k, v in got.items() if k[0] < 2} == dict.fromkeys(((0, 1), (1, 1), (0, 3), (1, 3)), "CONTINUE")
+    # Batch 1 at epoch 1 against batch 0's {0.80, 0.60}: cutoff = the 2/3 quantile = 0.733.
+    assert got[(2, 1)] == TrialScheduler.STOP and got[(3, 1)] == TrialScheduler.STOP
+    # Batch 2 against batches 0 and 1 at epoch 1 {0.8, 0.6, 0.7, 0.5}: cutoff 0.74.
+    assert got[(4, 1)] == TrialScheduler.CONTINUE and got[(5, 1)] == TrialScheduler.CONTINUE
+
+
+def test_a_trial_at_the_budget_is_stopped_and_results_without_the_metric_continue():
+    got = decisions([(0, 9, 0.5)])
+    assert got[(0, 9)] == TrialScheduler.STOP
+    sched = BatchedHalving(metric="val_acc", mode="min", max_t=9, grace_period=1, reduction_factor=3, batch_size=1)
+    t0, t1 = SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")
+    sched.on_trial_add(None, t0)
+    sched.on_trial_add(None, t1)
+    assert sched.on_trial_result(None, t0, {"epoch": 1}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(None, t0, {"epoch": 1, "val_acc": 0.2}) == TrialScheduler.CONTINUE
+    # mode min: a higher loss than batch 0's is cut, a lower one is kept.
+    assert sched.on_trial_result(None, t1, {"epoch": 1, "val_acc": 0.3}) == TrialScheduler.STOP
+
+
+def test_ray_s_random_search_with_asha_is_refused_in_reproducible_mode_and_allowed_without(tmp_path):
+    from tests.conftest import make_image_tree, run_birdplane
+
+    tree = make_image_tree(tmp_path / "img", per_class=4, test_per_class=1, classes=("airplane", "bird"))
+    common = ["sweep", "--check", "--search", "random", "--data-root", tree, "--storage-path", tmp_path / "ray"]
+    common += ["--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--cache-dir", tmp_path / "cache"]
+    refused = run_birdplane(*common)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "birdplane: error: --search random with --scheduler asha is not reproducible (Ray's random search does not "
+        "batch): use --sampler random (Optuna's, reproducible), --scheduler none, or --no-reproducible"
+    ], refused.stderr
+    assert run_birdplane(*common, "--no-reproducible").returncode == 0
+    assert run_birdplane(*common, "--scheduler", "none").returncode == 0

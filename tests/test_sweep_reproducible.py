@@ -1,0 +1,98 @@
+"""A seeded sweep gives the same search: two reproducible sweeps (real Ray, concurrency 2, early
+stopping on) and their extensions give identical trial tables; only timings differ."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from mlflow import MlflowClient
+
+from analysis.export import study_tables
+from tests.conftest import make_image_tree, run_birdplane
+from tests.test_sweep import small_space
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+# What differs between two runs of one search however reproducible it is: ids, clocks, hosts.
+NOT_THE_SEARCH = ("experiment", "study_run_id", "run_id", "trial_id", "node")
+NAMES = ("rep", "rep-ext1")
+CLOCKS = ("time", "seconds", "duration", "per_second")
+
+
+def _search_columns(frame):
+    return sorted(c for c in frame.columns if c not in NOT_THE_SEARCH and not any(w in c for w in CLOCKS))
+
+
+def trial_table(uri: str, experiment: str):
+    trials, curves = study_tables(MlflowClient(uri), experiment)
+    table = trials[_search_columns(trials)].sort_values("seed").reset_index(drop=True)
+    per_epoch = curves.merge(trials[["run_id", "seed"]], on="run_id")
+    per_epoch = per_epoch[_search_columns(per_epoch)].sort_values(["seed", "epoch"]).reset_index(drop=True)
+    return table, per_epoch
+
+
+def digest(table, per_epoch) -> str:
+    return hashlib.sha256((table.to_csv(index=False) + per_epoch.to_csv(index=False)).encode()).hexdigest()
+
+
+def sweep(root, tree, tmp_path, name: str, *extra):
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    common = ["--data-root", tree, "--cache-dir", tmp_path / "cache", "--storage-path", root / "ray"]
+    common += ["--tracking-uri", uri, "--max-concurrent", 2, "--cpus-per-trial", 1]
+    proc = run_birdplane(
+        "sweep",
+        "--name",
+        name,
+        "--num-samples",
+        6,
+        "--space",
+        small_space(tmp_path, epochs=4),
+        "--grace-epochs",
+        1,
+        "--seed",
+        3,
+        *common,
+        *extra,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return uri, common
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    # Overlapping classes (colour jitter), so recipes reach different accuracies and halving cuts some.
+    return make_image_tree(
+        tmp_path_factory.mktemp("repro-images"), per_class=60, test_per_class=5, classes=("airplane", "bird"), jitter=80
+    )
+
+
+def test_two_reproducible_sweeps_and_their_extensions_give_identical_trial_tables(tree, tmp_path):
+    digests, tables = [], []
+    for k in range(2):
+        root = tmp_path / f"run{k}"
+        root.mkdir()
+        # The default on a local Ray is reproducible: the first run relies on it, the second says it.
+        uri, common = sweep(root, tree, tmp_path, "rep", *(["--reproducible"] if k else []))
+        first = trial_table(uri, "rep")
+        ext = run_birdplane("sweep", "--name", "rep", "--extend", 2, *common)
+        assert ext.returncode == 0, ext.stderr[-3000:]
+        both = trial_table(uri, "rep")
+        modes = [
+            json.loads((root / "ray" / n / "birdplane.json").read_text())["options"]["reproducible"] for n in NAMES
+        ]
+        assert modes == [True, True], "the manifests do not record the reproducible mode the sweep ran in"
+        digests.append((digest(*first), digest(*both)))
+        tables.append(both)
+    table, per_epoch = tables[0]
+    # The situation where timing could show: early stopping cut some trials, the others ran the budget.
+    assert len(table) == 8 and table["epochs_run"].nunique() > 1, table[["seed", "epochs_run"]]
+    assert len(per_epoch) == table["epochs_run"].sum()
+    for k, what in enumerate(("trial table", "per-epoch metrics")):
+        same_shape = tables[0][k].columns.equals(tables[1][k].columns) and len(tables[0][k]) == len(tables[1][k])
+        diff = tables[0][k].compare(tables[1][k]) if same_shape else "(other columns or rows)"
+        assert tables[0][k].to_csv(index=False) == tables[1][k].to_csv(index=False), (
+            f"the same seed gave another search ({what}):\n{diff}"
+        )
+    assert digests[0] == digests[1]
