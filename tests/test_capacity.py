@@ -244,6 +244,8 @@ def test_a_design_file_and_a_recipe_file_make_the_plan(capacity_tree, tmp_path, 
         "epochs": 30,
         "regulariser": "weight_decay",
         "values": [0.0, 0.001],
+        "tune": None,
+        "tune_values": [],
     }
     assert plan["runs"] == 2 * 1 * 3 * 2
     assert (plan["recipe"]["optimizer"], plan["recipe"]["lr"], plan["recipe"]["schedule"], plan["recipe"]["loss"]) == (
