@@ -89,7 +89,7 @@ def heatmap_figure(grids: dict, threshold: int | None = None):
             fig.colorbar(image, ax=ax, fraction=0.04)
             counts = [int(c) for c, _ in table.index]
             ax.set_yticks(np.arange(len(table)))
-            ax.set_yticklabels([f"{s} ({c:,})" for c, s in table.index], fontsize=6)
+            ax.set_yticklabels([f"{s} ({int(c):,})" for c, s in table.index], fontsize=6)
             line = threshold_row(counts, threshold)
             if line is not None:
                 ax.axhline(line, color="white", ls="--", lw=1.2)

@@ -400,8 +400,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     budget = f"the {report.epochs}-epoch budget" if report.epochs else "an unknown budget"
     if args.include_short:
         budget = f"any budget (--include-short; the study's is {report.epochs} epochs)"
+    tuned = (
+        f" at the chosen values of {int(report.tuning['seeds'].sum())} trained (val's reporting half)"
+        if report.tuning is not None
+        else ""
+    )
     print(
-        f"study {args.experiment}: {len(report.trials)} trials at {budget} ({report.left_out_text()}), "
+        f"study {args.experiment}: {len(report.trials)} trials{tuned} at {budget} ({report.left_out_text()}), "
         f"best val_acc {report.trials['val_acc'].max():.4f}"
     )
     columns = [
