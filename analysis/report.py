@@ -36,14 +36,8 @@ from analysis.power import power_text, study_power
 from analysis.statistics import confirmation
 from analysis.tuning import CHOICE_LEGEND, choose, on_reporting_half, shift_text, tuned_field, tuning_figure
 
-FIGURE_FILES = (
-    "capacity.png",
-    "gap.png",
-    "epochwise.png",
-    "learning_curves.png",
-    "hyperparameters.png",
-    "importance.png",
-)
+FIGURE_FILES = ("capacity.png", "gap.png", "learning_curves.png", "hyperparameters.png", "importance.png")
+# and, for a capacity study, epochwise.png; for a tuned one, tuning.png
 TABLE_FILE = "capacity_table.csv"
 LEFT_OUT_COLUMNS = ["run_id", "trial_id", "reason"]
 TREND_METRICS = {
@@ -281,11 +275,12 @@ def make_figures(report: StudyReport, histories: pd.DataFrame, space: dict) -> d
             report.trials, report.sizes, report.short, report.group, report.threshold
         ),
         "gap.png": figures.gap_figure(report.trials, report.sizes, report.group, report.threshold),
-        "epochwise.png": heatmap_figure(report.epoch_grids, report.threshold),
         "learning_curves.png": figures.learning_curves_figure(report.trials, histories, report.curve_runs),
         "hyperparameters.png": figures.hyperparameter_figure(report.trials, space),
         "importance.png": figures.importance_figure(report.importances),
     }
+    if report.epoch_grids:
+        figs["epochwise.png"] = heatmap_figure(report.epoch_grids, report.threshold)
     if report.tuning is not None:
         figs["tuning.png"] = tuning_figure(report.tuning, report.threshold)
     return figs
