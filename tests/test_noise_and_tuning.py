@@ -210,3 +210,33 @@ def test_epoch_grids_hold_the_seed_mean_of_each_size_at_each_epoch_per_curve():
     assert loss.iloc[0].tolist() == pytest.approx([0.2, 0.3, 0.4]) and loss.iloc[1].tolist() == pytest.approx(
         [0.3, 0.4, 0.5]
     )
+
+
+def test_the_report_prints_the_minimum_detectable_difference_of_its_own_seeds():
+    from analysis.power import min_detectable_difference
+    from analysis.report import power_line, threshold_text
+
+    report = analyse("t", _tuned(ROWS), NO_CURVES, {"epochs": 3}, kind="capacity", threshold=100_000)
+    sd = report.power["pooled_sd"]
+    assert report.power["seeds"] == 2 and report.power["mdd"] == pytest.approx(min_detectable_difference(sd, 2))
+    assert f"{report.power['mdd']:.3f} with 2 seeds a size" in power_line(report)
+    assert threshold_text(report).endswith("100,000 parameters; 1 of 2 sizes lie below it")  # [8]: 24,602
+
+
+def test_compared_studies_mark_the_threshold_too():
+    from analysis.compare import frontier_figure, gap_figure
+
+    report = analyse("t", _tuned(ROWS), NO_CURVES, {"epochs": 3}, kind="capacity", threshold=18000)
+    for fig in (frontier_figure([report]), gap_figure([report])):
+        assert any(list(line.get_xdata()) == [18000, 18000] for line in fig.axes[0].lines)
+
+
+def test_widths_from_1_make_a_plan(image_tree, tmp_path, capsys):
+    import json
+
+    from study.cli import main
+
+    argv = ["capacity", "--check", "--json", "--widths", "1,2,3", "--data-root", str(image_tree)]
+    assert main([*argv, "--storage-path", str(tmp_path / "ray")]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["design"]["widths"] == [1, 2, 3] and plan["runs"] == 3 * 2 * 3
