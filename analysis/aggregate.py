@@ -28,11 +28,13 @@ def mean_sd_text(values: list[float], digits: int = 4) -> str:
 
 
 def seed_groups(trials: list[dict]) -> dict[tuple[str, int, str], list[dict]]:
-    """A capacity study's summary trials by (regulariser value, param_count, cell), sorted so."""
+    """A capacity study's summary trials by (regulariser value [and tuned value], param_count, cell), sorted so."""
     cells: dict[tuple[str, int, str], list[dict]] = {}
     for t in trials:
         tags = t.get("tags") or {}
-        key = (tags.get(record.TAG_REGULARISER, "none"), t.get("param_count") or 0, tags.get(record.TAG_CELL, "?"))
+        tuned = tags.get(record.TAG_TUNE, "none")  # a tuned study: each value's seeds apart
+        group = tags.get(record.TAG_REGULARISER, "none") + ("" if tuned == "none" else f" {tuned}")
+        key = (group, t.get("param_count") or 0, tags.get(record.TAG_CELL, "?"))
         cells.setdefault(key, []).append(t)
     return dict(sorted(cells.items()))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from analysis.figures import _finish
+from analysis.figures import _finish, mark_threshold
 from analysis.overfitting import capacity_frontier
 from analysis.report import StudyReport, _table, config_label
 
@@ -127,6 +127,7 @@ def frontier_figure(reports: list[StudyReport]):
             xs = list(front["param_count"]) + [t["param_count"].max()]
             ys = list(front["val_acc"]) + [front["val_acc"].iloc[-1]]
             ax.step(xs, ys, where="post", color=colour, lw=1.4, label=f"{r.experiment} (best at or below size)")
+    _thresholds(ax, reports)
     return _finish(
         fig, ax, "parameters", "val_acc (final)", "Capacity frontiers (bands: 95% CI of the mean)", 8, log_x=True
     )
@@ -145,9 +146,16 @@ def gap_figure(reports: list[StudyReport]):
         for j, (label, rows) in enumerate(_curves(r)):
             _curve_with_band(ax, rows, "gap", j, colour, label)
     ax.axhline(0, color="black", lw=0.8)
+    _thresholds(ax, reports)
     return _finish(
         fig, ax, "parameters", "train_acc - val_acc (final)", "Generalisation gap, per study and depth", 8, log_x=True
     )
+
+
+def _thresholds(ax, reports: list[StudyReport]) -> None:
+    """Each distinct interpolation threshold of the studies compared (their data may differ)."""
+    for threshold in sorted({r.threshold for r in reports if getattr(r, "threshold", None)}):
+        mark_threshold(ax, threshold)
 
 
 def write_comparison(reports: list[StudyReport], out: Path) -> list[Path]:

@@ -32,6 +32,12 @@ def _finish(
     return fig
 
 
+def mark_threshold(ax, threshold: int | None) -> None:
+    """The interpolation threshold (parameters = training samples x classes) on a parameter axis."""
+    if threshold:
+        ax.axvline(threshold, color="0.3", ls=":", lw=1.2, label=f"threshold n x classes = {threshold:,}")
+
+
 def _group_colour(i: int, name) -> str:
     return LOSS_COLOURS.get(name) or plt.cm.tab10(i % 10)
 
@@ -65,7 +71,9 @@ def _band_legend(ax) -> None:
     ax.add_artist(ax.legend(handles=[Patch(color="0.6", alpha=0.3, label=BAND_LABEL)], loc="lower right", fontsize=7))
 
 
-def capacity_figure(trials: pd.DataFrame, sizes: pd.DataFrame, short: pd.DataFrame, group: str | None):
+def capacity_figure(
+    trials: pd.DataFrame, sizes: pd.DataFrame, short: pd.DataFrame, group: str | None, threshold: int | None = None
+):
     """Accuracy against parameter count.
 
     Several seeds per size: one curve per group (regulariser value, or loss) and depth of the mean
@@ -113,11 +121,12 @@ def capacity_figure(trials: pd.DataFrame, sizes: pd.DataFrame, short: pd.DataFra
             s=22,
             label=f"val, below the budget ({len(short)}, left out)",
         )
+    mark_threshold(ax, threshold)
     title = "Capacity: accuracy against parameter count" + (" (means over seeds)" if _aggregated(sizes) else "")
     return _finish(fig, ax, "parameters", "accuracy", title, 7, log_x=True, legend_columns=2)
 
 
-def gap_figure(trials: pd.DataFrame, sizes: pd.DataFrame, group: str | None):
+def gap_figure(trials: pd.DataFrame, sizes: pd.DataFrame, group: str | None, threshold: int | None = None):
     """The final train - val gap against parameter count: one curve per group and depth (mean over
     seeds with its 95% interval), never a line pooled over curves of different depths."""
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -130,6 +139,7 @@ def gap_figure(trials: pd.DataFrame, sizes: pd.DataFrame, group: str | None):
         for i, (name, rows) in enumerate(trials.groupby(group) if group else [("all", trials)]):
             ax.scatter(rows["param_count"], rows["gap"], color=_group_colour(i, name), label=str(name), s=28)
     ax.axhline(0, color="black", lw=0.8)
+    mark_threshold(ax, threshold)
     return _finish(
         fig,
         ax,

@@ -40,6 +40,8 @@ ROLE_CONFIRM = "confirm"  # a full-budget retraining of a sweep's trial, under t
 TAG_DESIGN = "birdplane.design"  # a capacity study's design: its grid, seeds, epochs and regulariser
 TAG_CELL = "birdplane.cell"  # the cell of the grid: "[256,256]"
 TAG_REGULARISER = "birdplane.regulariser"  # "augment=crop+flip" (or "none")
+TAG_TUNE = "birdplane.tune"  # a tuned capacity study's nuisance value of the run: "lr=0.01" (or "none")
+TAG_SELECTED = "birdplane.selected"  # "true"/"false": its value was the one kept for its size (val's selection half)
 TAG_CONFIRMS = "confirms"  # the run id of the trial a confirmation run retrains
 TAG_NODE = "birdplane.node"  # the Ray node a trial ran on (its last one, if retried elsewhere)
 REGISTERED_ALIAS = "champion"  # the alias `rerun --register` moves to the version it registers
@@ -51,12 +53,27 @@ EPOCH_METRICS = (
     "val_loss",
     "val_acc",
     "val_ece",
+    "val_select_loss",
+    "val_select_acc",
+    "val_report_loss",
+    "val_report_acc",
     "gap",
     "epoch_seconds",
     "samples_per_second",
     "lr",
 )
-CURVE_METRICS = ("train_loss", "train_eval_loss", "train_acc", "val_loss", "val_acc", "val_ece", "gap")
+CURVE_METRICS = (
+    "train_loss",
+    "train_eval_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_ece",
+    "gap",
+    "val_select_acc",
+    "val_report_loss",
+    "val_report_acc",
+)
 FINAL_METRICS = (
     "param_count",
     "train_loss",
@@ -70,6 +87,10 @@ FINAL_METRICS = (
     "test_acc",
     "test_loss",
     "test_acc_last",
+    "val_select_loss",
+    "val_select_acc",
+    "val_report_loss",
+    "val_report_acc",
 )
 
 CONFIG_ARTIFACT = "config.json"

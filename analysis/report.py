@@ -30,10 +30,14 @@ from analysis.capacity import (
     size_label,
     split_by_epochs,
 )
+from analysis.epochwise import epoch_grids, heatmap_figure
 from analysis.overfitting import compare_by, edge_flags, importances, overfitting_summary, pareto_front
+from analysis.power import power_text, study_power
 from analysis.statistics import confirmation
+from analysis.tuning import CHOICE_LEGEND, choose, on_reporting_half, shift_text, tuned_field, tuning_figure
 
 FIGURE_FILES = ("capacity.png", "gap.png", "learning_curves.png", "hyperparameters.png", "importance.png")
+# and, for a capacity study, epochwise.png; for a tuned one, tuning.png
 TABLE_FILE = "capacity_table.csv"
 LEFT_OUT_COLUMNS = ["run_id", "trial_id", "reason"]
 TREND_METRICS = {
@@ -73,6 +77,10 @@ class StudyReport:
     curve_runs: list = field(default_factory=list)
     left_out: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LEFT_OUT_COLUMNS))
     confirmations: pd.DataFrame | None = None  # per confirmed trial: full-budget, multi-seed numbers
+    threshold: int | None = None  # the interpolation threshold: training samples x classes (analysis.power)
+    power: dict = field(default_factory=dict)  # analysis.power.study_power: the MDD at the study's seed count
+    tuning: pd.DataFrame | None = None  # a tuned study: analysis.tuning.choose (None when nothing is tuned)
+    epoch_grids: dict = field(default_factory=dict)  # analysis.epochwise.epoch_grids: (size x epoch) per curve
 
     def left_out_text(self) -> str:
         """'2 trials left out: 1 run RUNNING, 1 stopped at 4 of 40 epochs' (or that none were)."""
@@ -113,9 +121,12 @@ def analyse(
     include_short: bool = False,
     confirmations: pd.DataFrame | None = None,
     n_val: int | None = None,
+    threshold: int | None = None,
 ) -> StudyReport:
     """``n_val``: the validation split's size (else a ``val_size`` column of the trials, if any): it
-    widens the accuracies' intervals by the split's binomial noise."""
+    widens the accuracies' intervals by the split's binomial noise. ``threshold``: the interpolation
+    threshold, marked on every parameter axis. A tuned capacity study (analysis.tuning) is reported
+    at each size's chosen value, from val's reporting half."""
     budget = epochs_of(space)
     full, short = (trials, trials.iloc[0:0]) if include_short else split_by_epochs(trials, budget)
     left = pd.concat(
@@ -123,6 +134,14 @@ def analyse(
         ignore_index=True,
     )
     used = full if not full.empty else trials  # nothing reached the budget: analyse what there is, and say so
+    if n_val is None and "val_size" in used and used["val_size"].notna().any():
+        n_val = int(used["val_size"].dropna().iloc[0])
+    tuning = None
+    if kind == "capacity" and tuned_field(used):
+        group = grouping(used, kind)
+        tuning = choose(used, histories, group=group)
+        used, histories = on_reporting_half(used, histories, tuning, group=group)
+        n_val = n_val - n_val // 2 if n_val else None  # the reporting half (validation_halves: half a class each)
     top = used.sort_values("val_acc", ascending=False).head(5)["run_id"].tolist()
     largest = used.sort_values("param_count", ascending=False)["run_id"].iloc[0]
     try:
@@ -130,8 +149,6 @@ def analyse(
     except (ValueError, RuntimeError):  # fANOVA needs some variety; the report stands without it
         imp = {}
     group = grouping(used, kind)
-    if n_val is None and "val_size" in used and used["val_size"].notna().any():
-        n_val = int(used["val_size"].dropna().iloc[0])
     sizes = per_size(used, histories, group, n_val=n_val)
     trends, compared = {}, []
     for (g, d), rows in curves(sizes):
@@ -160,6 +177,10 @@ def analyse(
         confirmations=confirmed(confirmations, trials)
         if confirmations is not None and not confirmations.empty
         else None,
+        threshold=threshold,
+        power=study_power(sizes["final_val_acc_sd"].tolist(), sizes["seeds"].tolist()) if not sizes.empty else {},
+        tuning=tuning,
+        epoch_grids=epoch_grids(used, histories, group) if kind == "capacity" else {},
     )
 
 
@@ -249,13 +270,20 @@ CONFIRMED_LEGEND = (
 
 
 def make_figures(report: StudyReport, histories: pd.DataFrame, space: dict) -> dict[str, plt.Figure]:
-    return {
-        "capacity.png": figures.capacity_figure(report.trials, report.sizes, report.short, report.group),
-        "gap.png": figures.gap_figure(report.trials, report.sizes, report.group),
+    figs = {
+        "capacity.png": figures.capacity_figure(
+            report.trials, report.sizes, report.short, report.group, report.threshold
+        ),
+        "gap.png": figures.gap_figure(report.trials, report.sizes, report.group, report.threshold),
         "learning_curves.png": figures.learning_curves_figure(report.trials, histories, report.curve_runs),
         "hyperparameters.png": figures.hyperparameter_figure(report.trials, space),
         "importance.png": figures.importance_figure(report.importances),
     }
+    if report.epoch_grids:
+        figs["epochwise.png"] = heatmap_figure(report.epoch_grids, report.threshold)
+    if report.tuning is not None:
+        figs["tuning.png"] = tuning_figure(report.tuning, report.threshold)
+    return figs
 
 
 def _table(frame: pd.DataFrame, columns: list[str] | None = None, legend: str = "") -> str:
@@ -340,6 +368,20 @@ def memorisation_text(group: str, m: dict) -> str:
     return text + f"; beyond it val_acc {m['beyond']} (no second rise{judged})"
 
 
+def threshold_text(report: StudyReport) -> str:
+    if not report.threshold:
+        return "interpolation threshold: unknown (the study's data.json gives no training size)"
+    below = int((report.sizes["param_count"] < report.threshold).sum()) if not report.sizes.empty else 0
+    return (
+        f"interpolation threshold (training samples x classes): {report.threshold:,} parameters; "
+        f"{below} of {len(report.sizes)} sizes lie below it"
+    )
+
+
+def power_line(report: StudyReport) -> str:
+    return power_text(report.power) if report.power else "minimum detectable difference: no sizes"
+
+
 def write_report(report: StudyReport, figs: dict, out: Path) -> list[Path]:
     """Write the PNGs, the per-size CSV and report.html into ``out`` (created); returns the paths."""
     out.mkdir(parents=True, exist_ok=True)
@@ -373,6 +415,7 @@ def write_report(report: StudyReport, figs: dict, out: Path) -> list[Path]:
         "<ul>"
         + "".join(f"<li>{html.escape(memorisation_text(g, m))}</li>" for g, m in report.memorisation.items())
         + "</ul>",
+        "<p>" + html.escape(threshold_text(report)) + "<br>" + html.escape(power_line(report)) + "</p>",
         "<h2>Per size, over seeds</h2>",
         _table(report.sizes, legend=SIZE_TABLE_LEGEND + f" (also in {TABLE_FILE})"),
         "<h2>Generalisation gap</h2>",
@@ -385,6 +428,22 @@ def write_report(report: StudyReport, figs: dict, out: Path) -> list[Path]:
             legend=COMPARISONS_LEGEND,
         ),
     ]
+    if report.tuning is not None:
+        sections += [
+            "<h2>Tuned per size</h2>",
+            _img(inline, "tuning.png"),
+            "<p>" + "<br>".join(html.escape(line) for line in shift_text(report.tuning)) + "</p>",
+            _table(report.tuning, legend=CHOICE_LEGEND),
+        ]
+    if report.epoch_grids:
+        sections += [
+            "<h2>Epoch-wise: val loss and val accuracy over size x epoch</h2>",
+            _img(inline, "epochwise.png"),
+            "<p class='legend'>means over seeds per size and epoch, one panel pair per curve (group and depth); "
+            "dashed: the interpolation threshold"
+            + (" ; reporting half of val" if report.tuning is not None else "")
+            + "</p>",
+        ]
     if report.confirmations is not None:
         sections += ["<h2>Confirmed at the full budget</h2>", _table(report.confirmations, legend=CONFIRMED_LEGEND)]
     sections += [

@@ -22,7 +22,9 @@ from analysis.record import (
     TAG_REGULARISER,
     TAG_ROLE,
     TAG_SEED,
+    TAG_SELECTED,
     TAG_TRIAL,
+    TAG_TUNE,
     cast_params,
 )
 
@@ -54,6 +56,8 @@ def trials_frame(runs) -> pd.DataFrame:
             "regulariser": run.data.tags.get(TAG_REGULARISER),
             "seed_tag": run.data.tags.get(TAG_SEED),
             "confirms": run.data.tags.get(TAG_CONFIRMS),
+            "tune": run.data.tags.get(TAG_TUNE),
+            "selected": run.data.tags.get(TAG_SELECTED),
             "start_time": run.info.start_time,
         }
         row.update(cast_params(run.data.params))

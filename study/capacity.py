@@ -45,6 +45,10 @@ DEFAULT_SEEDS = 3
 # still fits in about 15 minutes on 2 CPUs.
 DEFAULT_EPOCHS = 60
 SMOKE = {"widths": (16, 32), "depths": (1,), "seeds": 2, "epochs": 2}
+# A design over this many runs is refused unless --large says it is meant (a GPU or a cluster):
+# at the default 60 epochs it is days of this 2-CPU machine (see cost_estimate).
+LARGE_RUNS = 1000
+DESIGN_KEYS = {"widths", "depths", "seeds", "epochs", "regulariser", "tune"}
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,10 @@ class Grid:
     depths: tuple[int, ...] = DEFAULT_DEPTHS
     seeds: int = DEFAULT_SEEDS
     epochs: int = DEFAULT_EPOCHS
-    regulariser: str | None = None  # a TrainConfig field, e.g. augment, weight_decay, dropout
+    regulariser: str | None = None  # a TrainConfig field, e.g. augment, weight_decay, dropout, label_noise
     values: tuple = ()  # its values, one capacity curve each
+    tune: str | None = None  # a nuisance TrainConfig field (lr) every cell trains at each of ...
+    tune_values: tuple = ()  # ... these values; per size the best on val's selection half is kept
 
     def cells(self) -> list[str]:
         """Every width x depth, the largest first: the longest trials start first and do not leave
@@ -67,17 +73,22 @@ class Grid:
 
     def label(self) -> str:
         reg = f" x {self.regulariser}={','.join(map(str, self.values))}" if self.regulariser else ""
+        if self.tune:
+            reg += f" x tuned {self.tune}={','.join(map(str, self.tune_values))}"
         return (
             f"widths {','.join(map(str, self.widths))} x depths {','.join(map(str, self.depths))} x "
             f"{self.seeds} seeds{reg}, {self.epochs} epochs"
         )
 
     def runs(self) -> int:
-        return len(self.widths) * len(self.depths) * self.seeds * max(1, len(self.values))
+        return (
+            len(self.widths) * len(self.depths) * self.seeds * max(1, len(self.values)) * max(1, len(self.tune_values))
+        )
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["widths"], out["depths"], out["values"] = list(self.widths), list(self.depths), list(self.values)
+        out["tune_values"] = list(self.tune_values)
         return out
 
 
@@ -100,24 +111,46 @@ def _ints(name: str, value) -> tuple[int, ...]:
     return out
 
 
-def _field_value(name: str, raw):
+def _field_value(name: str, raw, flag: str = "--regulariser"):
     """A regulariser value as its TrainConfig field's type ('0.05' -> 0.05 for weight_decay)."""
     kind = typing.get_type_hints(TrainConfig)[name]
     try:
         return kind(raw) if kind in (int, float) and isinstance(raw, str) else raw
     except ValueError:
-        raise UsageError(f"--regulariser {name}: {raw!r} is not a {kind.__name__}") from None
+        raise UsageError(f"{flag} {name}: {raw!r} is not a {kind.__name__}") from None
 
 
-def parse_regulariser(text: str) -> tuple[str, tuple]:
+def parse_regulariser(text: str, flag: str = "--regulariser") -> tuple[str, tuple]:
     """'augment=none,crop+flip' -> ('augment', ('none', 'crop+flip')), each value a valid config."""
     name, sep, values = text.partition("=")
     name = name.strip()
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - set(SIZE_FIELDS) - set(RUN_FIELDS)
+    if flag == "--tune" and name in set(SIZE_FIELDS) | set(RUN_FIELDS):
+        what = "the size the study varies" if name in SIZE_FIELDS else "set by the study for every run"
+        raise UsageError(f"--tune {name}: {what}, not a nuisance hyperparameter (tune e.g. lr or weight_decay)")
     if not sep or name not in fields:
-        raise UsageError(f"--regulariser {text!r}: expected FIELD=V1,V2 with FIELD one of {', '.join(sorted(fields))}")
-    parsed = tuple(_field_value(name, v.strip()) for v in values.split(",") if v.strip())
+        raise UsageError(f"{flag} {text!r}: expected FIELD=V1,V2 with FIELD one of {', '.join(sorted(fields))}")
+    parsed = tuple(_field_value(name, v.strip(), flag) for v in values.split(",") if v.strip())
     return name, parsed
+
+
+def _axis(raw, flag: str) -> tuple[str | None, tuple]:
+    """A design axis from a flag ('lr=0.01,0.1') or a design file ({lr: [0.01, 0.1]}): at least two
+    distinct values."""
+    name, values = None, ()
+    if isinstance(raw, dict):
+        if len(raw) != 1:
+            raise UsageError(f"design: {flag.lstrip('-')} must name one field, e.g. {{lr: [0.01, 0.1]}}")
+        ((field, vals),) = raw.items()
+        vals = vals if isinstance(vals, list) else [vals]
+        name, values = parse_regulariser(f"{field}=" + ",".join(map(str, vals)), flag)
+    elif raw:
+        name, values = parse_regulariser(str(raw), flag)
+    if name is not None and len(values) < 2:
+        raise UsageError(f"{flag} {name}: give at least two values to compare (got {len(values)})")
+    if len(set(map(str, values))) != len(values):
+        raise UsageError(f"{flag} {name}: duplicate values")
+    return name, values
 
 
 def make_grid(
@@ -128,29 +161,19 @@ def make_grid(
     regulariser: str | None = None,
     design_file: str | None = None,
     smoke: bool = False,
+    tune: str | None = None,
 ) -> Grid:
     """The design from a file (if any), overridden by flags; --smoke shrinks what was not given."""
     base: dict[str, Any] = dict(SMOKE) if smoke else {}
     if design_file:
-        base.update(_read_mapping(design_file, "design", {"widths", "depths", "seeds", "epochs", "regulariser"}))
+        base.update(_read_mapping(design_file, "design", DESIGN_KEYS))
     for key, value in (("widths", widths), ("depths", depths), ("seeds", seeds), ("epochs", epochs)):
         if value is not None:
             base[key] = value
-    reg = base.pop("regulariser", None)
-    if regulariser:
-        reg = regulariser
-    name, values = None, ()
-    if isinstance(reg, dict):
-        if len(reg) != 1:
-            raise UsageError("design: regulariser must name one field, e.g. {augment: [none, crop+flip]}")
-        ((field, vals),) = reg.items()
-        name, values = parse_regulariser(f"{field}=" + ",".join(map(str, vals if isinstance(vals, list) else [vals])))
-    elif reg:
-        name, values = parse_regulariser(str(reg))
-    if name is not None and len(values) < 2:
-        raise UsageError(f"--regulariser {name}: give at least two values to compare")
-    if len(set(map(str, values))) != len(values):
-        raise UsageError(f"--regulariser {name}: duplicate values")
+    name, values = _axis(regulariser or base.pop("regulariser", None), "--regulariser")
+    tuned, tune_values = _axis(tune or base.pop("tune", None), "--tune")
+    if tuned is not None and tuned == name:
+        raise UsageError(f"--tune {tuned}: it is already the regulariser axis; tune another field")
     seeds_value, epochs_value = base.get("seeds", DEFAULT_SEEDS), base.get("epochs", DEFAULT_EPOCHS)
     for key, value in (("seeds", seeds_value), ("epochs", epochs_value)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -162,6 +185,8 @@ def make_grid(
         epochs=epochs_value,
         regulariser=name,
         values=values,
+        tune=tuned,
+        tune_values=tune_values,
     )
 
 
@@ -218,14 +243,21 @@ def recipe_from_run(run_id: str, tracking_uri: str) -> dict:
     return {name: resolved["train"][name] for name in RECIPE_FIELDS if name in resolved["train"]}
 
 
+def axis_values(design: Grid, value, tuned) -> dict:
+    """The recipe fields one run of the design sets: its regulariser value and its tuned value."""
+    out = {design.regulariser: value} if design.regulariser else {}
+    return {**out, **({design.tune: tuned} if design.tune else {})}
+
+
 def check_recipe(recipe: dict, design: Grid) -> None:
-    """Every cell with every regulariser value must make a valid TrainConfig."""
+    """Every cell with every regulariser value and tuned value must make a valid TrainConfig."""
     for value in design.values or (None,):
-        values = {**recipe, **({design.regulariser: value} if design.regulariser else {})}
-        try:
-            TrainConfig.from_dict({**values, "hidden_sizes": [design.widths[0]], "epochs": design.epochs})
-        except ConfigError as err:
-            raise UsageError(f"recipe: {err}") from None
+        for tuned in design.tune_values or (None,):
+            values = {**recipe, **axis_values(design, value, tuned)}
+            try:
+                TrainConfig.from_dict({**values, "hidden_sizes": [design.widths[0]], "epochs": design.epochs})
+            except ConfigError as err:
+                raise UsageError(f"recipe: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -252,6 +284,8 @@ class CapacityOptions(StudyOptions):
     design: Grid = Grid()
     recipe: str = "chapter"  # chapter, or a recipe YAML file
     from_run: str | None = None
+    label_noise: float | None = None  # --label-noise: the recipe's share of flipped training labels
+    large: bool = False  # --large: a design over LARGE_RUNS runs is meant
 
 
 CapacityPrepared = Prepared[CapacityOptions, CapacitySpec]
@@ -272,7 +306,21 @@ def prepare_capacity(opts: CapacityOptions, data: DataConfig) -> CapacityPrepare
         recipe, source = chapter_recipe(), "chapter"
     else:
         recipe, source = recipe_from_file(opts.recipe), opts.recipe
+    if opts.label_noise is not None:
+        if not 0 <= opts.label_noise < 0.5:
+            raise UsageError(f"--label-noise must be in [0, 0.5), got {opts.label_noise}")
+        if opts.design.regulariser == "label_noise" or opts.design.tune == "label_noise":
+            raise UsageError("--label-noise: label_noise is already an axis of the design; give one or the other")
+        recipe = {**recipe, "label_noise": opts.label_noise}
+        source += f", label_noise {opts.label_noise}"
     check_recipe(recipe, opts.design)
+    if opts.design.runs() > LARGE_RUNS and not opts.large:
+        cost = cost_estimate(opts.design, data)
+        raise UsageError(
+            f"the design has {opts.design.runs():,} runs, over the {LARGE_RUNS:,}-run limit for this machine "
+            f"(estimated {cost['cpu_hours']:,.0f} CPU-hours here, {cost['gpu_hours']:,.1f} GPU-hours); "
+            "pass --large to run it (a GPU or a cluster)"
+        )
     if recipe.get("loss") == "bce" and len(data.classes) != 2:
         raise UsageError("recipe: loss bce needs exactly 2 classes")
     check_data(data)
@@ -293,31 +341,35 @@ def design_points(spec: CapacitySpec, first_seed: int, threads: int, device: str
     points = []
     for cell in design.cells():
         for value in design.values or (None,):
-            for seed in range(design.seeds):
-                values = {
-                    **spec.recipe,
-                    "hidden_sizes": parse_cell(cell),
-                    "seed": first_seed + seed,
-                    "epochs": design.epochs,
-                    "threads": threads,
-                    "device": device,
-                }
-                if design.regulariser:
-                    values[design.regulariser] = value
-                points.append(
-                    {
-                        "cell": cell,
-                        "seed": seed,
-                        **({"regulariser": value} if design.regulariser else {}),
-                        "train": TrainConfig.from_dict(values).to_dict(),
-                        "tags": {
-                            record.TAG_DESIGN: design.label(),
-                            record.TAG_CELL: cell,
-                            record.TAG_SEED: str(seed),
-                            record.TAG_REGULARISER: f"{design.regulariser}={value}" if design.regulariser else "none",
-                        },
+            for tuned in design.tune_values or (None,):
+                for seed in range(design.seeds):
+                    values = {
+                        **spec.recipe,
+                        "hidden_sizes": parse_cell(cell),
+                        "seed": first_seed + seed,
+                        "epochs": design.epochs,
+                        "threads": threads,
+                        "device": device,
+                        **axis_values(design, value, tuned),
                     }
-                )
+                    points.append(
+                        {
+                            "cell": cell,
+                            "seed": seed,
+                            **({"regulariser": value} if design.regulariser else {}),
+                            **({"tune": tuned} if design.tune else {}),
+                            "train": TrainConfig.from_dict(values).to_dict(),
+                            "tags": {
+                                record.TAG_DESIGN: design.label(),
+                                record.TAG_CELL: cell,
+                                record.TAG_SEED: str(seed),
+                                record.TAG_REGULARISER: f"{design.regulariser}={value}"
+                                if design.regulariser
+                                else "none",
+                                record.TAG_TUNE: f"{design.tune}={tuned}" if design.tune else "none",
+                            },
+                        }
+                    )
     return points
 
 
@@ -367,4 +419,99 @@ class Capacity:
 
 
 def run_capacity(prep: CapacityPrepared) -> StudySummary:
-    return run_study(prep, Capacity())
+    summary = run_study(prep, Capacity())
+    if prep.space.design.tune and not summary.undelivered:
+        tag_selection(summary.tracking_uri, summary.experiment, summary.parent_run_id)
+    return summary
+
+
+def tag_selection(tracking_uri: str, experiment: str, parent_run_id: str) -> dict[str, bool]:
+    """Tag every finished trial of a tuned study with whether its value was kept for its size
+    (analysis.tuning.choose, on val's selection half); returns {run_id: selected}. Repeatable: a
+    resumed study tags again with what its finished runs say then."""
+    from mlflow import MlflowClient
+
+    from analysis.record import ROLE_TRIAL, TAG_PARENT, TAG_ROLE, TAG_SELECTED
+    from analysis.runs import find_experiment, finished, load_histories, search_runs, trials_frame
+    from analysis.tuning import SELECT_METRIC, choose, selected_runs
+    from study.records import set_tags
+
+    client = MlflowClient(tracking_uri)
+    runs = search_runs(
+        client,
+        find_experiment(client, experiment),
+        f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'",
+    )
+    trials = finished(trials_frame(runs))
+    if trials.empty:
+        return {}
+    chosen = selected_runs(trials, choose(trials, load_histories(client, trials["run_id"], (SELECT_METRIC,))))
+    out = {run_id: run_id in chosen for run_id in trials["run_id"]}
+    for run_id, selected in out.items():
+        set_tags(client, run_id, {TAG_SELECTED: "true" if selected else "false"})
+    return out
+
+
+# ---------------------------------------------------------------- what a design costs
+
+# Measured on this machine (2-core AMD EPYC, torch 2.14.1, 1 thread, batch 64, 2 epochs of widths
+# 1..4096 at depth 1 while the machine was shared, load ~5; benchmarks/capacity_cost.py): a fixed
+# cost per training step (Python, the optimizer, the evaluations' share) of ~2 ms, and a rate for
+# the multiply-adds of 58 GFLOP/s up to ~4M parameters, ~30 GFLOP/s beyond (the weights leave
+# the cache: width 4096 took 32 s an epoch). 2 trials run side by side on the 2 CPUs.
+CPU_STEP_SECONDS = 2.0e-3
+CPU_FLOPS = 58e9
+CPU_FLOPS_LARGE = 30e9
+CPU_CACHE_PARAMS = 4_000_000
+# An H100 (measured 2026-11-27, NOTES.md; no GPU was lent to this task to measure again): a step is
+# launch-bound at ~1.4 ms for 64 samples up to width ~1k, and 8 runs at once each took 5.15 s
+# where one alone took 4.41 s (6.8 runs' worth of launches in parallel). The arithmetic itself is
+# shared, at an assumed 20 TFLOP/s (FP32; the GPU's peak is higher, these small GEMMs reach less).
+GPU_STEP_SECONDS = 1.4e-3
+GPU_FLOPS = 20e12
+GPU_PARALLEL_RUNS = 8 * 4.41 / 5.15
+CIFAR_TRAIN_PER_CLASS = 5000
+
+
+def cost_model_text() -> str:
+    return (
+        f"model: {CPU_STEP_SECONDS * 1e3:.1f} ms a step + FLOPs at {CPU_FLOPS / 1e9:.0f} GFLOP/s a CPU here "
+        f"({CPU_FLOPS_LARGE / 1e9:.0f} above {CPU_CACHE_PARAMS / 1e6:.0f}M parameters); "
+        f"{GPU_STEP_SECONDS * 1e3:.1f} ms a step + FLOPs at {GPU_FLOPS / 1e12:.0f} TFLOP/s, "
+        f"launches of {GPU_PARALLEL_RUNS:.1f} runs in parallel on a GPU"
+    )
+
+
+def run_flops(hidden: list[int], n_train: int, n_val: int, n_classes: int = 2) -> float:
+    """Multiply-adds x 2 of one epoch: training (forward + backward ~ 3 forwards) and the
+    evaluations of the whole training split, val and val's two halves."""
+    forward = 2 * count_params(3072, hidden, n_classes)
+    return forward * (3 * n_train + n_train + 2 * n_val)
+
+
+def cost_estimate(design: Grid, data: DataConfig, batch_size: int = 64) -> dict:
+    """CPU-hours on this machine and GPU-hours on an H100 for the whole design (the model above;
+    CIFAR-10's 5,000 training images a class unless the data are a subset)."""
+    per_class = data.subset or CIFAR_TRAIN_PER_CLASS
+    total = per_class * len(data.classes)
+    n_val = 0 if data.val_split == "book" else int(round(data.val_fraction * total))
+    n_train = total - n_val
+    n_val = n_val or 1000 * len(data.classes)  # book: the official test split
+    steps = -(-n_train // batch_size)
+    repeats = design.runs() // (len(design.widths) * len(design.depths))
+    cpu = launches = arithmetic = 0.0
+    for cell in design.cells():
+        flops = run_flops(parse_cell(cell), n_train, n_val, len(data.classes))
+        rate = CPU_FLOPS if count_params(3072, parse_cell(cell), 2) <= CPU_CACHE_PARAMS else CPU_FLOPS_LARGE
+        cpu += design.epochs * (steps * CPU_STEP_SECONDS + flops / rate)
+        launches += design.epochs * steps * GPU_STEP_SECONDS
+        arithmetic += design.epochs * flops / GPU_FLOPS
+    cpu_hours = cpu * repeats / 3600
+    gpu_hours = (launches / GPU_PARALLEL_RUNS + arithmetic) * repeats / 3600
+    return {
+        "runs": design.runs(),
+        "cpu_hours": cpu_hours,
+        "wall_hours_here": cpu_hours / 2,  # 2 one-CPU trials at a time
+        "gpu_hours": gpu_hours,
+        "n_train": n_train,
+    }

@@ -29,6 +29,8 @@ from study.capacity import (
     DEFAULT_SEEDS,
     DEFAULT_WIDTHS,
     CapacityOptions,
+    cost_estimate,
+    cost_model_text,
     make_grid,
     prepare_capacity,
     run_capacity,
@@ -395,7 +397,8 @@ def _report_parser(sub) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from analysis.capacity import readable
-    from analysis.report import TABLE_FILE, config_label, memorisation_text, trend_lines
+    from analysis.report import TABLE_FILE, config_label, memorisation_text, power_line, threshold_text, trend_lines
+    from analysis.tuning import shift_text
     from study.reporting import build_report
 
     quiet_libraries()
@@ -406,8 +409,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     budget = f"the {report.epochs}-epoch budget" if report.epochs else "an unknown budget"
     if args.include_short:
         budget = f"any budget (--include-short; the study's is {report.epochs} epochs)"
+    tuned = (
+        f" at the chosen values of {int(report.tuning['seeds'].sum())} trained (val's reporting half)"
+        if report.tuning is not None
+        else ""
+    )
     print(
-        f"study {args.experiment}: {len(report.trials)} trials at {budget} ({report.left_out_text()}), "
+        f"study {args.experiment}: {len(report.trials)} trials{tuned} at {budget} ({report.left_out_text()}), "
         f"best val_acc {report.trials['val_acc'].max():.4f}"
     )
     columns = [
@@ -427,7 +435,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         "\nper size (means over seeds; final_val_acc_sd their sd; val_loss_rise = final - minimum val loss; "
         "onset = median val-loss onset epoch of the seeds that show one):"
     )
+    if report.tuning is not None:
+        print("(a tuned study: each size at its chosen value, numbers from val's reporting half)")
     print(readable(report.sizes[columns]).to_string(index=False))
+    print(threshold_text(report))
+    print(power_line(report))
+    if report.tuning is not None:
+        for line in shift_text(report.tuning):
+            print(line)
     for group, m in report.memorisation.items():
         print(memorisation_text(group, m))
     for line in trend_lines(report):
@@ -735,7 +750,27 @@ def _capacity_parser(sub) -> None:
         "one capacity curve per value",
     )
     p.add_argument(
-        "--design", default=None, help="design YAML: widths, depths, seeds, epochs, regulariser (flags override it)"
+        "--tune",
+        default=None,
+        help="a nuisance hyperparameter tuned per size: FIELD=V1,V2,... e.g. lr=0.003,0.01,0.03; every cell "
+        "trains each value, the best on val's selection half is kept per size and reported on the other half",
+    )
+    p.add_argument(
+        "--label-noise",
+        type=float,
+        default=None,
+        help="share P in [0, 0.5) of the training labels flipped, the same labels for every run (val and test "
+        "stay clean); for one curve per share use --regulariser label_noise=0,0.1,0.2",
+    )
+    p.add_argument(
+        "--large",
+        action="store_true",
+        help="allow a design of more than 1,000 runs (a GPU or a cluster: --check prints its cost)",
+    )
+    p.add_argument(
+        "--design",
+        default=None,
+        help="design YAML: widths, depths, seeds, epochs, regulariser, tune (flags override it)",
     )
     p.add_argument(
         "--recipe",
@@ -756,14 +791,26 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     from analysis.aggregate import capacity_table  # imports MLflow (through analysis.record)
 
     study = study_options(args, "capacity")
-    grid = make_grid(args.widths, args.depths, args.seeds, args.epochs, args.regulariser, args.design, args.smoke)
-    opts = CapacityOptions(**study, design=grid, recipe=args.recipe, from_run=args.from_run)
-    prep = prepare_capacity(opts, data_config(args, subset=SMOKE_SUBSET if args.smoke else 0))
+    grid = make_grid(
+        args.widths, args.depths, args.seeds, args.epochs, args.regulariser, args.design, args.smoke, args.tune
+    )
+    opts = CapacityOptions(
+        **study,
+        design=grid,
+        recipe=args.recipe,
+        from_run=args.from_run,
+        label_noise=args.label_noise,
+        large=args.large,
+    )
+    dcfg = data_config(args, subset=SMOKE_SUBSET if args.smoke else 0)
+    prep = prepare_capacity(opts, dcfg)
     if args.check:
+        cost = cost_estimate(grid, dcfg, prep.space.recipe.get("batch_size", 64))
         plan = {
             "name": opts.name,
             "design": grid.to_dict(),
             "runs": grid.runs(),
+            "cost": cost,
             "recipe": prep.space.recipe,
             "recipe_source": prep.space.recipe_source,
             "experiment_path": prep.path,
@@ -773,7 +820,9 @@ def cmd_capacity(args: argparse.Namespace) -> int:
             json.dumps(json_safe(plan))
             if args.json
             else f"ok: capacity study {opts.name!r}: {grid.label()} = {grid.runs()} runs, recipe "
-            f"{prep.space.recipe_source}; results in {prep.path}, MLflow {prep.tracking_uri}"
+            f"{prep.space.recipe_source}; results in {prep.path}, MLflow {prep.tracking_uri}\n"
+            f"estimated cost: {cost['cpu_hours']:,.1f} CPU-hours here ({cost['wall_hours_here']:,.1f} h of wall "
+            f"time on 2 CPUs), {cost['gpu_hours']:,.2f} GPU-hours on an H100 ({cost_model_text()})"
         )
         return 0
     summary, code = run_and_summarise(args, lambda: run_capacity(prep))

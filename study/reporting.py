@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 
+from analysis.power import interpolation_threshold
 from analysis.report import StudyReport, analyse, make_figures, write_report
 from analysis.runs import Study, StudyNotFound, finished, left_out, load_histories, load_study, read_json_artifact
 from study import preflight
@@ -46,7 +47,8 @@ def analyse_study(tracking_uri: str | None, experiment: str, include_short: bool
     histories = load_histories(client, trials["run_id"])
     confirmations = finished(study.confirmations) if study.confirmations is not None else None
     # The validation split's size widens each size's interval by the split's own sampling noise.
-    n_val = (read_json_artifact(client, study.parent_run_id, "data.json") or {}).get("val_size")
+    data = read_json_artifact(client, study.parent_run_id, "data.json") or {}
+    n_val = data.get("val_size")
     report = analyse(
         experiment,
         trials,
@@ -57,6 +59,7 @@ def analyse_study(tracking_uri: str | None, experiment: str, include_short: bool
         include_short=include_short,
         confirmations=confirmations,
         n_val=n_val,
+        threshold=interpolation_threshold(data.get("train_size"), len(data.get("classes") or ())),
     )
     return report, histories, client, study, uri
 

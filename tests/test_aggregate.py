@@ -52,3 +52,14 @@ def test_capacity_table_has_one_row_per_cell_with_seed_means():
     assert len(lines) == 4, lines
     assert lines[2].split() == ["none", "[16]", "49,000", "1", "—", "—"], "a cell with no finite value says so"
     assert lines[3].split() == ["none", "[64]", "197,000", "2", "0.820", "±", "0.028", "0.920", "±", "0.028"]
+
+
+def test_a_tuned_study_s_values_are_never_pooled_in_one_cell_s_seed_mean():
+    trials = [
+        {**_trial("[8]", 24_602, 0.70, 0.8), "tags": {record.TAG_CELL: "[8]", record.TAG_TUNE: "lr=0.01"}},
+        {**_trial("[8]", 24_602, 0.72, 0.8), "tags": {record.TAG_CELL: "[8]", record.TAG_TUNE: "lr=0.01"}},
+        {**_trial("[8]", 24_602, 0.80, 0.9), "tags": {record.TAG_CELL: "[8]", record.TAG_TUNE: "lr=0.1"}},
+    ]
+    groups = seed_groups(trials)
+    assert list(groups) == [("none lr=0.01", 24_602, "[8]"), ("none lr=0.1", 24_602, "[8]")]
+    assert [len(v) for v in groups.values()] == [2, 1]

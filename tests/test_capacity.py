@@ -103,6 +103,44 @@ def test_a_capacity_study_runs_every_cell_seed_and_value_once_with_its_tags(capa
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
+def test_a_tuned_study_runs_every_cell_seed_and_lr_once_tagged_with_its_lr_and_whether_it_was_kept(
+    capacity_tree, tmp_path
+):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_birdplane(
+        *("capacity", "--widths", "4,16", "--depths", "1", "--seeds", 2, "--epochs", 2),
+        *("--tune", "lr=0.01,0.1", "--regulariser", "label_noise=0,0.2"),
+        *("--data-root", capacity_tree, "--cache-dir", tmp_path / "cache", "--name", "tuned"),
+        *("--storage-path", tmp_path / "ray", "--tracking-uri", uri, "--json"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, parents, children = runs_of(uri, "tuned")
+    assert len(parents) == 1 and len(children) == 2 * 2 * 2 * 2
+    keys, kept = set(), {}
+    for run in children:
+        tags, params = run.data.tags, run.data.params
+        assert tags["birdplane.tune"] == f"lr={float(params['lr'])}"
+        assert tags["birdplane.regulariser"] == f"label_noise={float(params['label_noise'])}"
+        assert tags["birdplane.selected"] in ("true", "false")
+        assert {"val_select_acc", "val_report_acc"} <= set(run.data.metrics)
+        keys.add((tags["birdplane.cell"], tags["birdplane.regulariser"], tags["seed"], params["lr"]))
+        cell = (tags["birdplane.cell"], tags["birdplane.regulariser"])
+        if tags["birdplane.selected"] == "true":
+            kept.setdefault(cell, set()).add((params["lr"], tags["seed"]))
+    assert len(keys) == 16, "one run per (cell, noise, seed, lr)"
+    assert len(kept) == 4 and all(len({lr for lr, _ in v}) == 1 and len(v) == 2 for v in kept.values()), kept
+    from study.reporting import build_report
+
+    report, paths, _ = build_report(uri, "tuned", tmp_path / "report")
+    assert report.tuning is not None and int(report.tuning["chosen"].sum()) == 4
+    chosen = {(r.group, r.hidden_sizes): str(r.value) for r in report.tuning[report.tuning["chosen"]].itertuples()}
+    assert chosen == {(g, c): next(iter(v))[0] for (c, g), v in kept.items()}, "the tags say what the report chose"
+    assert set(report.sizes["group"]) == {"label_noise=0.0", "label_noise=0.2"} and (report.sizes["seeds"] == 2).all()
+    assert report.threshold == 2 * 72 and {"epochwise.png", "tuning.png"} <= {p.name for p in paths}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
 def test_an_interrupted_capacity_study_resumes_every_run_from_its_checkpoint(mlflow_server, tmp_path):
     tree = make_image_tree(tmp_path / "images", per_class=200, test_per_class=5, classes=("airplane", "bird"))
     common = [
@@ -178,6 +216,19 @@ CASES = [
     (["--design", "missing.yaml"], "does not exist"),
     (["--name", "../x"], "--name"),
     (["--resume", "--name", "never"], "no capacity named"),
+    (["--label-noise", "0.5"], "--label-noise must be in [0, 0.5)"),
+    (["--label-noise", "-0.1"], "--label-noise must be in [0, 0.5)"),
+    (["--regulariser", "label_noise=0,0.5"], "label_noise: must be in [0, 0.5)"),
+    (["--label-noise", "0.1", "--regulariser", "label_noise=0,0.2"], "already an axis"),
+    (["--tune", "hidden_sizes=8,16"], "--tune hidden_sizes: the size"),
+    (["--tune", "seed=1,2"], "--tune seed: set by the study"),
+    (["--tune", "epochs=5,10"], "--tune epochs: set by the study"),
+    (["--tune", "lr="], "--tune lr: give at least two values"),
+    (["--tune", "lr=,"], "--tune lr: give at least two values"),
+    (["--tune", "lr=0.01,lots"], "--tune lr: 'lots' is not a float"),
+    (["--tune", "lr=0.01,-1"], "lr: must be > 0"),
+    (["--tune", "augment=none,flip", "--regulariser", "augment=none,crop"], "already the regulariser"),
+    (["--widths", ",".join(map(str, range(1, 21))), "--depths", "1,2,3", "--seeds", "20"], "pass --large"),
 ]
 
 
@@ -244,6 +295,8 @@ def test_a_design_file_and_a_recipe_file_make_the_plan(capacity_tree, tmp_path, 
         "epochs": 30,
         "regulariser": "weight_decay",
         "values": [0.0, 0.001],
+        "tune": None,
+        "tune_values": [],
     }
     assert plan["runs"] == 2 * 1 * 3 * 2
     assert (plan["recipe"]["optimizer"], plan["recipe"]["lr"], plan["recipe"]["schedule"], plan["recipe"]["loss"]) == (
@@ -279,6 +332,51 @@ def test_the_shipped_design_and_recipe_files_make_a_valid_plan(capacity_tree, tm
     plan = __import__("json").loads(capsys.readouterr().out)
     assert plan["runs"] == 4 * 2 * 3 * 2 and plan["design"]["regulariser"] == "augment"
     assert plan["recipe"]["optimizer"] == "adamw" and plan["recipe"]["schedule"] == "onecycle"
+
+
+def test_check_prints_the_run_count_and_cost_and_a_large_design_needs_large(capacity_tree, tmp_path, capsys):
+    from tests.conftest import REPO
+
+    argv = [
+        "capacity",
+        "--check",
+        "--design",
+        str(REPO / "configs" / "capacity-definitive.yaml"),
+        "--data-root",
+        str(capacity_tree),
+        "--storage-path",
+        str(tmp_path / "ray"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "5,760 runs, over the 1,000-run limit" in err[0] and "CPU-hours" in err[0], err
+    assert main([*argv, "--large", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["runs"] == 16 * 3 * 10 * 3 * 4 == plan["cost"]["runs"]
+    assert plan["design"]["tune"] == "lr" and plan["design"]["tune_values"] == [0.003, 0.01, 0.03, 0.1]
+    assert plan["design"]["regulariser"] == "label_noise" and plan["design"]["values"] == [0.0, 0.1, 0.2]
+    assert plan["cost"]["cpu_hours"] > 500 and 1 < plan["cost"]["gpu_hours"] < plan["cost"]["cpu_hours"] / 50
+    assert main([*argv, "--large"]) == 0
+    text = capsys.readouterr().out
+    assert "= 5760 runs" in text and "CPU-hours here" in text and "GPU-hours" in text
+    assert not (tmp_path / "ray").exists()
+
+
+def test_the_cost_grows_with_every_axis_of_the_design():
+    from study.capacity import Grid, cost_estimate
+    from trainables.config import DataConfig
+
+    data = DataConfig()
+    base = cost_estimate(Grid(widths=(1, 64), depths=(1,), seeds=2, epochs=10), data)
+    assert base["n_train"] == 9000
+    for bigger in (
+        Grid(widths=(1, 64), depths=(1,), seeds=4, epochs=10),
+        Grid(widths=(1, 64), depths=(1,), seeds=2, epochs=20),
+        Grid(widths=(1, 64), depths=(1,), seeds=2, epochs=10, tune="lr", tune_values=(0.01, 0.1)),
+    ):
+        assert cost_estimate(bigger, data)["cpu_hours"] == pytest.approx(2 * base["cpu_hours"])
+    wider = cost_estimate(Grid(widths=(1, 1024), depths=(1,), seeds=2, epochs=10), data)
+    assert wider["cpu_hours"] > 3 * base["cpu_hours"]
 
 
 SHARED = [

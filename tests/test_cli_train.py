@@ -135,6 +135,8 @@ BAD_LEVERS = [
     (["--weight-decay", "-0.01"], "weight_decay"),
     (["--warmup", "1.5"], "warmup"),
     (["--optimizer", "lamb"], "optimizer"),
+    (["--label-noise", "0.5"], "label_noise"),
+    (["--label-noise", "-0.1"], "label_noise"),
 ]
 
 
@@ -164,6 +166,7 @@ def test_every_train_flag_comes_from_a_trainconfig_field_and_reaches_the_config(
         "dropout": 0.2,
         "schedule": "cosine",
         "warmup": 0.1,
+        "label_noise": 0.2,
         "seed": 5,
         "device": "cpu",
         "threads": 2,

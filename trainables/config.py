@@ -87,6 +87,13 @@ class TrainConfig:
         default=0.0,
         metadata={"help": "share of the steps spent warming up (cosine), or onecycle's rising share (0: 0.3)"},
     )
+    label_noise: float = field(
+        default=0.0,
+        metadata={
+            "help": "share of the training labels flipped to another class, [0, 0.5); the flipped images are "
+            "fixed by the data layer's own seed, the same for every run (val and test stay clean)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed of the weights, the batch order and augmentation"})
     device: str = field(default="auto", metadata={"choices": DEVICES})
     threads: int = field(
@@ -109,7 +116,7 @@ class TrainConfig:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("device", self.device, DEVICES)
         _choice("graphs", self.graphs, GRAPHS)
-        for name in ("lr", "momentum", "weight_decay", "dropout", "warmup"):
+        for name in ("lr", "momentum", "weight_decay", "dropout", "warmup", "label_noise"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{name}: {value!r} is not a finite number")
@@ -122,6 +129,8 @@ class TrainConfig:
             raise ConfigError(f"weight_decay: must be >= 0, got {self.weight_decay}")
         if not 0 <= self.dropout < 0.9:
             raise ConfigError(f"dropout: must be in [0, 0.9), got {self.dropout}")
+        if not 0 <= self.label_noise < 0.5:
+            raise ConfigError(f"label_noise: must be in [0, 0.5), got {self.label_noise}")
         if not 0 <= self.warmup < 1:
             raise ConfigError(f"warmup: must be in [0, 1), got {self.warmup}")
         for name, low in (("batch_size", 1), ("epochs", 0), ("seed", 0), ("threads", 0)):

@@ -244,6 +244,36 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
     return tuple(flat.mean(dim=1).tolist()), tuple(flat.std(dim=1).tolist())
 
 
+# ---------------------------------------------------------------- label noise and the two halves of val
+
+# Their own fixed seeds, apart from the split seed and every run's seed: the same training labels
+# are flipped in every cell and seed of a study, and the same validation images choose.
+LABEL_NOISE_SEED = 19
+VAL_HALVES_SEED = 20
+
+
+def noisy_labels(y: torch.Tensor, share: float, n_classes: int, seed: int = LABEL_NOISE_SEED) -> torch.Tensor:
+    """``y`` with exactly round(share * len(y)) labels changed to another class (uniformly among the
+    others). The draws do not depend on ``share``: the labels flipped at 0.1 are among those flipped
+    at 0.2, so a noise axis adds noise to the same data. ``share`` 0 returns ``y`` itself."""
+    if share == 0:
+        return y
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(y), generator=g)
+    shift = torch.randint(1, n_classes, (len(y),), generator=g)
+    flipped = order[: int(round(share * len(y)))]
+    out = y.clone()
+    out[flipped] = (y[flipped] + shift[flipped]) % n_classes
+    return out
+
+
+def validation_halves(y: torch.Tensor, seed: int = VAL_HALVES_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (selection, reporting) of the validation split, half of every class each: a tuned
+    hyperparameter is chosen on the first half and its numbers are reported on the second."""
+    reporting, selection = stratified_holdout(y, 0.5, seed)
+    return selection, reporting
+
+
 def load_study_data(cfg: DataConfig, include_test: bool = False) -> StudyData:
     train_all, test = load_images(cfg)
     if cfg.subset:

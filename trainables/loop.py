@@ -22,7 +22,7 @@ from torch import nn
 from trainables.bundle import build_model_for
 from trainables.checkpoint import TrainState
 from trainables.config import TrainConfig
-from trainables.data import StudyData
+from trainables.data import StudyData, noisy_labels, validation_halves
 from trainables.graphed import make_steps
 from trainables.losses import ChapterLoss
 from trainables.model import param_count
@@ -193,6 +193,8 @@ class Run:
     order: ShuffledBatchSampler  # the batch order, drawn from its own generator
     augment_gen: torch.Generator
     progress: Progress = field(default_factory=Progress)
+    # val's selection and reporting halves (trainables.data.validation_halves), as (x, y) each
+    val_halves: tuple = ()
 
     def train_step(self) -> TrainStep:
         return TrainStep(
@@ -245,7 +247,9 @@ def setup_run(config: TrainConfig, data: StudyData) -> Run:
     model = build_model_for(config, n_classes)
     model.to(device)
     train_x = normalise(data.train.x, data.mean, data.std, device)
-    train_y = data.train.y.to(device)
+    train_y = noisy_labels(data.train.y, config.label_noise, n_classes).to(device)  # val and test stay clean
+    val_x, val_y = normalise(data.val.x, data.mean, data.std, device), data.val.y.to(device)
+    halves = tuple((val_x[i.to(device)], val_y[i.to(device)]) for i in validation_halves(data.val.y))
     sampler_gen = torch.Generator(device=device).manual_seed(config.seed)
     order = ShuffledBatchSampler(len(train_y), config.batch_size, sampler_gen)
     optimizer = make_optimizer(config, model.parameters(), device)
@@ -258,10 +262,11 @@ def setup_run(config: TrainConfig, data: StudyData) -> Run:
         scheduler=make_scheduler(config, optimizer, len(order)),
         train_x=train_x,
         train_y=train_y,
-        val_x=normalise(data.val.x, data.mean, data.std, device),
-        val_y=data.val.y.to(device),
+        val_x=val_x,
+        val_y=val_y,
         order=order,
         augment_gen=torch.Generator(device=device).manual_seed(config.seed + 1),
+        val_halves=halves,
     )
 
 
@@ -286,6 +291,10 @@ class _Clock:
         return self.start.elapsed_time(self.mark_event) / 1000 if self.cuda else self.t1 - self.t0
 
 
+def _share(total: float, n: int) -> float:
+    return total / n if n else math.nan  # a half with no image (a one-image class): no number
+
+
 def run_epoch(run: Run, steps: Steps, epoch: int) -> dict:
     """Train one epoch, evaluate train and val in eval mode, record and return the epoch's metrics.
 
@@ -297,17 +306,32 @@ def run_epoch(run: Run, steps: Steps, epoch: int) -> dict:
     clock.mark()
     train_loss_sum, train_correct, _ = steps.evaluate(run.train_x, run.train_y)
     val_loss_sum, val_correct, val_calibration = steps.evaluate(run.val_x, run.val_y)
+    # val's two halves (selection, reporting) once more: ~3% of an epoch's work for a chapter net,
+    # and the whole split's numbers stay exactly what they were.
+    halves = [s for x, y in run.val_halves for s in steps.evaluate(x, y)[:2]]
     host = torch.cat(
         [
             torch.stack(
                 [mean_loss.double(), train_loss_sum, train_correct.double(), val_loss_sum, val_correct.double()]
+                + [h.double() for h in halves]
             ),
             val_calibration.flatten(),
         ]
     ).tolist()  # the epoch's one host sync
-    train_loss, train_loss_sum, train_correct, val_loss_sum, val_correct = host[:5]
-    calibration = [host[5 : 5 + CALIBRATION_BINS], host[5 + CALIBRATION_BINS :]]
+    (
+        train_loss,
+        train_loss_sum,
+        train_correct,
+        val_loss_sum,
+        val_correct,
+        sel_loss,
+        sel_correct,
+        rep_loss,
+        rep_correct,
+    ) = host[:9]
+    calibration = [host[9 : 9 + CALIBRATION_BINS], host[9 + CALIBRATION_BINS :]]
     n_train, n_val = max(len(run.train_y), 1), max(len(run.val_y), 1)
+    n_sel, n_rep = (len(y) for _, y in run.val_halves)
     train_seconds = clock.seconds()
     lr = run.optimizer.param_groups[0]["lr"]
     record = {
@@ -318,6 +342,10 @@ def run_epoch(run: Run, steps: Steps, epoch: int) -> dict:
         "val_loss": val_loss_sum / n_val,
         "val_acc": val_correct / n_val,
         "val_ece": calibration_error(calibration, n_val),
+        "val_select_loss": _share(sel_loss, n_sel),  # the half of val that chooses a tuned hyperparameter
+        "val_select_acc": _share(sel_correct, n_sel),
+        "val_report_loss": _share(rep_loss, n_rep),  # the other half, that reports the chosen value's numbers
+        "val_report_acc": _share(rep_correct, n_rep),
         "gap": train_correct / n_train - val_correct / n_val,
         "epoch_seconds": time.perf_counter() - started,
         "samples_per_second": len(run.train_y) / train_seconds if train_seconds > 0 else 0.0,
