@@ -498,12 +498,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from analysis.export import FORMATS, curves_path, study_tables, write_tables
     from analysis.runs import StudyNotFound
+    from study.outputs import check_out_files, write_error
 
     out = Path(args.out)
     if out.suffix not in FORMATS:
         raise UsageError(f"--out {args.out}: unknown format {out.suffix or '(none)'!r}; use .csv or .parquet")
-    if not out.parent.resolve().is_dir():
-        raise UsageError(f"--out {args.out}: folder {out.parent} does not exist")
+    check_out_files([out, curves_path(out)])
     quiet_libraries()
     uri = preflight.resolve_tracking_uri(args.tracking_uri)
     preflight.check_tracking_uri(uri)
@@ -512,7 +512,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         trials, curves = study_tables(MlflowClient(uri), args.experiment)
     except StudyNotFound as err:
         raise UsageError(str(err)) from None
-    write_tables(trials, curves, out)
+    try:
+        write_tables(trials, curves, out)
+    except OSError as err:
+        raise write_error("--out", out, err) from None
     print(f"wrote {len(trials)} trials to {out} and {len(curves)} trial-epochs to {curves_path(out)}")
     return 0
 
