@@ -126,6 +126,7 @@ def sync_study(experiment_path: str, tracking_uri: str | None = None) -> dict:
     bound_mlflow_http()
     logger = load_logger(experiment_path, tracking_uri)
     logger.open_parent()
+    logger.adopt_parent_source()
     counts = replay(logger, experiment_path)
     status = "FINISHED" if counts["open"] == 0 else "KILLED"
     store.finish_run(MlflowClient(logger.tracking_uri), logger.parent_run_id, status=status)

@@ -222,6 +222,17 @@ class MlflowTrialLogger(tune.Callback):
                 "is the other start's; pass another --name"
             )
 
+    def source_tags(self) -> dict[str, str]:
+        """The trial runs' source tags: the study's (its parent run's, where ``sync`` read them)."""
+        source = getattr(self, "source", None)
+        return dict(source) if source else store.source_tags(f"birdplane {getattr(self, 'role', ROLE_SWEEP)}")
+
+    def adopt_parent_source(self) -> None:
+        """Take the trial runs' source tags from the parent run (``sync``: the runs it creates name
+        the checkout that trained them, not the one that replays them)."""
+        tags = self._client.get_run(self.parent_run_id).data.tags
+        self.source = {k: v for k, v in tags.items() if k.startswith("mlflow.source.") or k == "mlflow.user"}
+
     def setup(self, **info) -> None:
         self.open_parent()
 
@@ -313,7 +324,7 @@ class MlflowTrialLogger(tune.Callback):
             TAG_ROLE: ROLE_TRIAL,
             TAG_STUDY: self.study_name,
             **extra,
-            **store.source_tags(f"birdplane {getattr(self, 'role', ROLE_SWEEP)}"),
+            **self.source_tags(),
         }
         name = readable_name(train) if isinstance(train, dict) else f"trial_{trial_id}"
         run_id, created = store.ensure_run(client, self._experiment_id, key, name, tags, reopen=reopen)
