@@ -3,9 +3,10 @@ it, and a lock inside it is held while a driver runs the study.
 
 * A fresh start creates STORAGE/NAME with ``os.mkdir``: of two starts at once, exactly one succeeds;
   the other is refused in one line (the folder exists).
-* Every driver (a fresh start or a ``--resume``) holds ``fcntl.flock`` on NAME/.birdplane.lock while
-  it runs: a second ``--resume`` of a running study is refused. The kernel drops the lock when the
-  process dies, SIGKILL included, so a lock left by a killed driver never blocks a later --resume.
+* Every driver (a fresh start or a ``--resume``) and ``sync`` hold ``fcntl.flock`` on
+  NAME/.birdplane.lock while they run: a second ``--resume`` or a ``sync`` of a running study is
+  refused. The kernel drops the lock when the process dies, SIGKILL included, so a lock left by a
+  killed driver never blocks a later --resume.
 * A start that fails before birdplane's manifest is written gives its name back (the folder it
   made is removed again), so a corrected retry is not refused.
 * In MLflow, a fresh start is refused when the experiment already holds a parent run of that study
@@ -63,8 +64,7 @@ def claimed(path: str, name: str, resume: bool) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UsageError(
-                f"study {name!r} under {storage} is running in another process: wait for it to end "
-                "(or stop it) before --resume"
+                f"study {name!r} under {storage} is running in another process: wait for it to end (or stop it) first"
             ) from None
         yield
     finally:

@@ -17,6 +17,7 @@ from analysis.record import ROLE_ORPHAN, ROLE_TRIAL, TAG_OUTCOME, TAG_PARENT, TA
 from analysis.runs import search_runs
 from study import manifest
 from study import records as store
+from study.namelock import claimed
 from study.preflight import bound_mlflow_http, check_tracking_uri, resolve_tracking_uri
 from study.tracking import MlflowTrialLogger
 
@@ -125,9 +126,11 @@ def sync_study(experiment_path: str, tracking_uri: str | None = None) -> dict:
     """`birdplane sync`: replay everything, then end the parent run as FINISHED or KILLED."""
     bound_mlflow_http()
     logger = load_logger(experiment_path, tracking_uri)
-    logger.open_parent()
-    logger.adopt_parent_source()
-    counts = replay(logger, experiment_path)
-    status = "FINISHED" if counts["open"] == 0 else "KILLED"
-    store.finish_run(MlflowClient(logger.tracking_uri), logger.parent_run_id, status=status)
+    # Not while a driver runs the study: it would end the runs that driver is still writing.
+    with claimed(experiment_path, manifest.read(experiment_path).name, resume=True):
+        logger.open_parent()
+        logger.adopt_parent_source()
+        counts = replay(logger, experiment_path)
+        status = "FINISHED" if counts["open"] == 0 else "KILLED"
+        store.finish_run(MlflowClient(logger.tracking_uri), logger.parent_run_id, status=status)
     return {**counts, "parent_run_id": logger.parent_run_id, "tracking_uri": logger.tracking_uri}

@@ -51,14 +51,16 @@ def test_a_new_sqlite_store_opened_by_four_processes_at_once_is_created_once_wit
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"], "no lock file beside the store"
 
 
-def test_a_running_driver_s_lock_refuses_a_second_resume_and_a_sigkilled_driver_s_does_not(tmp_path):
+def test_a_running_driver_s_lock_refuses_a_second_resume_or_a_sync_and_a_sigkilled_driver_s_does_not(tmp_path, capsys):
     path = tmp_path / "ray" / "held"
     holder = python(
         """
         import sys, time
         from study.namelock import claimed
+        from study import manifest
         with claimed(sys.argv[1], "held", resume=False):
-            (__import__("pathlib").Path(sys.argv[1]) / "birdplane.json").write_text("{}")
+            uri = "sqlite:///" + sys.argv[1] + "/mlflow.db"
+            manifest.write(sys.argv[1], manifest.Manifest("sweep", "held", "held", uri, "", {}, {}))
             print("held", flush=True)
             time.sleep(120)
         """,
@@ -71,6 +73,10 @@ def test_a_running_driver_s_lock_refuses_a_second_resume_and_a_sigkilled_driver_
     with pytest.raises(UsageError, match="is running in another process"):
         with claimed(str(path), "held", resume=True):
             pass
+    from study.cli import main
+
+    assert main(["sync", "--name", "held", "--storage-path", str(tmp_path / "ray")]) == 2
+    assert "is running in another process" in capsys.readouterr().err
     os.killpg(holder.pid, signal.SIGKILL)
     holder.wait()
     assert (path / LOCK_FILE).exists(), "the killed driver left its lock file"
