@@ -53,12 +53,15 @@ def study_args(kind: str, tmp_path, tree, uri: str, name: str) -> list:
     return ["sweep", *common, "--num-samples", 2, "--scheduler", "none", "--space", space, "--optuna-storage", "none"]
 
 
-def trial_runs(uri: str, experiment: str) -> dict[int, object]:
-    """The study's trial runs by the trial's index in the study (the suffix of Ray's trial id)."""
+def trial_runs(uri: str, experiment: str) -> dict[tuple, object]:
+    """The study's trial runs by (training seed, hidden sizes): a capacity cell's seed, or a sweep
+    trial's (its sweep's seed plus the trial's number), the same in two studies of the same flags."""
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    return {int(r.data.tags[TAG_TRIAL].rsplit("_", 1)[1]): r for r in runs if r.data.tags.get(TAG_ROLE) == "trial"}
+    runs = [
+        r for r in client.search_runs([exp.experiment_id], max_results=1000) if r.data.tags.get(TAG_ROLE) == "trial"
+    ]
+    return {(r.data.params.get("seed"), r.data.params.get("hidden_sizes")): r for r in runs}
 
 
 def as_logged(uri: str, run) -> dict:
