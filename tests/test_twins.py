@@ -102,7 +102,8 @@ def test_a_fresh_start_is_refused_when_mlflow_already_holds_the_study(tmp_path):
     parent = client.create_run(exp, tags={TAG_STUDY: "taken", TAG_ROLE: "sweep"}).info.run_id
     tree = make_image_tree(tmp_path / "images", per_class=4, test_per_class=2, classes=("airplane", "bird"))
     proc = run_birdplane(
-        *("sweep", "--smoke", "--name", "taken", "--data-root", tree, "--cache-dir", tmp_path / "cache"),
+        *("sweep", "--smoke", "--num-samples", 1, "--epochs", 1, "--name", "taken"),
+        *("--data-root", tree, "--cache-dir", tmp_path / "cache"),
         *("--storage-path", tmp_path / "elsewhere", "--tracking-uri", uri),
         timeout=300,
     )
