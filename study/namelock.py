@@ -47,6 +47,7 @@ def claimed(path: str, name: str, resume: bool) -> Iterator[None]:
         yield
         return
     storage = os.path.dirname(folder)
+    made_storage = not os.path.isdir(storage)
     os.makedirs(storage, exist_ok=True)
     created = False
     if not resume:
@@ -70,14 +71,17 @@ def claimed(path: str, name: str, resume: bool) -> Iterator[None]:
     finally:
         os.close(fd)  # releases the lock
         if created and not os.path.isfile(os.path.join(folder, manifest.MANIFEST_FILE)):
-            _give_back(folder)
+            _give_back(folder, storage if made_storage else None)
 
 
-def _give_back(folder: str) -> None:
-    """Remove the folder of a start that never got as far as its manifest (it holds the lock file only)."""
+def _give_back(folder: str, storage: str | None) -> None:
+    """Remove the folder of a start that never got as far as its manifest (it holds the lock file
+    only), and the storage folder it made for it, if nothing else is in it."""
     try:
         os.unlink(os.path.join(folder, LOCK_FILE))
         os.rmdir(folder)
+        if storage is not None:
+            os.rmdir(storage)
     except OSError:  # something else is in it now: leave it
         pass
 
