@@ -15,7 +15,7 @@ import pandas as pd
 
 from analysis.figures import _finish, mark_threshold
 from analysis.overfitting import capacity_frontier
-from analysis.report import StudyReport, _table, config_label
+from analysis.report import StudyReport, _table, config_label, png_bytes, write_files
 
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
 BEST_FILE = "compare_best.csv"
@@ -162,22 +162,14 @@ def write_comparison(reports: list[StudyReport], out: Path) -> list[Path]:
     """compare.html (figures inlined), the two PNGs, compare_best.csv and compare_trends.csv in ``out``;
     returns the paths."""
     import base64
-    import io
 
-    out.mkdir(parents=True, exist_ok=True)
     best = best_table(reports)
-    written, inline = [], {}
-    for name, fig in zip(FIGURES, (frontier_figure(reports), gap_figure(reports)), strict=False):
-        fig.savefig(out / name, dpi=110)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-        plt.close(fig)
-        inline[name] = base64.b64encode(buf.getvalue()).decode()
-        written.append(out / name)
-    best.to_csv(out / BEST_FILE, index=False)
+    figures = (frontier_figure(reports), gap_figure(reports))
+    contents = {name: png_bytes(fig) for name, fig in zip(FIGURES, figures, strict=False)}
+    inline = {name: base64.b64encode(data).decode() for name, data in contents.items()}
     trends = trends_table(reports)
-    trends.to_csv(out / TRENDS_FILE, index=False)
-    written += [out / BEST_FILE, out / TRENDS_FILE]
+    contents[BEST_FILE] = best.to_csv(index=False).encode()
+    contents[TRENDS_FILE] = trends.to_csv(index=False).encode()
     names = ", ".join(r.experiment for r in reports)
     counts = "; ".join(
         f"{html.escape(r.experiment)}: {len(r.trials)} trials at the {r.epochs}-epoch budget "
@@ -210,9 +202,8 @@ def write_comparison(reports: list[StudyReport], out: Path) -> list[Path]:
         "table.t{border-collapse:collapse;font-size:13px}table.t td,table.t th{padding:2px 8px;"
         "border-bottom:1px solid #ddd}p.legend{font-size:12px;color:#555}"
     )
-    page = out / "compare.html"
-    page.write_text(
+    contents["compare.html"] = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(names)}</title>"
         f"<style>{style}</style></head><body>{''.join(sections)}</body></html>"
-    )
-    return written + [page]
+    ).encode()
+    return write_files(out, contents)

@@ -7,8 +7,6 @@ trial id and the final and best metrics. Curves: every per-epoch metric of every
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +15,7 @@ from mlflow import MlflowClient
 from analysis.capacity import epochs_of
 from analysis.record import EPOCH_METRICS, TAG_NODE
 from analysis.runs import load_histories, load_study
+from trainables.files import atomic_paths
 
 FORMATS = (".csv", ".parquet")
 
@@ -56,23 +55,13 @@ def _nodes(client: MlflowClient, run_ids) -> dict[str, str | None]:
 
 
 def write_tables(trials: pd.DataFrame, curves: pd.DataFrame, out: Path) -> tuple[Path, Path]:
-    """Both files, or neither: each is written to a temporary file beside its target and renamed
-    into place only when both were written."""
+    """Both files, or neither (trainables.files.atomic_paths: each written to a temporary file beside
+    its target, renamed into place only when both were written), with the user's umask's mode."""
     second = curves_path(out)
-    written = []
-    try:
-        for frame, target in ((trials, out), (curves, second)):
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-            os.close(fd)
-            written.append((tmp, target))
+    with atomic_paths([out, second]) as (first_tmp, second_tmp):
+        for frame, tmp in ((trials, first_tmp), (curves, second_tmp)):
             if out.suffix == ".csv":
                 frame.to_csv(tmp, index=False)
             else:
                 frame.to_parquet(tmp, index=False)
-    except BaseException:
-        for tmp, _ in written:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-    for tmp, target in written:
-        os.replace(tmp, target)
     return out, second

@@ -33,6 +33,7 @@ ROLE_SWEEP = "sweep"  # a sweep's parent run
 ROLE_CAPACITY = "capacity"  # a capacity study's parent run
 STUDY_ROLES = (ROLE_SWEEP, ROLE_CAPACITY)
 ROLE_TRIAL = "trial"  # one trial of a sweep
+ROLE_ORPHAN = "orphan"  # a finished trial's run that Ray's saved state never knew: kept, out of the study
 ROLE_RERUN = "rerun"  # the parent of a rerun's seeds
 ROLE_RERUN_SEED = "rerun_seed"
 ROLE_CONFIRM = "confirm"  # a full-budget retraining of a sweep's trial, under the sweep's parent run

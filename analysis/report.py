@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from analysis.overfitting import compare_by, edge_flags, importances, overfittin
 from analysis.power import power_text, study_power
 from analysis.statistics import confirmation
 from analysis.tuning import CHOICE_LEGEND, choose, on_reporting_half, shift_text, tuned_field, tuning_figure
+from trainables.files import atomic_paths
 
 FIGURE_FILES = ("capacity.png", "gap.png", "learning_curves.png", "hyperparameters.png", "importance.png")
 # and, for a capacity study, epochwise.png; for a tuned one, tuning.png
@@ -383,20 +385,11 @@ def power_line(report: StudyReport) -> str:
 
 
 def write_report(report: StudyReport, figs: dict, out: Path) -> list[Path]:
-    """Write the PNGs, the per-size CSV and report.html into ``out`` (created); returns the paths."""
-    out.mkdir(parents=True, exist_ok=True)
-    written, inline = [], {}
-    for name, fig in figs.items():
-        path = out / name
-        fig.savefig(path, dpi=110)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-        plt.close(fig)
-        inline[name] = base64.b64encode(buf.getvalue()).decode()
-        written.append(path)
-    csv = out / TABLE_FILE
-    report.sizes.to_csv(csv, index=False)
-    written.append(csv)
+    """Write the PNGs, the per-size CSV and report.html into ``out`` (created); returns the paths.
+    Every file is rendered in memory first and then written all-or-nothing (``write_files``)."""
+    contents = {name: png_bytes(fig) for name, fig in figs.items()}
+    inline = {name: base64.b64encode(data).decode() for name, data in contents.items()}
+    contents[TABLE_FILE] = report.sizes.to_csv(index=False).encode()
     pareto = report.pareto.assign(config=[config_label(r) for _, r in report.pareto.iterrows()])
     flagged = report.edges[report.edges["at_edge"]] if not report.edges.empty else report.edges
     edge_text = (
@@ -483,12 +476,37 @@ def write_report(report: StudyReport, figs: dict, out: Path) -> list[Path]:
         "table.t{border-collapse:collapse;font-size:13px}table.t td,table.t th{padding:2px 8px;"
         "border-bottom:1px solid #ddd}p.legend{font-size:12px;color:#555}"
     )
-    page = out / "report.html"
-    page.write_text(
+    contents["report.html"] = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report.experiment)}"
         f"</title><style>{style}</style></head><body>{''.join(sections)}</body></html>"
-    )
-    return written + [page]
+    ).encode()
+    return write_files(out, contents)
+
+
+def png_bytes(fig) -> bytes:
+    """The figure as PNG bytes (closed afterwards)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_files(out: Path, contents: dict[str, bytes]) -> list[Path]:
+    """Every file of ``contents`` into folder ``out``, or none of them (trainables.files.atomic_paths:
+    the user's umask, nothing half written); a folder this call created is removed again when the
+    writes fail. Returns the paths, in the order given."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    targets = [out / name for name in contents]
+    try:
+        with atomic_paths(targets) as temps:
+            for tmp, data in zip(temps, contents.values(), strict=True):
+                tmp.write_bytes(data)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return targets
 
 
 def _img(inline: dict, name: str) -> str:

@@ -20,6 +20,7 @@ import yaml
 
 from study import preflight
 from study.errors import UsageError
+from study.namelock import study_claimed
 from study.runner import (
     Prepared,
     StudyOptions,
@@ -232,6 +233,10 @@ def recipe_from_run(run_id: str, tracking_uri: str) -> dict:
 
     from analysis.runs import read_json_artifact
 
+    try:  # asked to read a run, not to create a store: MlflowClient would create it, migrations and all
+        preflight.check_store_exists(tracking_uri)
+    except UsageError as err:
+        raise UsageError(f"--from-run {run_id}: {err}") from None
     client = MlflowClient(tracking_uri)
     try:
         client.get_run(run_id)
@@ -275,6 +280,14 @@ class CapacitySpec:
             "recipe_source": self.recipe_source,
             "epochs": self.design.epochs,
         }
+
+
+def spec_from_dict(blob: dict) -> CapacitySpec:
+    """``CapacitySpec.to_dict()`` read back (the manifest's space of a capacity study)."""
+    grid = dict(blob["design"])
+    for key in ("widths", "depths", "values"):
+        grid[key] = tuple(grid.get(key) or ())
+    return CapacitySpec(Grid(**grid), dict(blob["recipe"]), blob.get("recipe_source", ""))
 
 
 @dataclass(frozen=True)
@@ -418,8 +431,18 @@ class Capacity:
         return PointOf(tuple(design_points(prep.space, opts.seed, opts.cpus_per_trial, device)))
 
 
+def resolver_from_manifest(record) -> PointOf:
+    """The resolver the study's driver used, rebuilt from birdplane's manifest (``sync``): the same
+    points, so a replayed run gets the same params, tags, name and config.json as a live one."""
+    options = record.options
+    device = options.get("trial_device") or "cpu"  # recorded by run_study; older studies ran on CPUs
+    points = design_points(spec_from_dict(record.space), int(options["seed"]), int(options["cpus_per_trial"]), device)
+    return PointOf(tuple(points))
+
+
 def run_capacity(prep: CapacityPrepared) -> StudySummary:
-    summary = run_study(prep, Capacity())
+    with study_claimed(prep, "capacity"):
+        summary = run_study(prep, Capacity())
     if prep.space.design.tune and not summary.undelivered:
         tag_selection(summary.tracking_uri, summary.experiment, summary.parent_run_id)
     return summary

@@ -285,13 +285,49 @@ def sweep_options(args: argparse.Namespace) -> SweepOptions:
 
 
 def run_and_summarise(args: argparse.Namespace, run) -> tuple:
-    """Run a study; (its summary, the exit code: 130 when interrupted). With --json, print the
-    summary as one JSON object."""
+    """Run a study; (its summary, the exit code: 130 when interrupted, 1 when every trial failed).
+    With --json, print the summary as one JSON object (and what went wrong on stderr)."""
     quiet_libraries()
     summary = run()
     if args.json:
         print(json.dumps(json_safe(asdict(summary)), default=str))
-    return summary, 130 if summary.interrupted else 0
+        for line in trouble_lines(summary):  # stdout holds the JSON object alone
+            print(line, file=sys.stderr)
+    return summary, exit_code(summary)
+
+
+def exit_code(summary) -> int:
+    """130 when the study was interrupted, 1 when it has trials and every one failed, else 0."""
+    if summary.interrupted:
+        return 130
+    failed = [t for t in summary.trials if t.get("error")]
+    return 1 if summary.trials and len(failed) == len(summary.trials) else 0
+
+
+def sync_command(summary) -> str:
+    """The `birdplane sync` that replays this study into MLflow (its storage path, as it ran)."""
+    import shlex
+
+    storage = summary.experiment_path[: -len(summary.name)].rstrip("/" + os.sep) or "/"
+    return f"birdplane sync --name {shlex.quote(summary.name)} --storage-path {shlex.quote(storage)}"
+
+
+def trouble_lines(summary) -> list[str]:
+    """What the user must know after a study ran: its failed trials and MLflow calls not delivered."""
+    lines = []
+    failed = [t for t in summary.trials if t.get("error")]
+    if failed:
+        none_left = " (none succeeded)" if len(failed) == len(summary.trials) else ""
+        lines.append(
+            f"failed: {len(failed)} of {len(summary.trials)} trials failed{none_left}; "
+            f"first error: {failed[0]['error']}"
+        )
+    if summary.undelivered:
+        lines.append(
+            f"warning: {summary.undelivered} MLflow calls were not delivered (the tracking server did not answer); "
+            f"Ray's results hold everything: repair MLflow with `{sync_command(summary)}`"
+        )
+    return lines
 
 
 def format_trial(t: dict) -> str:
@@ -347,11 +383,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print("Pareto set (val_acc up, param_count down):")
         for t in summary.pareto:
             print(f"  {t['trial_id']}: {format_trial(t)}")
-    if summary.undelivered:
-        print(
-            f"warning: {summary.undelivered} MLflow calls were not delivered; "
-            f"run `birdplane sync --name {summary.name}`"
-        )
+    for line in trouble_lines(summary):
+        print(line)
     print(review_hint(summary.tracking_uri, summary.experiment))
     return code
 
@@ -522,12 +555,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from analysis.export import FORMATS, curves_path, study_tables, write_tables
     from analysis.runs import StudyNotFound
+    from study.outputs import check_out_files, write_error
 
     out = Path(args.out)
     if out.suffix not in FORMATS:
         raise UsageError(f"--out {args.out}: unknown format {out.suffix or '(none)'!r}; use .csv or .parquet")
-    if not out.parent.resolve().is_dir():
-        raise UsageError(f"--out {args.out}: folder {out.parent} does not exist")
+    check_out_files([out, curves_path(out)])
     quiet_libraries()
     uri = preflight.resolve_tracking_uri(args.tracking_uri)
     preflight.check_tracking_uri(uri)
@@ -536,7 +569,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         trials, curves = study_tables(MlflowClient(uri), args.experiment)
     except StudyNotFound as err:
         raise UsageError(str(err)) from None
-    write_tables(trials, curves, out)
+    try:
+        write_tables(trials, curves, out)
+    except OSError as err:
+        raise write_error("--out", out, err) from None
     print(f"wrote {len(trials)} trials to {out} and {len(curves)} trial-epochs to {curves_path(out)}")
     return 0
 
@@ -728,6 +764,13 @@ def cmd_sync(args: argparse.Namespace) -> int:
         f"synced {counts['trials']} trials to {counts['tracking_uri']}: {counts['closed']} runs completed, "
         f"{counts['open']} trials unfinished (resume the study to finish them); parent run {counts['parent_run_id']}"
     )
+    for run_id, trial_id, status in counts["retired"]:
+        print(f"retired run {run_id} (trial {trial_id}, {status}, unknown to Ray's saved state): soft-deleted")
+    for run_id, trial_id, _ in counts["kept"]:
+        print(
+            f"kept run {run_id} (trial {trial_id}, finished, unknown to Ray's saved state): "
+            "not deleted, tagged birdplane.role=orphan, out of the study"
+        )
     return 0
 
 
@@ -840,6 +883,8 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         f"analyse: birdplane report --experiment {summary.experiment}"
         + (f" --tracking-uri {summary.tracking_uri}" if not preflight.is_local_store(summary.tracking_uri) else "")
     )
+    for line in trouble_lines(summary):
+        print(line)
     return code
 
 

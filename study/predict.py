@@ -54,10 +54,15 @@ def resolve_model(model: str, tracking_uri: str | None, folder: Path) -> Path:
     if "://" in model or model.startswith(("runs:/", "models:/")):
         import mlflow.artifacts
 
-        from study.preflight import resolve_tracking_uri
+        from study.preflight import check_store_exists, resolve_tracking_uri
 
+        uri = resolve_tracking_uri(tracking_uri)
+        if not model.startswith("mlflow-artifacts:"):  # runs:/ and models:/ are looked up in the store
+            try:
+                check_store_exists(uri)  # reading a model must not create ./mlflow.db
+            except UsageError as err:
+                raise UsageError(f"cannot fetch model {model}: {err}") from None
         try:
-            uri = resolve_tracking_uri(tracking_uri)
             with registry(uri):  # models:/ URIs are resolved by the registry, not the tracking URI
                 path = Path(
                     mlflow.artifacts.download_artifacts(artifact_uri=model, tracking_uri=uri, dst_path=str(folder))

@@ -22,13 +22,15 @@ MLflow queue a write and drop it on failure, behind the back of the caller's ret
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import hashlib
 import json
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import mlflow
 from mlflow import MlflowClient
@@ -57,6 +59,28 @@ EXPERIMENT_KIND = "custom_model_development"
 
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"
+
+
+@contextmanager
+def store_creation_lock(uri: str) -> Iterator[None]:
+    """One process at a time may open a sqlite store: the first to open a new store creates its
+    tables (MLflow's alembic migrations), and a second migrating the same file at once crashes. The
+    lock is ``flock`` on the store's folder, so no lock file is left beside the database."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    fd = os.open(os.path.dirname(uri[len("sqlite:///") :]) or ".", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def open_client(uri: str) -> MlflowClient:
+    """A client of the store at ``uri``; a new sqlite store is created by one process at a time."""
+    with store_creation_lock(uri):
+        return MlflowClient(uri)
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:

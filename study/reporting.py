@@ -12,6 +12,7 @@ from analysis.report import StudyReport, analyse, make_figures, write_report
 from analysis.runs import Study, StudyNotFound, finished, left_out, load_histories, load_study, read_json_artifact
 from study import preflight
 from study.errors import UsageError
+from study.outputs import check_out_folder, write_error
 
 
 def open_study(tracking_uri: str | None, experiment: str) -> tuple[MlflowClient, Study, pd.DataFrame, str]:
@@ -34,8 +35,12 @@ def open_study(tracking_uri: str | None, experiment: str) -> tuple[MlflowClient,
 def build_report(
     tracking_uri: str | None, experiment: str, out: Path, include_short: bool = False
 ) -> tuple[StudyReport, list[Path], str]:
+    check_out_folder(out)
     report, histories, client, study, uri = analyse_study(tracking_uri, experiment, include_short)
-    paths = write_report(report, make_figures(report, histories, study.space), out)
+    try:
+        paths = write_report(report, make_figures(report, histories, study.space), out)
+    except OSError as err:
+        raise write_error("--out", out, err) from None
     for path in paths:
         client.log_artifact(study.parent_run_id, str(path), artifact_path="report")
     return report, paths, uri
@@ -74,8 +79,12 @@ def build_comparison(
     repeated = sorted({e for e in experiments if experiments.count(e) > 1})
     if repeated:
         raise UsageError(f"--experiment {repeated[0]!r} is given twice")
+    check_out_folder(out)
     reports, uri = [], None
     for experiment in experiments:  # every study is checked before anything is written
         report, _, _, _, uri = analyse_study(tracking_uri, experiment, include_short)
         reports.append(report)
-    return reports, write_comparison(reports, out), uri
+    try:
+        return reports, write_comparison(reports, out), uri
+    except OSError as err:
+        raise write_error("--out", out, err) from None

@@ -348,7 +348,9 @@ def run_study(prep: Prepared, design: Design, extra_callbacks: list = ()) -> Stu
         # A fresh local Ray (~5 s, mostly waiting on its processes) overlaps with creating the
         # MLflow store (~3 s of schema migrations when it is new).
         with ThreadPoolExecutor(max_workers=1) as pool:
-            ready = pool.submit(lambda: record.ensure_experiment(MlflowClient(prep.tracking_uri), prep.experiment))
+            ready = pool.submit(
+                lambda: record.ensure_experiment(record.open_client(prep.tracking_uri), prep.experiment)
+            )
             ray = connect_ray(opts.address)
             ready.result()
     else:
@@ -356,7 +358,8 @@ def run_study(prep: Prepared, design: Design, extra_callbacks: list = ()) -> Stu
         ray = connect_ray(opts.address)
     cluster = preflight.check_cluster(ray, prep.tracking_uri, prep.storage_path, opts.storage_path is not None)
     resolve = design.resolver(prep, cluster)
-    flags = _flags(prep, kind)
+    # The trials' device, so that `sync` can rebuild a capacity study's points (study/capacity.py).
+    flags = {**_flags(prep, kind), "trial_device": trial_resources(opts, cluster)[1]}
     callback = MlflowTrialLogger(
         prep.tracking_uri,
         prep.experiment,

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 from study import manifest, preflight
 from study.errors import UsageError
+from study.namelock import study_claimed
 from study.runner import (
     Prepared,
     StudyOptions,
@@ -385,4 +386,5 @@ class Sweep:
 def run_sweep(
     prep: SweepPrepared, points_to_evaluate: list[dict] | None = None, extra_callbacks: list = ()
 ) -> StudySummary:
-    return run_study(prep, Sweep(tuple(points_to_evaluate or ())), extra_callbacks=extra_callbacks)
+    with study_claimed(prep, "sweep"):
+        return run_study(prep, Sweep(tuple(points_to_evaluate or ())), extra_callbacks=extra_callbacks)

@@ -8,16 +8,20 @@ can leave finished trials whose MLflow runs were never closed).
 
 from __future__ import annotations
 
+import logging
 import math
 
 from mlflow import MlflowClient
 
-from analysis.record import TAG_OUTCOME, TAG_PARENT, TAG_TRIAL
+from analysis.record import ROLE_ORPHAN, ROLE_TRIAL, TAG_OUTCOME, TAG_PARENT, TAG_ROLE, TAG_TRIAL
 from analysis.runs import search_runs
 from study import manifest
 from study import records as store
+from study.namelock import claimed
 from study.preflight import bound_mlflow_http, check_tracking_uri, resolve_tracking_uri
 from study.tracking import MlflowTrialLogger
+
+log = logging.getLogger(__name__)
 
 
 def _records(frame) -> list[dict]:
@@ -53,24 +57,40 @@ def replay(logger: MlflowTrialLogger, experiment_path: str, resuming: bool = Fal
         )
         counts[outcome] += 1
     client = MlflowClient(logger.tracking_uri)
-    counts["orphaned"] = retire_orphans(client, logger, {t.trial_id for t in analysis.trials})
-    return counts
+    retired, kept = retire_orphans(client, logger, {t.trial_id for t in analysis.trials})
+    for run_id, trial_id, status in retired:  # a --resume tells these on stderr; `sync` prints them
+        log.warning("retired run %s of trial %s (%s, unknown to Ray's saved state)", run_id, trial_id, status)
+    for run_id, trial_id, _ in kept:
+        log.warning("kept run %s of trial %s (finished, unknown to Ray's saved state) as an orphan", run_id, trial_id)
+    return {**counts, "orphaned": len(retired) + len(kept), "retired": retired, "kept": kept}
 
 
-def retire_orphans(client: MlflowClient, logger: MlflowTrialLogger, known: set[str]) -> int:
+def retire_orphans(client: MlflowClient, logger: MlflowTrialLogger, known: set[str]) -> tuple[list, list]:
     """Child runs of trials that Ray's saved state does not know (created after its last snapshot,
-    before the driver died; the resumed searcher makes new trials instead). They are tagged
-    outcome=orphaned, ended KILLED and soft-deleted (mlflow gc or the UI can restore them), so the
-    study holds exactly one run per trial."""
-    query = f"tags.`{TAG_PARENT}` = '{logger.parent_run_id}'"
+    before the driver died; the resumed searcher makes new trials instead), so that the study holds
+    exactly one run per trial. Returns (retired, kept), each a list of (run id, trial id, status).
+
+    A run that never finished (RUNNING, KILLED, FAILED) is tagged outcome=orphaned, ended KILLED and
+    soft-deleted (mlflow gc or the UI can restore it). A FINISHED run holds completed results and is
+    never deleted: its role becomes ``orphan`` (analysis reads role=trial only), and it stays, under
+    the parent run, for anyone to look at."""
+    query = f"tags.`{TAG_PARENT}` = '{logger.parent_run_id}' and tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'"
     runs = search_runs(client, logger.experiment_id, query)
-    orphans = [r for r in runs if r.data.tags.get(TAG_TRIAL) not in known]
-    for run in orphans:
+    retired, kept = [], []
+    for run in runs:
+        trial_id, status = run.data.tags.get(TAG_TRIAL), run.info.status
+        if trial_id in known:
+            continue
+        if status == "FINISHED":
+            store.set_tags(client, run.info.run_id, {TAG_ROLE: ROLE_ORPHAN})
+            kept.append((run.info.run_id, trial_id, status))
+            continue
         store.set_tags(client, run.info.run_id, {TAG_OUTCOME: "orphaned"})
-        if run.info.status == "RUNNING":
+        if status == "RUNNING":
             store.finish_run(client, run.info.run_id, status="KILLED")
         client.delete_run(run.info.run_id)
-    return len(orphans)
+        retired.append((run.info.run_id, trial_id, status))
+    return retired, kept
 
 
 def load_logger(experiment_path: str, tracking_uri: str | None) -> MlflowTrialLogger:
@@ -89,15 +109,28 @@ def load_logger(experiment_path: str, tracking_uri: str | None) -> MlflowTrialLo
         data_config=record.data,
         key=experiment_path,
         role=record.kind,
+        resolve=resolver_for(record),
     )
+
+
+def resolver_for(record: manifest.Manifest):
+    """The trial config -> full config map the study's driver used (None: Tune's configs are full)."""
+    if record.kind == "capacity":
+        from study.capacity import resolver_from_manifest
+
+        return resolver_from_manifest(record)
+    return None
 
 
 def sync_study(experiment_path: str, tracking_uri: str | None = None) -> dict:
     """`birdplane sync`: replay everything, then end the parent run as FINISHED or KILLED."""
     bound_mlflow_http()
     logger = load_logger(experiment_path, tracking_uri)
-    logger.open_parent()
-    counts = replay(logger, experiment_path)
-    status = "FINISHED" if counts["open"] == 0 else "KILLED"
-    store.finish_run(MlflowClient(logger.tracking_uri), logger.parent_run_id, status=status)
+    # Not while a driver runs the study: it would end the runs that driver is still writing.
+    with claimed(experiment_path, manifest.read(experiment_path).name, resume=True):
+        logger.open_parent()
+        logger.adopt_parent_source()
+        counts = replay(logger, experiment_path)
+        status = "FINISHED" if counts["open"] == 0 else "KILLED"
+        store.finish_run(MlflowClient(logger.tracking_uri), logger.parent_run_id, status=status)
     return {**counts, "parent_run_id": logger.parent_run_id, "tracking_uri": logger.tracking_uri}

@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from ray import tune
 
 from analysis.record import (
+    CONFIG_ARTIFACT,
     EPOCH_METRICS,
     ROLE_SWEEP,
     ROLE_TRIAL,
@@ -31,6 +32,7 @@ from analysis.record import (
     readable_name,
 )
 from study import records as store
+from study.errors import UsageError
 from trainables.bundle import bundle_args
 from trainables.checkpoint import TrainState
 from trainables.tune_adapter import read_checkpoint
@@ -186,13 +188,15 @@ class MlflowTrialLogger(tune.Callback):
     def open_parent(self) -> str:
         """Create or adopt the sweep's parent run; called before Ray starts trials so errors surface."""
         if self.parent_run_id is None:
-            self._client = MlflowClient(self.tracking_uri)
+            self._client = store.open_client(self.tracking_uri)
             self._experiment_id = store.ensure_experiment(self._client, self.experiment)
             key = {TAG_STUDY: self.study_name, TAG_ROLE: getattr(self, "role", ROLE_SWEEP)}
             role = getattr(self, "role", ROLE_SWEEP)
             self.parent_run_id, created = store.ensure_run(
                 self._client, self._experiment_id, key, self.study_name, store.source_tags(f"birdplane {role}")
             )
+            if created:
+                self._settle_twin_parents(key)
             store.log_params(self._client, self.parent_run_id, self.parent_params)
             if created:
                 for name, payload in self.parent_artifacts.items():
@@ -201,6 +205,33 @@ class MlflowTrialLogger(tune.Callback):
                 store.log_dataset(self._client, self.parent_run_id, self.data_config)
             self._outbox = Outbox()
         return self.parent_run_id
+
+    def _settle_twin_parents(self, key: dict) -> None:
+        """Two starts of one study that both found no parent run created one each: the earlier run
+        (by start time, then id) is the study's, and the later start deletes its own and stops."""
+        runs = self._client.search_runs(
+            [self._experiment_id],
+            filter_string=" and ".join(f"tags.`{k}` = '{v}'" for k, v in key.items()),
+            max_results=10,
+        )
+        first = min(runs, key=lambda r: (r.info.start_time, r.info.run_id), default=None)
+        if first is not None and first.info.run_id != self.parent_run_id:
+            self._client.delete_run(self.parent_run_id)
+            raise UsageError(
+                f"study {self.study_name!r} was started twice at once: MLflow parent run {first.info.run_id} "
+                "is the other start's; pass another --name"
+            )
+
+    def source_tags(self) -> dict[str, str]:
+        """The trial runs' source tags: the study's (its parent run's, where ``sync`` read them)."""
+        source = getattr(self, "source", None)
+        return dict(source) if source else store.source_tags(f"birdplane {getattr(self, 'role', ROLE_SWEEP)}")
+
+    def adopt_parent_source(self) -> None:
+        """Take the trial runs' source tags from the parent run (``sync``: the runs it creates name
+        the checkout that trained them, not the one that replays them)."""
+        tags = self._client.get_run(self.parent_run_id).data.tags
+        self.source = {k: v for k, v in tags.items() if k.startswith("mlflow.source.") or k == "mlflow.user"}
 
     def setup(self, **info) -> None:
         self.open_parent()
@@ -279,7 +310,9 @@ class MlflowTrialLogger(tune.Callback):
             self._open_child(trial_id, None)
         return self._runs[trial_id]
 
-    def _open_child(self, trial_id: str, config: dict | None, reopen: bool = True) -> None:
+    def _open_child(self, trial_id: str, config: dict | None, reopen: bool = True) -> bool:
+        """Find or create the trial's run and give it the config's params, tags and name; returns
+        whether an existing run lacked its config (opened from a placeholder, or by an older sync)."""
         client = self._client
         key = {TAG_PARENT: self.parent_run_id, TAG_TRIAL: trial_id}
         # A trial Tune created but never started holds placeholders (not dicts) where its sampled
@@ -291,13 +324,15 @@ class MlflowTrialLogger(tune.Callback):
             TAG_ROLE: ROLE_TRIAL,
             TAG_STUDY: self.study_name,
             **extra,
-            **store.source_tags(f"birdplane {getattr(self, 'role', ROLE_SWEEP)}"),
+            **self.source_tags(),
         }
         name = readable_name(train) if isinstance(train, dict) else f"trial_{trial_id}"
         run_id, created = store.ensure_run(client, self._experiment_id, key, name, tags, reopen=reopen)
+        lacked = False
         if created:
             store.log_dataset(client, run_id, self.data_config)
         elif isinstance(train, dict):  # a run opened earlier without its config (a placeholder, a replay)
+            lacked = "hidden_sizes" not in client.get_run(run_id).data.params
             store.set_tags(client, run_id, {**extra, TAG_RUN_NAME: name})
         if isinstance(train, dict):
             searched = {k: v for k, v in config.items() if k not in ("train", "tags")}
@@ -312,6 +347,7 @@ class MlflowTrialLogger(tune.Callback):
             )
         self._runs[trial_id] = run_id
         self._last_step[trial_id] = store.last_logged_step(client, run_id)
+        return lacked
 
     def _log_epoch(self, trial_id: str, record: dict, extra: dict) -> None:
         self._log_records(trial_id, [record], extra.get("param_count"))
@@ -336,13 +372,19 @@ class MlflowTrialLogger(tune.Callback):
         Returns "closed" (a finished trial's run was completed now), "open" (the trial is
         unfinished) or "unchanged". An adopted run keeps its status unless this changes it.
         """
-        self._open_child(trial_id, config, reopen=False)
+        lacked = self._open_child(trial_id, config, reopen=False)
         run_id = self._runs[trial_id]
         if records:
             self._log_records(trial_id, records, records[-1].get("param_count"))
+            node = records[-1].get("node_id")
+            if isinstance(node, str) and node:  # the node it ran on last, as the live logger tags it
+                store.set_tags(self._client, run_id, {TAG_NODE: node})
         run_status = self._client.get_run(run_id).info.status
         if status in ("TERMINATED", "ERROR"):
             if run_status in ("FINISHED", "FAILED"):
+                if lacked:  # closed without its config (an older sync): config.json written again
+                    resolved = self._resolved(config, read_checkpoint(checkpoint))
+                    store.log_dict(self._client, run_id, resolved, CONFIG_ARTIFACT)
                 return "unchanged"
             self._close_child(trial_id, config, checkpoint, records[-1] if records else {}, status == "ERROR")
             return "closed"
@@ -354,12 +396,7 @@ class MlflowTrialLogger(tune.Callback):
         run_id = self._child_id(trial_id)
         state = read_checkpoint(checkpoint)
         history = state.history if state else []
-        resolved = {
-            "train": config.get("train"),
-            "search": {k: v for k, v in config.items() if k not in ("train", "tags")},
-            "data": self.data_config,
-            "normalisation": state.data if state else None,
-        }
+        resolved = self._resolved(config, state)
         # Epochs that reached the checkpoint but not MLflow (e.g. reported before a driver crash)
         # are logged here too.
         self._last_step[trial_id] = store.write_finished_run(
@@ -375,3 +412,12 @@ class MlflowTrialLogger(tune.Callback):
             else None,
             ok=not error,
         )
+
+    def _resolved(self, config: dict, state: TrainState | None) -> dict:
+        """The run's config.json: the trial's full config, its data and its normalisation."""
+        return {
+            "train": config.get("train"),
+            "search": {k: v for k, v in config.items() if k not in ("train", "tags")},
+            "data": self.data_config,
+            "normalisation": state.data if state else None,
+        }

@@ -257,11 +257,18 @@ def test_runs_of_trials_a_stale_snapshot_never_knew_are_retired_as_orphans(slow_
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert len(last_json(resumed.stdout)["trials"]) == 6
     assert_complete(mlflow_server.url, "stale", 6, 3)
+    # Runs that never finished are retired (soft-deleted); a finished run holds completed results and
+    # is never deleted: it leaves the study (role orphan) and stays.
+    finished_unknown = {r for r in unknown if status_before[r] == "FINISHED"}
     client, retired = children(mlflow_server.url, "stale", deleted=True)
-    assert {r.info.run_id for r in retired} == unknown
+    assert {r.info.run_id for r in retired} == unknown - finished_unknown
     for run in retired:
         assert run.data.tags["outcome"] == "orphaned" and run.info.lifecycle_stage == "deleted"
-        assert run.info.status == ("KILLED" if status_before[run.info.run_id] == "RUNNING" else "FINISHED")
+        assert run.info.status == "KILLED"
+    exp = client.get_experiment_by_name("stale").experiment_id
+    kept = [r for r in client.search_runs([exp], max_results=1000) if r.data.tags.get("birdplane.role") == "orphan"]
+    assert {r.info.run_id for r in kept} == finished_unknown
+    assert all(r.info.status == "FINISHED" and r.data.tags["outcome"] == "completed" for r in kept)
     assert "RUNNING" in {status_before[r] for r in unknown}, "the trial running at the kill was one of them"
     live = {r.info.run_id for r in children(mlflow_server.url, "stale")[1]}
     assert adopted <= live, "runs of trials the snapshot knew were adopted, not replaced"
