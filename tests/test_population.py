@@ -169,6 +169,40 @@ def test_a_checkpoint_is_written_all_or_nothing(tiny_data, tmp_path):
     assert PopulationState.load(path).epoch == 1
 
 
+# ---------------------------------------------------------------- on a GPU (skipped without CUDA)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+def test_graphed_and_eager_populations_give_the_same_history_and_shrinking_captures_again(tiny_data):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    configs = configs_for("adamw", epochs=4, device="cuda")
+
+    def stop_one(metrics, _):
+        return [1] if metrics.get(1, {}).get("epoch") == 2 else []
+
+    graphed = fit_population(configs, tiny_data, on_epoch_end=stop_one)
+    eager = fit_population([c.replace(graphs="off") for c in configs], tiny_data, on_epoch_end=stop_one)
+    assert graphed[0].steps == "graphed (CUDA graphs)" and eager[0].steps == "eager (CUDA graphs turned off)"
+    assert [r.status for r in graphed] == [r.status for r in eager] == ["completed", "stopped", "completed"]
+    for g, e in zip(graphed, eager, strict=True):
+        assert_same_history(g.history, e.history)
+        for p, q in zip(g.model.parameters(), e.model.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+@cuda
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_on_a_gpu_members_without_dropout_train_as_their_solo_fits(tiny_data, optimizer):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    configs = configs_for(optimizer, device="cuda", dropout=0.0)  # CUDA's fused dropout draws its own masks
+    for config, member in zip(configs, fit_population(configs, tiny_data), strict=True):
+        assert_same_history(member.history, fit(config, tiny_data).history)
+
+
 # ---------------------------------------------------------------- birdplane train --seeds
 
 TRAIN = ["--hidden", "16", "--epochs", "2", "--batch-size", "16", "--threads", "1", "--dropout", "0.2"]

@@ -35,9 +35,11 @@ from trainables.bundle import build_model_for
 from trainables.config import ConfigError, TrainConfig
 from trainables.data import StudyData
 from trainables.files import atomic_path
+from trainables.graphed import graphs_unavailable
 from trainables.loop import FitResult, Progress, _Clock, make_scheduler, normalise, pick_device, seed_everything
 from trainables.losses import ChapterLoss
 from trainables.model import param_count
+from trainables.population_graphs import PopulationGraphs
 from trainables.selection import improves
 from trainables.steps import CALIBRATION_BINS, CROP_PADDING, EVAL_BATCH, calibration_error, crop_at, flip_where
 
@@ -208,7 +210,8 @@ class Population:
         self.param_count = param_count(self.members[0].net)
         self.activation = ACTIVATIONS[shared.activation]
         self.epoch = 0
-        self.description = "eager (CUDA graphs need a CUDA device)" if device.type != "cuda" else "eager"
+        self.graphs: PopulationGraphs | None = None
+        self.description = "eager"
         self._stack(list(range(len(self.members))), [m.linears() for m in self.members])
 
     # ---------------------------------------------------------------- the stack
@@ -237,6 +240,21 @@ class Population:
         self.scheduled = [row for row, m in enumerate(members) if m.scheduler is not None]
         self.loss_sum = torch.zeros(len(active), device=self.device)
 
+    def start_graphs(self) -> None:
+        """Capture the step as CUDA graphs where the device and ``graphs`` allow (after any resume,
+        and again whenever the stack changes); eager steps otherwise, the description saying why."""
+        why_not = graphs_unavailable(self.device, self.configs[0].graphs)
+        self.graphs = None
+        if why_not is None and self.active:
+            try:
+                self.graphs = PopulationGraphs(self)
+                self.description = "graphed (CUDA graphs)"
+                return
+            except Exception as err:  # capture is not possible here: keep training, eagerly
+                first_line = (str(err).splitlines() or [""])[0][:120]
+                why_not = f"CUDA graph capture failed: {type(err).__name__}: {first_line}"
+        self.description = f"eager ({why_not})" if why_not else self.description
+
     def live(self) -> list[Member]:
         return [self.members[i] for i in self.active]
 
@@ -259,7 +277,7 @@ class Population:
             self.members[self.active[row]].status = statuses[self.active[row]]
         keep = [row for row in range(len(self.active)) if row not in rows]
         if not keep:
-            self.active = []
+            self.active, self.graphs = [], None
             return
         index = torch.tensor(keep, device=self.device)
         saved = {k: [t.index_select(0, index) for t in v] for k, v in self.optimizer.buffers.items()}
@@ -269,6 +287,8 @@ class Population:
             self.read_weights(row)
         self._stack(survivors, [self.members[i].linears() for i in survivors])
         self.optimizer.load_state_dict({"step": step, "buffers": saved})
+        if self.graphs is not None:  # the graphs point at the old stack: capture the smaller one
+            self.start_graphs()
 
     # ---------------------------------------------------------------- the step
     def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
@@ -345,8 +365,9 @@ class Population:
                 torch.empty((), dtype=torch.int64).random_(generator=member.dropout_gen)
         orders = torch.stack([torch.randperm(self.n, generator=m.sampler_gen, device=self.device) for m in members])
         self.loss_sum.zero_()
+        step = self.graphs.replay if self.graphs is not None else self.update
         for index in orders.split(self.batch_size, dim=1):
-            self.update(index)
+            step(index)
             self.after_update()
         return self.loss_sum / max(self.n, 1)
 
@@ -524,6 +545,7 @@ def fit_population(
     population = Population(configs, data)
     if resume is not None:
         population.restore(resume)
+    population.start_graphs()  # after the resume: the graphs point at the state as it is now
     epochs = population.configs[0].epochs
     while population.active and population.epoch < epochs:
         records = population.run_epoch()
