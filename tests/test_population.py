@@ -13,6 +13,7 @@ import torch
 
 from study.cli import main
 from tests.conftest import run_birdplane
+from trainables import population
 from trainables.config import ConfigError, TrainConfig
 from trainables.loop import fit
 from trainables.population import PopulationState, StackedOptimizer, check_population, fit_population
@@ -54,6 +55,13 @@ def test_each_member_trains_as_its_solo_fit_would(tiny_data, optimizer):
         assert_same_history(member.history, solo.history)
         for (name, p), q in zip(member.model.state_dict().items(), solo.model.state_dict().values(), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_members_of_wide_nets_step_one_gemm_each_and_still_train_as_their_solo_fits(tiny_data, monkeypatch):
+    monkeypatch.setattr(population, "MEMBERWISE_ABOVE", 0)  # every layer through MemberwiseLinear
+    configs = configs_for("sgd", epochs=2)
+    for config, member in zip(configs, fit_population(configs, tiny_data), strict=True):
+        assert_same_history(member.history, fit(config, tiny_data).history)
 
 
 def test_the_stacked_optimizer_moves_each_member_as_torch_optim_would():

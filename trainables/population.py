@@ -15,7 +15,8 @@ Pinned to solo runs: member k equals ``fit`` of its own config within float tole
   * it steps with torch's own update formulas (SGD with momentum, Adam, AdamW: their single-tensor
     code in torch/optim) on its slice, with its hyperparameters as [K, 1, 1] tensors, and its rate
     comes from torch's own scheduler class stepping a proxy optimizer of its own.
-One ``torch.baddbmm`` per layer runs every member's forward (and backward) at once; each member
+One ``torch.baddbmm`` per layer runs every member's forward (and backward) at once (on the CPU,
+large layers run one GEMM per member instead: this build's CPU bmm is slow there); each member
 gathers its batch by index ([K, B] indices) from the device-resident data. A member that diverges,
 or is stopped from outside, leaves the stack (its last state kept); the others go on unchanged.
 Why stacked tensors with baddbmm and a stacked optimizer, measured: docs/benchmarks.md.
@@ -50,6 +51,10 @@ SHARED_FIELDS = (
 )
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch's defaults, which make_optimizer keeps
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+# A layer's in * out above which the CPU runs each member's GEMM on its own (torch.addmm / mm, as
+# the solo net does) instead of one torch.bmm: this build's CPU bmm measured several times slower
+# than mm at [1024] (docs/benchmarks.md); at [16] and [64] one bmm is as fast and saves K launches.
+MEMBERWISE_ABOVE = 256 * 1024
 
 # on_epoch_end({member: metrics}, snapshot) -> members to stop now (or None); snapshot() returns
 # the PopulationState to resume from.
@@ -136,6 +141,39 @@ class StackedOptimizer:
             for name, tensors in self.buffers.items():
                 for mine, saved in zip(tensors, state["buffers"][name], strict=True):
                     mine.copy_(saved)
+
+
+# ---------------------------------------------------------------- the stacked layer
+
+
+class MemberwiseLinear(torch.autograd.Function):
+    """x [K, B, in] @ w [K, in, out] + b [K, 1, out], one addmm per member (forward and backward)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        out = torch.empty(x.shape[0], x.shape[1], w.shape[2], dtype=x.dtype, device=x.device)
+        for k in range(x.shape[0]):
+            torch.addmm(b[k], x[k], w[k], out=out[k])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        grad_w = torch.empty_like(w)
+        for k in range(x.shape[0]):
+            torch.mm(x[k].t(), grad[k], out=grad_w[k])
+            if grad_x is not None:
+                torch.mm(grad[k], w[k].t(), out=grad_x[k])
+        return grad_x, grad_w, grad.sum(dim=1, keepdim=True)
+
+
+def stacked_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Every member's Linear layer at once: one baddbmm, or one GEMM per member for large CPU layers."""
+    if x.device.type == "cpu" and w.shape[1] * w.shape[2] > MEMBERWISE_ABOVE:
+        return MemberwiseLinear.apply(x, w, b)
+    return torch.baddbmm(b, x, w)
 
 
 # ---------------------------------------------------------------- members
@@ -292,10 +330,10 @@ class Population:
 
     # ---------------------------------------------------------------- the step
     def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
-        """[K, B, in] -> logits [K, B, units]: per layer one baddbmm for all members."""
+        """[K, B, in] -> logits [K, B, units]: per layer one batched GEMM for all members."""
         last = len(self.params) // 2 - 1
         for layer in range(last + 1):
-            x = torch.baddbmm(self.params[2 * layer + 1], x, self.params[2 * layer])
+            x = stacked_linear(x, self.params[2 * layer], self.params[2 * layer + 1])
             if layer < last:
                 x = self.activation(x)
                 if train and self.dropout:
