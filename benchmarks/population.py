@@ -28,6 +28,7 @@ import time
 import torch
 from torch import nn
 
+from trainables import population
 from trainables.config import TrainConfig
 from trainables.data import Split, StudyData
 from trainables.graphed import make_steps
@@ -49,47 +50,63 @@ def configs(width: int, k: int, threads: int) -> list[TrainConfig]:
     return [base.replace(seed=s) for s in range(k)]
 
 
-def solo_seconds(members: list[TrainConfig], data: StudyData) -> float:
-    """K solo runs back to back: each one training pass of fit's eager steps."""
-    total = 0.0
+def clock() -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds): on a shared machine the CPU time counts the work
+    done, without the time other processes held the cores (1 thread: the same thing when idle)."""
+    return time.perf_counter(), time.process_time()
+
+
+def since(start: tuple[float, float]) -> tuple[float, float]:
+    now = clock()
+    return now[0] - start[0], now[1] - start[1]
+
+
+def solo_seconds(members: list[TrainConfig], data: StudyData) -> tuple[float, float]:
+    """K solo runs back to back: each one training pass of fit's eager steps; (wall, CPU) seconds."""
+    wall = cpu = 0.0
     for config in members:
         run = setup_run(config, data)
         steps = make_steps(run.train_step(), run.train_x, run.train_y, run.order, "off")
-        started = time.perf_counter()
+        started = clock()
         steps.train_epoch().item()
-        total += time.perf_counter() - started
-    return total
+        w, c = since(started)
+        wall, cpu = wall + w, cpu + c
+    return wall, cpu
 
 
-def population_seconds(members: list[TrainConfig], data: StudyData) -> float:
+def population_seconds(members: list[TrainConfig], data: StudyData) -> tuple[float, float]:
     population = Population(members, data)
-    started = time.perf_counter()
+    started = clock()
     population.train_epoch().tolist()
-    return time.perf_counter() - started
+    return since(started)
 
 
 def throughput(args) -> None:
     data = synthetic_data(args.batches * BATCH)
     n = len(data.train)
     print(f"{n} samples a pass, batch {BATCH}, {args.threads} thread(s), {args.repeats} alternating repeats")
+    print("samples/s by wall time, then by CPU time; medians over the repeats, each repeat's CPU ratio in brackets")
     print(
-        f"{'net':>8} {'K':>3} {'solo samples/s':>15} {'population samples/s':>21} {'ratio':>7}  (ratios of each repeat)"
+        f"{'net':>8} {'K':>3} {'solo wall':>10} {'pop wall':>10} {'ratio':>6}   "
+        f"{'solo CPU':>10} {'pop CPU':>10} {'ratio':>6}"
     )
     for width in args.widths:
         for k in args.ks:
             members = configs(width, k, args.threads)
             population_seconds(members[:1], data)  # warm the allocator and kernels once
-            ratios, solo_rates, pop_rates = [], [], []
+            solo, pop = [], []  # (wall, CPU) samples/s per repeat
             for _ in range(args.repeats):
-                solo = k * n / solo_seconds(members, data)
-                pop = k * n / population_seconds(members, data)
-                solo_rates.append(solo)
-                pop_rates.append(pop)
-                ratios.append(pop / solo)
+                solo.append([k * n / t for t in solo_seconds(members, data)])
+                pop.append([k * n / t for t in population_seconds(members, data)])
+            cells = []
+            for i in (0, 1):  # wall, CPU
+                ratios = [p[i] / s[i] for p, s in zip(pop, solo, strict=True)]
+                cells.append(
+                    f"{statistics.median(s[i] for s in solo):>10,.0f} {statistics.median(p[i] for p in pop):>10,.0f} "
+                    f"{statistics.median(ratios):>5.2f}x"
+                )
             print(
-                f"{f'[{width}]':>8} {k:>3} {statistics.median(solo_rates):>15,.0f} "
-                f"{statistics.median(pop_rates):>21,.0f} {statistics.median(ratios):>6.2f}x  "
-                f"({', '.join(f'{r:.2f}' for r in ratios)})",
+                f"{f'[{width}]':>8} {k:>3} {cells[0]}   {cells[1]}  ({', '.join(f'{r:.2f}' for r in ratios)})",
                 flush=True,
             )
 
@@ -270,12 +287,15 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=12, help="batches of 64 in each training pass")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--bmm", action="store_true", help="one baddbmm per layer on the CPU too (the GPU's kernel)")
     parser.add_argument("--design", action="store_true", help="time the three ways to step K nets instead")
     parser.add_argument("--separation", type=int, default=0, metavar="EPOCHS", help="compare members with solo fits")
     args = parser.parse_args()
     args.widths = [int(w) for w in args.widths.split(",")]
     args.ks = [int(k) for k in args.ks.split(",")]
     torch.set_num_threads(args.threads)
+    if args.bmm:
+        population.MEMBERWISE_DEVICES = ()
     print(f"load average (1, 5, 15 min): {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
     if args.separation:
         separation(args)

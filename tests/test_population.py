@@ -57,9 +57,10 @@ def test_each_member_trains_as_its_solo_fit_would(tiny_data, optimizer):
             torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_members_of_wide_nets_step_one_gemm_each_and_still_train_as_their_solo_fits(tiny_data, monkeypatch):
-    monkeypatch.setattr(population, "MEMBERWISE_ABOVE", 0)  # every layer through MemberwiseLinear
-    configs = configs_for("sgd", epochs=2)
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_members_stepped_by_one_baddbmm_per_layer_the_gpus_kernel_also_train_as_solo(tiny_data, monkeypatch, optimizer):
+    monkeypatch.setattr(population, "MEMBERWISE_DEVICES", ())  # baddbmm on the CPU too
+    configs = configs_for(optimizer, epochs=2)
     for config, member in zip(configs, fit_population(configs, tiny_data), strict=True):
         assert_same_history(member.history, fit(config, tiny_data).history)
 

@@ -15,8 +15,8 @@ Pinned to solo runs: member k equals ``fit`` of its own config within float tole
   * it steps with torch's own update formulas (SGD with momentum, Adam, AdamW: their single-tensor
     code in torch/optim) on its slice, with its hyperparameters as [K, 1, 1] tensors, and its rate
     comes from torch's own scheduler class stepping a proxy optimizer of its own.
-One ``torch.baddbmm`` per layer runs every member's forward (and backward) at once (on the CPU,
-large layers run one GEMM per member instead: this build's CPU bmm is slow there); each member
+One ``torch.baddbmm`` per layer runs every member's forward (and backward) at once on a GPU; on
+the CPU each member's layer runs its own GEMM (measured faster there than one bmm); each member
 gathers its batch by index ([K, B] indices) from the device-resident data. A member that diverges,
 or is stopped from outside, leaves the stack (its last state kept); the others go on unchanged.
 Why stacked tensors with baddbmm and a stacked optimizer, measured: docs/benchmarks.md.
@@ -51,10 +51,11 @@ SHARED_FIELDS = (
 )
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch's defaults, which make_optimizer keeps
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
-# A layer's in * out above which the CPU runs each member's GEMM on its own (torch.addmm / mm, as
-# the solo net does) instead of one torch.bmm: this build's CPU bmm measured several times slower
-# than mm at [1024] (docs/benchmarks.md); at [16] and [64] one bmm is as fast and saves K launches.
-MEMBERWISE_ABOVE = 256 * 1024
+# Devices where each member's layer runs its own GEMM (torch.addmm / mm, as the solo net does)
+# instead of one torch.baddbmm for all: on this CPU the members' own GEMMs measured faster at every
+# width (K = 16: 2.0x solo against 1.5x with bmm at [64]; bmm several times slower than mm at
+# [1024]; docs/benchmarks.md). On a GPU one baddbmm per layer is one kernel launch, not K.
+MEMBERWISE_DEVICES = ("cpu",)
 
 # on_epoch_end({member: metrics}, snapshot) -> members to stop now (or None); snapshot() returns
 # the PopulationState to resume from.
@@ -94,6 +95,7 @@ class StackedOptimizer:
         self.uses_momentum = kind == "sgd" and bool((momentum > 0).any())
         names = ("momentum_buffer",) if kind == "sgd" else ("exp_avg", "exp_avg_sq")
         self.buffers = {name: [torch.zeros_like(p) for p in params] for name in names}
+        self.scratch = [torch.empty_like(p) for p in params] if kind != "sgd" else []  # no new pages per step
         self.step_count = torch.zeros((), dtype=torch.float64, device=params[0].device)
 
     @torch.no_grad()
@@ -106,8 +108,8 @@ class StackedOptimizer:
     def _sgd(self) -> None:
         for p, buf in zip(self.params, self.buffers["momentum_buffer"], strict=True):
             grad = p.grad
-            if self.decays:
-                grad = grad.addcmul(p, self.weight_decay)  # grad + wd * p
+            if self.decays:  # grad + wd * p, in place: the gradients are the step's own
+                grad = grad.addcmul_(p, self.weight_decay)
             if self.uses_momentum:  # buf = m * buf + grad; 0 * 0 + grad = grad at the first step, as torch's clone
                 grad = buf.mul_(self.momentum).add_(grad)
             p.addcmul_(grad, self.lr, value=-1)
@@ -118,18 +120,18 @@ class StackedOptimizer:
         step_size = self.lr / (1 - beta1**self.step_count)
         correction2_sqrt = (1 - beta2**self.step_count).sqrt()
         decoupled = self.kind == "adamw"
-        for p, exp_avg, exp_avg_sq in zip(
-            self.params, self.buffers["exp_avg"], self.buffers["exp_avg_sq"], strict=True
+        for p, exp_avg, exp_avg_sq, scratch in zip(
+            self.params, self.buffers["exp_avg"], self.buffers["exp_avg_sq"], self.scratch, strict=True
         ):
             grad = p.grad
             if self.decays and decoupled:
                 p.mul_(1 - self.lr * self.weight_decay)
             elif self.decays:
-                grad = grad.addcmul(p, self.weight_decay)
+                grad = grad.addcmul_(p, self.weight_decay)
             exp_avg.lerp_(grad, 1 - beta1)
             exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (exp_avg_sq.sqrt() / correction2_sqrt).add_(ADAM_EPS)
-            p.addcmul_(exp_avg / denom, step_size, value=-1)
+            denom = torch.sqrt(exp_avg_sq, out=scratch).div_(correction2_sqrt).add_(ADAM_EPS)
+            p.addcmul_(torch.div(exp_avg, denom, out=scratch), step_size, value=-1)
 
     def state_dict(self) -> dict:
         buffers = {name: [t.clone() for t in tensors] for name, tensors in self.buffers.items()}
@@ -147,10 +149,14 @@ class StackedOptimizer:
 
 
 class MemberwiseLinear(torch.autograd.Function):
-    """x [K, B, in] @ w [K, in, out] + b [K, 1, out], one addmm per member (forward and backward)."""
+    """x [K, B, in] @ w [K, in, out] + b [K, 1, out], one addmm per member (forward and backward).
+    With ``grad_w`` (a buffer kept across steps) the weight gradient is written there, not
+    returned: a fresh gradient of this size would be new pages from the kernel at every step (glibc
+    maps allocations above 32 MB anew each time; measured ~25% of the step at [1024], K = 16)."""
 
     @staticmethod
-    def forward(ctx, x, w, b):
+    def forward(ctx, x, w, b, grad_w=None):
+        ctx.grad_w = grad_w
         ctx.save_for_backward(x, w)
         out = torch.empty(x.shape[0], x.shape[1], w.shape[2], dtype=x.dtype, device=x.device)
         for k in range(x.shape[0]):
@@ -161,18 +167,23 @@ class MemberwiseLinear(torch.autograd.Function):
     def backward(ctx, grad):
         x, w = ctx.saved_tensors
         grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        grad_w = torch.empty_like(w)
+        grad_w = ctx.grad_w if ctx.grad_w is not None else torch.empty_like(w)
         for k in range(x.shape[0]):
             torch.mm(x[k].t(), grad[k], out=grad_w[k])
             if grad_x is not None:
                 torch.mm(grad[k], w[k].t(), out=grad_x[k])
-        return grad_x, grad_w, grad.sum(dim=1, keepdim=True)
+        return grad_x, None if ctx.grad_w is not None else grad_w, grad.sum(dim=1, keepdim=True), None
 
 
-def stacked_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Every member's Linear layer at once: one baddbmm, or one GEMM per member for large CPU layers."""
-    if x.device.type == "cpu" and w.shape[1] * w.shape[2] > MEMBERWISE_ABOVE:
-        return MemberwiseLinear.apply(x, w, b)
+def memberwise(device: torch.device) -> bool:
+    return device.type in MEMBERWISE_DEVICES
+
+
+def stacked_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, grad_w=None) -> torch.Tensor:
+    """Every member's Linear layer at once: one baddbmm on a GPU, one GEMM per member on the CPU
+    (``grad_w``: where their weight gradient goes, see MemberwiseLinear)."""
+    if memberwise(x.device):
+        return MemberwiseLinear.apply(x, w, b, grad_w)
     return torch.baddbmm(b, x, w)
 
 
@@ -262,6 +273,11 @@ class Population:
             params.append(torch.stack([lin.weight.detach().t() for lin in layer]).contiguous().requires_grad_())
             params.append(torch.stack([lin.bias.detach()[None] for lin in layer]).requires_grad_())
         self.params = params
+        self.kept_grads = {  # the weight gradients of memberwise layers, kept across steps
+            2 * layer: torch.empty_like(params[2 * layer])
+            for layer in range(len(params) // 2)
+            if memberwise(self.device)
+        }
         members = self.live()
 
         def column(values) -> torch.Tensor:
@@ -333,7 +349,8 @@ class Population:
         """[K, B, in] -> logits [K, B, units]: per layer one batched GEMM for all members."""
         last = len(self.params) // 2 - 1
         for layer in range(last + 1):
-            x = stacked_linear(x, self.params[2 * layer], self.params[2 * layer + 1])
+            grad_w = self.kept_grads.get(2 * layer) if train else None
+            x = stacked_linear(x, self.params[2 * layer], self.params[2 * layer + 1], grad_w)
             if layer < last:
                 x = self.activation(x)
                 if train and self.dropout:
@@ -384,6 +401,8 @@ class Population:
         for p in self.params:
             p.grad = None
         losses.sum().backward()  # member k's gradients are those of its own mean loss
+        for i, grad in self.kept_grads.items():
+            self.params[i].grad = grad
         self.optimizer.step()
         self.loss_sum.add_(losses.detach() * b)
 
