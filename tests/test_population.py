@@ -99,7 +99,7 @@ def test_the_stacked_optimizer_moves_each_member_as_torch_optim_would():
 def test_stopping_a_member_leaves_the_others_histories_unchanged(tiny_data):
     configs = configs_for("sgd", epochs=4)
     full = fit_population(configs, tiny_data)
-    cut = fit_population(configs, tiny_data, on_epoch_end=lambda m, _: [1] if m.get(1, {}).get("epoch") == 2 else [])
+    cut = fit_population(configs, tiny_data, stop=lambda m: [1] if m.get(1, {}).get("epoch") == 2 else [])
     assert [r.status for r in cut] == ["completed", "stopped", "completed"]
     assert len(cut[1].history) == 2
     assert_same_history(cut[1].history, full[1].history[:2], exact=True)
@@ -126,12 +126,13 @@ def test_a_population_resumed_from_its_checkpoint_continues_exactly(tiny_data, t
     path = tmp_path / "population.pt"
 
     def save_at_two(metrics, snapshot):
-        epoch = next(iter(metrics.values()))["epoch"]
-        if epoch == 2:
+        if next(iter(metrics.values()))["epoch"] == 2:
             snapshot().save(path)
-        return [2] if epoch == 1 else []  # a member stopped before the checkpoint stays stopped
 
-    first = fit_population(configs, tiny_data, on_epoch_end=save_at_two)
+    def stop_at_one(metrics):  # a member stopped before the checkpoint stays stopped
+        return [2] if next(iter(metrics.values()))["epoch"] == 1 else []
+
+    first = fit_population(configs, tiny_data, on_epoch_end=save_at_two, stop=stop_at_one)
     state = PopulationState.load(path)
     assert state.epoch == 2 and state.active == [0, 1]
     resumed = fit_population(configs, tiny_data, resume=state)
@@ -142,6 +143,11 @@ def test_a_population_resumed_from_its_checkpoint_continues_exactly(tiny_data, t
             assert torch.equal(p, q)
     assert [r.status for r in resumed] == ["completed", "completed", "stopped"]
     assert len(resumed[2].history) == 1
+
+    snapshots = []
+    fit_population(configs, tiny_data, on_epoch_end=lambda m, snap: snapshots.append(snap()), stop=list)
+    after_all = fit_population(configs, tiny_data, resume=snapshots[-1])  # the snapshot holds the stops
+    assert [len(r.history) for r in after_all] == [1, 1, 1] and {r.status for r in after_all} == {"stopped"}
 
 
 @pytest.mark.parametrize(
@@ -189,11 +195,11 @@ def test_graphed_and_eager_populations_give_the_same_history_and_shrinking_captu
     torch.backends.cudnn.allow_tf32 = False
     configs = configs_for("adamw", epochs=4, device="cuda")
 
-    def stop_one(metrics, _):
+    def stop_one(metrics):
         return [1] if metrics.get(1, {}).get("epoch") == 2 else []
 
-    graphed = fit_population(configs, tiny_data, on_epoch_end=stop_one)
-    eager = fit_population([c.replace(graphs="off") for c in configs], tiny_data, on_epoch_end=stop_one)
+    graphed = fit_population(configs, tiny_data, stop=stop_one)
+    eager = fit_population([c.replace(graphs="off") for c in configs], tiny_data, stop=stop_one)
     assert graphed[0].steps == "graphed (CUDA graphs)" and eager[0].steps == "eager (CUDA graphs turned off)"
     assert [r.status for r in graphed] == [r.status for r in eager] == ["completed", "stopped", "completed"]
     for g, e in zip(graphed, eager, strict=True):

@@ -57,9 +57,11 @@ ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 # [1024]; docs/benchmarks.md). On a GPU one baddbmm per layer is one kernel launch, not K.
 MEMBERWISE_DEVICES = ("cpu",)
 
-# on_epoch_end({member: metrics}, snapshot) -> members to stop now (or None); snapshot() returns
-# the PopulationState to resume from.
-PopulationCallback = Callable[[dict[int, dict], Callable[[], "PopulationState"]], Iterable[int] | None]
+# stop({member: metrics}) -> the members to stop after this epoch (a scheduler's cut);
+# on_epoch_end({member: metrics}, snapshot): snapshot() returns the PopulationState to resume from,
+# the stops of this epoch included.
+StopCallback = Callable[[dict[int, dict]], Iterable[int]]
+PopulationCallback = Callable[[dict[int, dict], Callable[[], "PopulationState"]], None]
 
 
 def check_population(configs: Sequence[TrainConfig]) -> tuple[TrainConfig, ...]:
@@ -537,6 +539,9 @@ class Population:
             if member.progress.best_model is not None:
                 member.progress.best_model = {k: v.to(self.device) for k, v in member.progress.best_model.items()}
         self.epoch = state.epoch
+        if not state.active:  # every member had stopped: nothing left to stack
+            self.active = []
+            return
         self._stack(list(state.active), [self.members[i].linears() for i in state.active])
         with torch.no_grad():
             for mine, saved in zip(self.params, state.params, strict=True):
@@ -592,12 +597,14 @@ def fit_population(
     data: StudyData,
     on_epoch_end: PopulationCallback | None = None,
     resume: PopulationState | None = None,
+    stop: StopCallback | None = None,
 ) -> list[FitResult]:
     """Train the members of ``configs`` as one population; one FitResult per member, in order.
 
-    After each epoch ``on_epoch_end`` gets every active member's metrics (with ``param_count`` and
-    ``status``) and a snapshot function; the member indices it returns stop there (status
-    "stopped"). A member whose training loss is not finite stops as "diverged", as ``fit`` does.
+    After each epoch ``stop`` (if given) names members to stop there (status "stopped"); a member
+    whose training loss is not finite stops as "diverged", as ``fit`` does. Then ``on_epoch_end``
+    gets the epoch's metrics of every member that trained in it (with ``param_count`` and
+    ``status``) and a snapshot function whose state already holds those stops.
     """
     population = Population(configs, data)
     if resume is not None:
@@ -607,12 +614,15 @@ def fit_population(
     while population.active and population.epoch < epochs:
         records = population.run_epoch()
         statuses = {i: "diverged" for i, r in records.items() if not math.isfinite(r["train_loss"])}
+        if stop is not None:
+            for i in stop(records):
+                if i in records:
+                    statuses.setdefault(i, "stopped")
+        population.retire(statuses)
         if on_epoch_end is not None:
             metrics = {
                 i: {**r, "param_count": population.param_count, "status": statuses.get(i, "completed")}
                 for i, r in records.items()
             }
-            for i in on_epoch_end(metrics, population.state) or ():
-                statuses.setdefault(i, "stopped")
-        population.retire(statuses)
+            on_epoch_end(metrics, population.state)
     return population.results()
