@@ -52,9 +52,10 @@ SHARED_FIELDS = (
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch's defaults, which make_optimizer keeps
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 # Devices where each member's layer runs its own GEMM (torch.addmm / mm, as the solo net does)
-# instead of one torch.baddbmm for all: on this CPU the members' own GEMMs measured faster at every
-# width (K = 16: 2.0x solo against 1.5x with bmm at [64]; bmm several times slower than mm at
-# [1024]; docs/benchmarks.md). On a GPU one baddbmm per layer is one kernel launch, not K.
+# instead of one torch.baddbmm for all: on this CPU the members' own GEMMs measured as fast or
+# faster in two runs each (K = 16, [16]: 2.0x and 2.3x solo against 1.7x and 2.2x with bmm; [64]:
+# 2.0x and 1.8x against 1.5x and 1.8x; docs/benchmarks.md). On a GPU one baddbmm per layer is one
+# kernel launch, not K.
 MEMBERWISE_DEVICES = ("cpu",)
 
 # stop({member: metrics}) -> the members to stop after this epoch (a scheduler's cut);
