@@ -83,9 +83,10 @@ def data_config(args: argparse.Namespace, subset: int = 0) -> DataConfig:
     )
 
 
-def add_config_flags(p: argparse.ArgumentParser, config=TrainConfig) -> None:
+def add_config_flags(p: argparse.ArgumentParser, config=TrainConfig, groups: dict | None = None) -> None:
     """One flag per field of the config dataclass: its type, default, choices and help come from
-    the field (validation stays the config's own, in one place)."""
+    the field (validation stays the config's own, in one place). ``groups`` puts a field's flag
+    in an argument group (e.g. a mutually exclusive one) instead of ``p``."""
     kinds = typing.get_type_hints(config)
     for f in dataclasses.fields(config):
         meta, default = f.metadata, f.default
@@ -95,7 +96,7 @@ def add_config_flags(p: argparse.ArgumentParser, config=TrainConfig) -> None:
         text = meta.get("help", "")
         if "choices" in meta:
             text = f"one of {', '.join(meta['choices'])}" + (f"; {text}" if text else "")
-        p.add_argument(
+        (groups or {}).get(f.name, p).add_argument(
             meta.get("flag", "--" + f.name.replace("_", "-")),
             dest=f.name,
             type=kind,
@@ -107,13 +108,35 @@ def add_config_flags(p: argparse.ArgumentParser, config=TrainConfig) -> None:
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train one network (the chapter's recipe by default)")
     add_data_flags(p)
-    add_config_flags(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object with the summary on stdout")
+    seeds = p.add_mutually_exclusive_group()
+    add_config_flags(p, groups={"seed": seeds})
+    seeds.add_argument(
+        "--seeds",
+        default=None,
+        metavar="S1,S2,...",
+        help="train these seeds as one population (one batched step, each still its own run); one summary per seed",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object with the summary on stdout (one per seed)"
+    )
     p.set_defaults(handler=cmd_train)
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """'0,1,2,3' -> (0, 1, 2, 3); empty items, non-integers, negatives and duplicates are refused."""
+    seeds = []
+    for item in text.split(","):
+        token = item.strip()
+        if not token.isdigit():
+            raise UsageError(f"--seeds {text!r}: {token!r} is not a seed (comma-separated integers >= 0)")
+        if int(token) in seeds:
+            raise UsageError(f"--seeds {text!r}: seed {int(token)} is given twice")
+        seeds.append(int(token))
+    return tuple(seeds)
 
 
 def json_safe(value):
@@ -137,34 +160,51 @@ def format_epoch(m: dict) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     config, dcfg = train_config(args), data_config(args)
+    configs = [config] if args.seeds is None else [config.replace(seed=s) for s in parse_seeds(args.seeds)]
     check_data(dcfg)
     output_units(config.loss, len(dcfg.classes))
     data = load_study_data(dcfg)
     if config.epochs == 0:
-        return untrained(config, data, args.json)
+        for c in configs:
+            untrained(c, data, args.json, prefix=_seed_prefix(args, c))
+        return 0
     out = sys.stderr if args.json else sys.stdout
-    result = fit(config, data, on_epoch_end=lambda m, _: print(format_epoch(m), file=out, flush=True))
-    summary = result.summary()
-    if args.json:
-        print(json.dumps(json_safe({**summary, "config": config.to_dict(), "data": data.summary()})))
+    if args.seeds is None:
+        results = [fit(config, data, on_epoch_end=lambda m, _: print(format_epoch(m), file=out, flush=True))]
     else:
-        print(
-            f"{summary['status']}: {summary['epochs']} epochs in {summary['seconds']:.1f}s, "
-            f"param_count {summary['param_count']:,}, val_acc {summary['val_acc']:.4f} "
-            f"(best {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}), "
-            f"train_acc {summary['train_acc']:.4f}; steps {summary['steps']}"
-        )
+        from trainables.population import fit_population
+
+        def progress(metrics: dict, _) -> None:
+            for i, m in metrics.items():
+                print(f"seed {configs[i].seed}  {format_epoch(m)}", file=out, flush=True)
+
+        results = fit_population(configs, data, on_epoch_end=progress)
+    for c, result in zip(configs, results, strict=True):
+        summary = result.summary()
+        if args.json:
+            print(json.dumps(json_safe({**summary, "config": c.to_dict(), "data": data.summary()})))
+        else:
+            print(
+                f"{_seed_prefix(args, c)}{summary['status']}: {summary['epochs']} epochs in {summary['seconds']:.1f}s, "
+                f"param_count {summary['param_count']:,}, val_acc {summary['val_acc']:.4f} "
+                f"(best {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}), "
+                f"train_acc {summary['train_acc']:.4f}; steps {summary['steps']}"
+            )
     return 0
 
 
-def untrained(config, data, as_json: bool) -> int:
+def _seed_prefix(args: argparse.Namespace, config: TrainConfig) -> str:
+    return "" if args.seeds is None else f"seed {config.seed}: "
+
+
+def untrained(config, data, as_json: bool, prefix: str = "") -> int:
     """--epochs 0: the seeded, untrained net's size and its accuracy by chance (nothing is trained)."""
     summary = {**evaluate_untrained(config, data), "epochs": 0, "status": "untrained"}
     if as_json:
         print(json.dumps(json_safe({**summary, "config": config.to_dict(), "data": data.summary()})))
     else:
         print(
-            f"untrained: param_count {summary['param_count']:,}, val_loss {summary['val_loss']:.4f}, "
+            f"{prefix}untrained: param_count {summary['param_count']:,}, val_loss {summary['val_loss']:.4f}, "
             f"val_acc {summary['val_acc']:.4f}, train_acc {summary['train_acc']:.4f}"
         )
     return 0

@@ -45,6 +45,22 @@ class ChapterLoss(nn.Module):
             return self.mse(torch.softmax(logits, dim=1), target)
         return self.bce(logits[:, 0], labels.to(logits.dtype))
 
+    def per_member(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Each member's mean loss, as ``forward`` gives it on that member's batch: logits
+        [K, B, units] and labels [K, B] -> [K] (a population of K nets, trainables/population.py)."""
+        k, b, units = logits.shape
+        flat, targets = logits.reshape(k * b, units), labels.expand(k, b).reshape(k * b)
+        if self.name == "nll":
+            per_sample = -self.log_softmax(flat).gather(1, targets[:, None])[:, 0]
+        elif self.name == "ce":
+            per_sample = F.cross_entropy(flat, targets, reduction="none")
+        elif self.name == "mse":
+            target = F.one_hot(targets, self.n_classes).to(flat.dtype)
+            per_sample = (torch.softmax(flat, dim=1) - target).square().mean(dim=1)
+        else:
+            per_sample = F.binary_cross_entropy_with_logits(flat[:, 0], targets.to(flat.dtype), reduction="none")
+        return per_sample.view(k, b).mean(dim=1)
+
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         if self.name == "bce":
             return (logits[:, 0] > 0).long()  # sigmoid(z) > 0.5  <=>  z > 0

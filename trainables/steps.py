@@ -30,10 +30,15 @@ CROP_PADDING = 4
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Per-sample random HxW crop of the zero-padded batch (RandomCrop(H, padding) on each image)."""
+    top = torch.randint(0, 2 * padding + 1, (x.shape[0],), generator=generator, device=x.device)
+    left = torch.randint(0, 2 * padding + 1, (x.shape[0],), generator=generator, device=x.device)
+    return crop_at(x, padding, top, left)
+
+
+def crop_at(x: torch.Tensor, padding: int, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+    """Each image's HxW crop of the zero-padded batch at (top, left); (padding, padding) is the image itself."""
     b, c, h, w = x.shape
     padded = F.pad(x, (padding,) * 4)
-    top = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=x.device)
-    left = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=x.device)
     rows = (top[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (left[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
     batch = torch.arange(b, device=x.device)[:, None, None, None]
@@ -43,7 +48,11 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> to
 
 def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Each image mirrored left-right with probability 1/2."""
-    flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+    return flip_where(x, torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5)
+
+
+def flip_where(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """The images where ``flip`` (one bool per image) is true, mirrored left-right."""
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
