@@ -26,6 +26,7 @@ MEMBERS = [
     {"seed": 2, "lr": 0.03, "momentum": 0.5, "dropout": 0.1, "augment": "flip", "schedule": "cosine", "warmup": 0.1},
 ]
 COMPARED = ("train_loss", "train_eval_loss", "train_acc", "val_loss", "val_acc", "val_ece", "gap", "lr")
+COMPARED += ("val_select_loss", "val_select_acc", "val_report_loss", "val_report_acc")  # val's two halves
 TOLERANCE = {"rel": 1e-4, "abs": 1e-5}  # float rounding of batched against one-net kernels
 
 
@@ -55,6 +56,14 @@ def test_each_member_trains_as_its_solo_fit_would(tiny_data, optimizer):
         assert_same_history(member.history, solo.history)
         for (name, p), q in zip(member.model.state_dict().items(), solo.model.state_dict().values(), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_members_with_label_noise_train_on_the_solo_run_s_flipped_labels(tiny_data):
+    configs = configs_for("sgd", label_noise=0.3, epochs=2)
+    clean = fit_population(configs_for("sgd", epochs=2), tiny_data)
+    for config, member, plain in zip(configs, fit_population(configs, tiny_data), clean, strict=True):
+        assert_same_history(member.history, fit(config, tiny_data).history)
+        assert member.history[-1]["train_acc"] != plain.history[-1]["train_acc"], "the labels were not flipped"
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -159,6 +168,7 @@ def test_a_population_resumed_from_its_checkpoint_continues_exactly(tiny_data, t
         ({"batch_size": 32}, "batch_size"),
         ({"epochs": 5}, "epochs"),
         ({"optimizer": "adam"}, "optimizer"),
+        ({"label_noise": 0.2}, "label_noise"),
     ],
 )
 def test_members_that_cannot_share_one_step_are_refused_naming_the_field(change, field):

@@ -34,10 +34,19 @@ from torch import nn
 
 from trainables.bundle import build_model_for
 from trainables.config import ConfigError, TrainConfig
-from trainables.data import StudyData
+from trainables.data import StudyData, noisy_labels, validation_halves
 from trainables.files import atomic_path
 from trainables.graphed import graphs_unavailable
-from trainables.loop import FitResult, Progress, _Clock, make_scheduler, normalise, pick_device, seed_everything
+from trainables.loop import (
+    FitResult,
+    Progress,
+    _Clock,
+    _share,
+    make_scheduler,
+    normalise,
+    pick_device,
+    seed_everything,
+)
 from trainables.losses import ChapterLoss
 from trainables.model import param_count
 from trainables.population_graphs import PopulationGraphs
@@ -45,9 +54,10 @@ from trainables.selection import improves
 from trainables.steps import CALIBRATION_BINS, CROP_PADDING, EVAL_BATCH, calibration_error, crop_at, flip_where
 
 # What every member must share: the stacked tensors' shapes, the step's code, where it runs.
+# label_noise too: the members train on one set of labels (a noise axis is one population per value).
 SHARED_FIELDS = (
     *("hidden_sizes", "activation", "loss", "optimizer", "batch_size", "epochs"),
-    *("device", "threads", "graphs"),
+    *("device", "threads", "graphs", "label_noise"),
 )
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch's defaults, which make_optimizer keeps
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
@@ -253,9 +263,14 @@ class Population:
         self.device = device = pick_device(shared.device)
         self.loss_fn = ChapterLoss(shared.loss, len(data.classes))
         self.train_x = normalise(data.train.x, data.mean, data.std, device)
-        self.train_y = data.train.y.to(device)
+        # The solo run's labels: the shared share of them flipped (val and test stay clean).
+        self.train_y = noisy_labels(data.train.y, shared.label_noise, len(data.classes)).to(device)
         self.val_x = normalise(data.val.x, data.mean, data.std, device)
         self.val_y = data.val.y.to(device)
+        # val's selection and reporting halves, as the solo run evaluates them (trainables.loop.setup_run)
+        self.val_halves = tuple(
+            (self.val_x[i.to(device)], self.val_y[i.to(device)]) for i in validation_halves(data.val.y)
+        )
         self.n, self.batch_size = len(self.train_y), shared.batch_size
         steps = math.ceil(self.n / self.batch_size)
         self.members = [build_member(c, len(data.classes), device, steps) for c in self.configs]
@@ -466,14 +481,16 @@ class Population:
         clock.mark()
         train_loss, train_correct, _ = self.evaluate(self.train_x, self.train_y)
         val_loss, val_correct, val_calibration = self.evaluate(self.val_x, self.val_y)
-        columns = [mean_loss.double(), train_loss, train_correct.double(), val_loss, val_correct.double()]
+        halves = [s.double() for x, y in self.val_halves for s in self.evaluate(x, y)[:2]]
+        columns = [mean_loss.double(), train_loss, train_correct.double(), val_loss, val_correct.double(), *halves]
         host = torch.cat([torch.stack(columns, dim=1), val_calibration.flatten(1)], dim=1).tolist()
+        n_sel, n_rep = (len(y) for _, y in self.val_halves)
         seconds, elapsed = clock.seconds(), time.perf_counter() - started
         n_train, n_val = max(self.n, 1), max(len(self.val_y), 1)
         records = {}
         for row, (index, member, numbers) in enumerate(zip(self.active, self.live(), host, strict=True)):
-            loss, train_sum, train_hits, val_sum, val_hits = numbers[:5]
-            calibration = [numbers[5 : 5 + CALIBRATION_BINS], numbers[5 + CALIBRATION_BINS :]]
+            loss, train_sum, train_hits, val_sum, val_hits, sel_sum, sel_hits, rep_sum, rep_hits = numbers[:9]
+            calibration = [numbers[9 : 9 + CALIBRATION_BINS], numbers[9 + CALIBRATION_BINS :]]
             record = {
                 "epoch": self.epoch,
                 "train_loss": loss,
@@ -482,6 +499,10 @@ class Population:
                 "val_loss": val_sum / n_val,
                 "val_acc": val_hits / n_val,
                 "val_ece": calibration_error(calibration, n_val),
+                "val_select_loss": _share(sel_sum, n_sel),
+                "val_select_acc": _share(sel_hits, n_sel),
+                "val_report_loss": _share(rep_sum, n_rep),
+                "val_report_acc": _share(rep_hits, n_rep),
                 "gap": train_hits / n_train - val_hits / n_val,
                 "epoch_seconds": elapsed,  # the population's epoch: every member trained in it
                 "samples_per_second": self.n / seconds if seconds > 0 else 0.0,  # this member's samples
