@@ -368,3 +368,13 @@ class Capacity:
 
 def run_capacity(prep: CapacityPrepared) -> StudySummary:
     return run_study(prep, Capacity())
+
+
+def checkpoint_sizes(prep: CapacityPrepared) -> list[int]:
+    """Each run's checkpoint size in bytes (study.runner.checkpoint_bytes), for --check."""
+    from study.runner import checkpoint_bytes
+
+    recipe, design = prep.space.recipe, prep.space.design
+    runs = design.seeds * max(1, len(design.values))
+    optimizer, momentum = recipe.get("optimizer", "sgd"), recipe.get("momentum", 0.0)
+    return [checkpoint_bytes(parse_cell(c), optimizer, momentum) for c in design.cells() for _ in range(runs)]

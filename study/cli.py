@@ -33,10 +33,14 @@ from study.capacity import (
     prepare_capacity,
     run_capacity,
 )
-from study.errors import UsageError
+from study.capacity import (
+    checkpoint_sizes as capacity_checkpoint_sizes,
+)
+from study.errors import StorageFull, UsageError
 from study.manifest import experiment_path
-from study.runner import NAME_PATTERN, SMOKE_SUBSET, StudyOptions, default_name
+from study.runner import NAME_PATTERN, SMOKE_SUBSET, StudyOptions, default_name, footprint_warning
 from study.sweep import SweepOptions, prepare, prepare_extension, run_sweep
+from study.sweep import checkpoint_sizes as sweep_checkpoint_sizes
 from trainables.config import ConfigError, DataConfig, TrainConfig
 from trainables.data import DataError, check_data, load_study_data
 from trainables.loop import evaluate_untrained, fit
@@ -189,6 +193,14 @@ def add_study_flags(p: argparse.ArgumentParser, kind: str, seed_help: str, smoke
     p.add_argument("--name", default=None, help=f"study name (default {kind}-<timestamp>); --resume needs it")
     p.add_argument("--resume", action="store_true", help="continue the interrupted study --name")
     p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=d.checkpoint_every,
+        metavar="N",
+        help=f"a trial's checkpoint every N epochs, at its first and its last (default {d.checkpoint_every}); "
+        "a resumed or retried trial repeats at most N-1 epochs",
+    )
+    p.add_argument(
         "--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's local sqlite:///mlflow.db)"
     )
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: the study name)")
@@ -283,6 +295,13 @@ def run_and_summarise(args: argparse.Namespace, run) -> tuple:
     return summary, 130 if summary.interrupted else 0
 
 
+def warn_footprint(prep, sizes: list[int]) -> None:
+    """--check: a warning on stderr when the study's checkpoints may not fit on its storage path."""
+    warning = footprint_warning(prep.storage_path, sizes)
+    if warning:
+        print(warning, file=sys.stderr)
+
+
 def format_trial(t: dict) -> str:
     from analysis.report import config_label
 
@@ -320,6 +339,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             else f"ok: sweep {opts.name!r}, {opts.num_samples} trials of up to {prep.epochs} epochs, "
             f"results in {prep.path}, MLflow {prep.tracking_uri}"
         )
+        warn_footprint(prep, sweep_checkpoint_sizes(prep))
         return 0
     summary, code = run_and_summarise(args, lambda: run_sweep(prep))
     if args.json:
@@ -766,6 +786,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
             else f"ok: capacity study {opts.name!r}: {grid.label()} = {grid.runs()} runs, recipe "
             f"{prep.space.recipe_source}; results in {prep.path}, MLflow {prep.tracking_uri}"
         )
+        warn_footprint(prep, capacity_checkpoint_sizes(prep))
         return 0
     summary, code = run_and_summarise(args, lambda: run_capacity(prep))
     if args.json:
@@ -827,6 +848,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError, DataError) as err:
         print(f"birdplane: error: {err}", file=sys.stderr)
         return 2
+    except StorageFull as err:
+        print(f"birdplane: error: {err}", file=sys.stderr)
+        return StorageFull.exit_code
     except KeyboardInterrupt:
         print("birdplane: interrupted", file=sys.stderr)
         return 130
