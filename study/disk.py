@@ -19,9 +19,11 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import math
 import os
 import pickle
 import shutil
+import time
 
 from ray import tune
 
@@ -37,6 +39,7 @@ STATE_PATTERN = "experiment_state-*.json"  # Ray Tune's TuneController.CKPT_FILE
 SESSION_FILES = ("search_gen_state-{}.json", "searcher-state-{}.pkl")
 BACKUP = ".birdplane-snapshot"
 MARGIN = 16 * 2**20  # free space beyond the largest checkpoint that a study needs to go on
+COPY_EVERY_S = 10.0  # the copy of Ray's snapshot is refreshed at most this often (Ray's own least period)
 
 
 def free_bytes(path: str) -> int | None:
@@ -66,10 +69,11 @@ class DiskGuard(tune.Callback):
         self.storage, self.experiment_path = storage, experiment_path
         self.needed = 0  # the largest checkpoint a trial wrote (bytes)
         self.full = False
-        self._seen: tuple = ()
+        self._seen: dict[str, tuple] = {}  # file -> (mtime, size) of the copy kept
+        self._copied = -math.inf  # time.monotonic() of the last copy
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "full": False, "_seen": ()}
+        return {**self.__dict__, "full": False, "_seen": {}, "_copied": -math.inf}
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self.needed = max(self.needed, int(result.get("checkpoint_bytes") or 0))
@@ -92,22 +96,25 @@ class DiskGuard(tune.Callback):
     def on_step_end(self, iteration, trials, **info) -> None:
         if self.full:
             raise StorageFull(full_message(self.storage, self.needed))
-        self._keep_snapshot()
+        if time.monotonic() - self._copied >= COPY_EVERY_S:
+            self._keep_snapshot()
 
     def on_experiment_end(self, trials, **info) -> None:
         self._keep_snapshot()  # Tune's final snapshot, written (and waited for) before this call
 
     def _keep_snapshot(self) -> None:
-        """A copy of Ray's newest snapshot pair, when it changed and reads."""
+        """A copy of Ray's newest snapshot (and the searcher's state, tuner.pkl), when it changed and reads."""
         if "://" in self.experiment_path:
             return
+        self._copied = time.monotonic()
         newest = _newest(self.experiment_path)
         if newest is None:
             return
         tuner = os.path.join(self.experiment_path, "tuner.pkl")
         files = [p for p in (*newest, tuner) if os.path.exists(p)]
-        seen = tuple((p, os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in files)
-        if seen == self._seen or not all(_reads(p) for p in files):
+        seen = {p: (os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in files}
+        changed = [p for p in files if self._seen.get(p) != seen[p]]
+        if not changed or not all(_reads(p) for p in changed):
             return
         folder = os.path.join(self.experiment_path, BACKUP)
         try:

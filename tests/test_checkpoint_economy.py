@@ -62,13 +62,13 @@ def test_a_truncated_checkpoint_is_passed_over_for_the_newest_earlier_one(tmp_pa
     assert read_checkpoint(tune.Checkpoint(str(second))) is None  # nothing reads: the trial starts afresh
 
 
-def test_a_finished_trial_keeps_one_checkpoint_without_the_optimizer(tmp_path):
+def test_a_finished_trial_keeps_one_checkpoint_with_the_best_weights_alone(tmp_path):
     *_, newest = checkpoints(tmp_path / "trial_b", state(1, 1), state(2, 1), state(3, 1))
     before = (newest / STATE_FILE).stat().st_size
     slim_finished(tune.Checkpoint(str(newest)))
     assert sorted(p.name for p in (tmp_path / "trial_b").iterdir()) == [newest.name]
     slim = TrainState.load(newest / STATE_FILE)
     assert slim.optimizer == {} and slim.epoch == 3 and [r["epoch"] for r in slim.history] == [1, 2, 3]
-    assert slim.best_epoch == 1 and slim.best_model is not None
+    assert slim.best_epoch == 1 and slim.best_model is not None and slim.model == {}, "one set of weights: the best"
     assert (newest / STATE_FILE).stat().st_size < before
     assert not list((tmp_path / "trial_b").rglob("*.tmp"))

@@ -155,9 +155,10 @@ def train_trial(
 
 def slim_finished(checkpoint: tune.Checkpoint | None) -> None:
     """A finished trial's checkpoints, once its MLflow run holds its model: the older ones are
-    deleted and the newest keeps the weights, the history and the config but not the optimizer
-    state (nothing will resume the trial: a --resume skips it). Written all-or-nothing; a failure
-    (a full disk) is logged and leaves the checkpoints as they were, never raised."""
+    deleted, and the newest keeps the history, the config and one set of weights, the best
+    epoch's (the optimizer state and the last epoch's weights go: nothing will resume the trial,
+    a --resume skips it). Written all-or-nothing; a failure (a full disk) is logged and leaves the
+    checkpoints as they were, never raised."""
     try:
         _slim(checkpoint)
     except Exception as err:
@@ -172,7 +173,8 @@ def _slim(checkpoint: tune.Checkpoint | None) -> None:
         older.filesystem.delete_dir(older.path)
     if state is None or not state.optimizer:
         return
-    slim = dataclasses.replace(state, optimizer={}, scheduler=None)
+    best_is_last = state.best_model is None or state.best_epoch == state.epoch
+    slim = dataclasses.replace(state, optimizer={}, scheduler=None, model=state.model if best_is_last else {})
     fs, path = checkpoint.filesystem, f"{checkpoint.path.rstrip('/')}/{STATE_FILE}"
     with tempfile.TemporaryDirectory() as folder:
         local = os.path.join(folder, STATE_FILE)
