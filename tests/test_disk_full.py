@@ -1,4 +1,5 @@
-"""A full disk under a study, on a real small filesystem (tmpfs): one line and exit 75, the parent
+"""A full disk under a study, on a real small filesystem (tmpfs; the commands run in tmp_path, so
+MLflow's ./mlruns artefacts stay there): one line and exit 75, the parent
 run FAILED, no retries against the full disk, and after space is freed a --resume that finishes
 every trial with each epoch once in MLflow. Also: Ray's snapshot truncated by a full disk."""
 
@@ -102,7 +103,7 @@ def test_a_full_disk_ends_the_study_in_one_line_and_resume_completes_it(tmp_path
     args = study_args(tmp_path, tree, small_disk, kind, "full", *extra)
     ballast = fill(small_disk, leave_mb=8)  # room for the first trial's checkpoints, not for all
 
-    ended = run_birdplane(*args, timeout=300)
+    ended = run_birdplane(*args, timeout=300, cwd=tmp_path)
     lines = ended.stderr.strip().splitlines()
     assert ended.returncode == 75, ended.stderr[-3000:]
     assert lines[-1].startswith(f"birdplane: error: no space left on device under {small_disk} ("), lines[-1]
@@ -113,7 +114,7 @@ def test_a_full_disk_ends_the_study_in_one_line_and_resume_completes_it(tmp_path
     assert not any(small_disk.glob("full/trial_*/checkpoint_*/.*.tmp")), "no half-written files left"
 
     ballast.unlink()
-    resumed = run_birdplane(*args, "--resume", "--json", timeout=300)
+    resumed = run_birdplane(*args, "--resume", "--json", timeout=300, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert len(last_json(resumed.stdout)["trials"]) == 3
     assert_complete(uri, "full", 3, 3)  # every trial's epochs exactly once, FINISHED, with its model
@@ -124,16 +125,16 @@ def test_a_full_disk_ends_the_study_in_one_line_and_resume_completes_it(tmp_path
 def test_a_truncated_snapshot_resumes_from_the_last_good_one_or_says_why_not(tmp_path, tree, small_disk):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = study_args(tmp_path, tree, small_disk, "sweep", "trunc", *sweep_extra(tmp_path, epochs=2))
-    done = run_birdplane(*args, timeout=300)
+    done = run_birdplane(*args, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     experiment = small_disk / "trunc"
     (state,) = experiment.glob("experiment_state-*.json")
     state.write_bytes(b"")  # what a full disk left of Ray's snapshot
 
-    synced = run_birdplane("sync", "--name", "trunc", "--storage-path", small_disk)
+    synced = run_birdplane("sync", "--name", "trunc", "--storage-path", small_disk, cwd=tmp_path)
     assert synced.returncode == 0, synced.stderr[-3000:]
     assert "0 runs completed" in synced.stdout
-    resumed = run_birdplane(*args, "--resume", "--json", timeout=300)
+    resumed = run_birdplane(*args, "--resume", "--json", timeout=300, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_complete(uri, "trunc", 3, 2)
 
@@ -141,7 +142,7 @@ def test_a_truncated_snapshot_resumes_from_the_last_good_one_or_says_why_not(tmp
     for path in (*experiment.glob("experiment_state-*.json"), *experiment.glob(".birdplane-snapshot/*")):
         path.write_bytes(b"")
     for command in (["sync", "--name", "trunc", "--storage-path", small_disk], [*args, "--resume"]):
-        failed = run_birdplane(*command, timeout=300)
+        failed = run_birdplane(*command, timeout=300, cwd=tmp_path)
         assert failed.returncode == 2, failed.stderr[-3000:]
         assert "Traceback" not in failed.stderr
         (line,) = failed.stderr.strip().splitlines()
@@ -154,10 +155,10 @@ def test_a_truncated_snapshot_resumes_from_the_last_good_one_or_says_why_not(tmp
 def test_check_warns_when_the_checkpoints_may_not_fit(tmp_path, tree, small_disk, kind):
     extra = sweep_extra(tmp_path) if kind == "sweep" else capacity_extra()
     args = study_args(tmp_path, tree, small_disk, kind, "fits", *extra, "--check")
-    fits = run_birdplane(*args)
+    fits = run_birdplane(*args, cwd=tmp_path)
     assert fits.returncode == 0 and "warning" not in fits.stderr, fits.stderr[-2000:]
     fill(small_disk, leave_mb=2)
-    tight = run_birdplane(*args)
+    tight = run_birdplane(*args, cwd=tmp_path)
     assert tight.returncode == 0, tight.stderr[-2000:]
     assert "warning: the checkpoints may need about" in tight.stderr and str(small_disk) in tight.stderr, tight.stderr
     assert not (small_disk / "fits").exists(), "--check writes nothing"

@@ -12,7 +12,8 @@ def closed_runs(uri, experiment) -> dict[str, object]:
     return {r.data.tags["ray_trial_id"]: r for r in children(uri, experiment)[1] if r.info.status == "FINISHED"}
 
 
-def test_a_trial_mlflow_and_ray_saw_finish_is_not_run_again_after_a_sigkill(slow_tree, tmp_path):  # noqa: F811
+def test_a_trial_mlflow_and_ray_saw_finish_is_not_run_again_after_a_sigkill(slow_tree, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(tmp_path)  # MLflow's ./mlruns artefacts of the sqlite store land here
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # Tune snapshots its state only at the first step (and when a trial made num_to_keep=4
     # checkpoints, which 3-epoch trials never do): the snapshot still has the first trial unfinished.
