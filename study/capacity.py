@@ -538,3 +538,13 @@ def cost_estimate(design: Grid, data: DataConfig, batch_size: int = 64) -> dict:
         "gpu_hours": gpu_hours,
         "n_train": n_train,
     }
+
+
+def checkpoint_sizes(prep: CapacityPrepared) -> list[int]:
+    """Each run's checkpoint size in bytes (study.runner.checkpoint_bytes), for --check."""
+    from study.runner import checkpoint_bytes
+
+    recipe, design = prep.space.recipe, prep.space.design
+    runs = design.runs() // len(design.cells())  # seeds x regulariser values x tuned values a cell
+    optimizer, momentum = recipe.get("optimizer", "sgd"), recipe.get("momentum", 0.0)
+    return [checkpoint_bytes(parse_cell(c), optimizer, momentum) for c in design.cells() for _ in range(runs)]

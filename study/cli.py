@@ -35,10 +35,14 @@ from study.capacity import (
     prepare_capacity,
     run_capacity,
 )
-from study.errors import UsageError
+from study.capacity import (
+    checkpoint_sizes as capacity_checkpoint_sizes,
+)
+from study.errors import StorageFull, UsageError
 from study.manifest import experiment_path
-from study.runner import NAME_PATTERN, SMOKE_SUBSET, StudyOptions, default_name
+from study.runner import NAME_PATTERN, SMOKE_SUBSET, StudyOptions, default_name, footprint_warning
 from study.sweep import SweepOptions, prepare, prepare_extension, run_sweep
+from study.sweep import checkpoint_sizes as sweep_checkpoint_sizes
 from trainables.config import ConfigError, DataConfig, TrainConfig
 from trainables.data import DataError, check_data, load_study_data
 from trainables.loop import evaluate_untrained, fit
@@ -231,6 +235,14 @@ def add_study_flags(p: argparse.ArgumentParser, kind: str, seed_help: str, smoke
     p.add_argument("--name", default=None, help=f"study name (default {kind}-<timestamp>); --resume needs it")
     p.add_argument("--resume", action="store_true", help="continue the interrupted study --name")
     p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=d.checkpoint_every,
+        metavar="N",
+        help=f"a trial's checkpoint every N epochs, at its first and its last (default {d.checkpoint_every}); "
+        "a resumed or retried trial repeats at most N-1 epochs",
+    )
+    p.add_argument(
         "--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's local sqlite:///mlflow.db)"
     )
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: the study name)")
@@ -370,6 +382,13 @@ def trouble_lines(summary) -> list[str]:
     return lines
 
 
+def warn_footprint(prep, sizes: list[int]) -> None:
+    """--check: a warning on stderr when the study's checkpoints may not fit on its storage path."""
+    warning = footprint_warning(prep.storage_path, sizes)
+    if warning:
+        print(warning, file=sys.stderr)
+
+
 def format_trial(t: dict) -> str:
     from analysis.report import config_label
 
@@ -407,6 +426,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             else f"ok: sweep {opts.name!r}, {opts.num_samples} trials of up to {prep.epochs} epochs, "
             f"results in {prep.path}, MLflow {prep.tracking_uri}"
         )
+        warn_footprint(prep, sweep_checkpoint_sizes(prep))
         return 0
     summary, code = run_and_summarise(args, lambda: run_sweep(prep))
     if args.json:
@@ -907,6 +927,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
             f"estimated cost: {cost['cpu_hours']:,.1f} CPU-hours here ({cost['wall_hours_here']:,.1f} h of wall "
             f"time on 2 CPUs), {cost['gpu_hours']:,.2f} GPU-hours on an H100 ({cost_model_text()})"
         )
+        warn_footprint(prep, capacity_checkpoint_sizes(prep))
         return 0
     summary, code = run_and_summarise(args, lambda: run_capacity(prep))
     if args.json:
@@ -970,6 +991,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError, DataError) as err:
         print(f"birdplane: error: {err}", file=sys.stderr)
         return 2
+    except StorageFull as err:
+        print(f"birdplane: error: {err}", file=sys.stderr)
+        return StorageFull.exit_code
     except KeyboardInterrupt:
         print("birdplane: interrupted", file=sys.stderr)
         return 130

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 
 from study.errors import UsageError
+from trainables.files import write_text_atomic
 
 MANIFEST_FILE = "birdplane.json"
 FORMAT = 1
@@ -69,12 +70,24 @@ def exists(folder: str) -> bool:
 
 
 def write(folder: str, manifest: Manifest) -> None:
-    """Written under a temporary name and moved, so a reader never sees half a manifest."""
+    """Written all-or-nothing (trainables/files.py locally; under a temporary name and moved on a
+    URI), so a reader never sees half a manifest, and a full disk leaves none rather than half."""
+    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=True)
     fs, path = _filesystem(folder)
     fs.create_dir(path, recursive=True)
+    if "://" not in folder:
+        write_text_atomic(os.path.join(path, MANIFEST_FILE), text)
+        return
     final, tmp = f"{path}/{MANIFEST_FILE}", f"{path}/.{MANIFEST_FILE}.tmp"
-    with fs.open_output_stream(tmp) as out:
-        out.write(json.dumps(manifest.to_dict(), indent=2, sort_keys=True).encode())
+    try:
+        with fs.open_output_stream(tmp) as out:
+            out.write(text.encode())
+    except BaseException:
+        try:
+            fs.delete_file(tmp)
+        except OSError:
+            pass
+        raise
     fs.move(tmp, final)
 
 

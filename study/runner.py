@@ -12,6 +12,7 @@ start quickly) without them.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import math
@@ -24,7 +25,8 @@ from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from study import manifest, preflight
 from study.checkout import git_commit
-from study.errors import UsageError
+from study.errors import StorageFull, UsageError
+from trainables.checkpoint import DEFAULT_CHECKPOINT_EVERY
 from trainables.config import DataConfig
 from trainables.data import load_study_data
 
@@ -33,6 +35,9 @@ SMOKE_SUBSET = 100  # training images per class in a --smoke study
 # Trials sharing one GPU when --gpus-per-trial is not given (the measurements behind the choice:
 # docs/benchmarks.md).
 DEFAULT_GPU_SHARE = 1 / 16
+# Checkpoints Ray keeps per trial. Ray snapshots its experiment state whenever a trial has made this
+# many checkpoints since the last snapshot, so the snapshot never names a deleted checkpoint.
+NUM_TO_KEEP = 4
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class StudyOptions:
     max_concurrent: int | None = None  # None: as many as the resources hold
     seed: int = 0
     smoke: bool = False
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY  # epochs between a trial's checkpoints
     # A dead node's cached actor can fail a trial twice at once (seen in the node-crash test).
     max_failures: int = 3
 
@@ -76,6 +82,9 @@ class Prepared(Generic[OptionsT, S]):
     study_name: str  # the study as MLflow and Optuna know it (an extension's trials join the sweep it extends)
     metric: str = "val_acc"  # the summary's best trial: the highest val_acc or the lowest val_loss
     optuna_storage: str | None = None  # where an Optuna study is persisted (None: nowhere)
+    # On --resume: trials whose MLflow runs an earlier driver closed and whose every epoch is in
+    # Ray's results, though Ray's last snapshot has them unfinished: they are not trained again.
+    finished: dict[str, dict] = field(default_factory=dict)  # trial id -> its last result
 
     @property
     def path(self) -> str:
@@ -142,6 +151,8 @@ def check_options(opts: StudyOptions) -> None:
         raise UsageError(f"--gpus-per-trial must be in [0, 8], got {opts.gpus_per_trial}")
     if opts.max_concurrent is not None and opts.max_concurrent < 1:
         raise UsageError(f"--max-concurrent must be >= 1, got {opts.max_concurrent}")
+    if opts.checkpoint_every < 1:
+        raise UsageError(f"--checkpoint-every must be >= 1, got {opts.checkpoint_every}")
     preflight.check_ray_address(opts.address)
 
 
@@ -156,9 +167,41 @@ def check_study_path(storage_path: str | None, name: str, resume: bool, kind: st
         found = manifest.read(path).kind
         if found != kind:
             raise UsageError(f"--resume: {name!r} under {storage} is a {found} study, not a {kind}")
+        from study.disk import unrecoverable  # imports Ray: only on --resume
+
+        problem = unrecoverable(path, name)
+        if problem:
+            raise UsageError(problem)
     elif manifest.exists(path):
         raise UsageError(f"a study named {name!r} already exists under {storage}: pass --resume or another --name")
     return storage
+
+
+# ---------------------------------------------------------------- disk
+
+
+def checkpoint_bytes(hidden_sizes, optimizer: str, momentum: float, n_out: int = 2) -> int:
+    """One checkpoint of a net (float32): its weights, the best epoch's weights and the optimizer
+    state (Adam: two tensors a parameter; SGD with momentum: one)."""
+    from trainables.model import IN_FEATURES, count_params
+
+    slots = 2 if optimizer in ("adam", "adamw") else int(bool(momentum))
+    return 4 * count_params(IN_FEATURES, list(hidden_sizes), n_out) * (2 + slots)
+
+
+def footprint_warning(storage: str, per_trial: list[int]) -> str | None:
+    """The warning --check prints when the study's checkpoints (NUM_TO_KEEP per trial, each trial's
+    own size) may not fit into the free space of the storage path; None when they fit."""
+    from study.disk import free_bytes, mb
+
+    need = NUM_TO_KEEP * sum(per_trial)
+    free = free_bytes(storage)
+    if free is None or need <= free:
+        return None
+    return (
+        f"warning: the checkpoints may need about {mb(need)} ({NUM_TO_KEEP} a trial) but {storage} has "
+        f"{mb(free)} free; free space or give --storage-path elsewhere"
+    )
 
 
 # ---------------------------------------------------------------- Ray
@@ -213,7 +256,12 @@ def tuner_for(
     from trainables.tune_adapter import train_trial
 
     opts = prep.options
-    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, resolve=resolve), resources)
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            train_trial, data=data, resolve=resolve, checkpoint_every=opts.checkpoint_every, finished=prep.finished
+        ),
+        resources,
+    )
     if opts.resume:
         # The restored experiment brings its own callbacks; the driver's active logger stands in
         # for the unpickled one (MlflowTrialLogger.activate).
@@ -223,7 +271,7 @@ def tuner_for(
         storage_path=prep.storage_path,
         callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=NUM_TO_KEEP),
         verbose=1,
     )
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
@@ -250,6 +298,53 @@ def fail_stale_optuna_trials(storage: str | None, study_name: str) -> int:
 
 
 # ---------------------------------------------------------------- the run
+
+
+def finished_trials(callback, experiment_path: str) -> dict[str, dict]:
+    """Trials Ray's last snapshot has unfinished, though the driver that died closed their MLflow
+    runs (FINISHED, with an outcome) and Ray's own record of the trial (its results, or its newest
+    checkpoint, which the trial writes itself) holds every epoch the run closed at: a --resume must
+    not train them again. Trial id -> its last result, which the skipped trial reports once more
+    (for the searcher, the scheduler and the summary)."""
+    from mlflow import MlflowClient
+    from ray.tune import ExperimentAnalysis
+
+    from analysis.record import TAG_OUTCOME, TAG_PARENT, TAG_TRIAL
+    from analysis.runs import search_runs
+
+    analysis = ExperimentAnalysis(experiment_path)
+    client = MlflowClient(callback.tracking_uri)
+    runs = search_runs(client, callback.experiment_id, f"tags.`{TAG_PARENT}` = '{callback.parent_run_id}'")
+    closed = {r.data.tags.get(TAG_TRIAL): r for r in runs if r.info.status == "FINISHED" and TAG_OUTCOME in r.data.tags}
+    frames = analysis.trial_dataframes
+    done = {}
+    for trial in analysis.trials:
+        run = closed.get(trial.trial_id)
+        if trial.status in ("TERMINATED", "ERROR") or run is None:
+            continue
+        last = ray_last_record(trial, frames.get(trial.trial_id))
+        if last is not None and last["epoch"] >= run.data.metrics.get("epochs_run", math.inf):
+            status = "diverged" if run.data.tags[TAG_OUTCOME] == "diverged" else "completed"
+            done[trial.trial_id] = {**last, "param_count": run.data.metrics.get("param_count"), "status": status}
+    return done
+
+
+def ray_last_record(trial, frame) -> dict | None:
+    """The last epoch's record Ray holds of ``trial``: from its results (result.json, written
+    with Ray's snapshots) or its newest checkpoint on the storage path, whichever is further."""
+    from analysis.record import EPOCH_METRICS
+    from trainables.tune_adapter import read_checkpoint, trial_checkpoints
+
+    records = []
+    if frame is not None and "epoch" in frame and len(frame):
+        row = frame.loc[frame["epoch"].idxmax()].to_dict()
+        records.append({k: row[k] for k in ("epoch", *EPOCH_METRICS) if k in row})
+    storage = getattr(trial, "storage", None)
+    newest = trial_checkpoints(storage.trial_fs_path, storage.storage_filesystem)[:1] if storage else []
+    state = read_checkpoint(newest[0]) if newest else None
+    if state is not None and state.history:
+        records.append(dict(state.history[-1]))
+    return max(records, key=lambda r: r["epoch"], default=None)
 
 
 def pareto_set(trials: list[dict]) -> list[dict]:
@@ -334,9 +429,11 @@ def run_study(prep: Prepared, design: Design, extra_callbacks: list = ()) -> Stu
     """
     from mlflow import MlflowClient
 
+    from study import disk
     from study import records as record
     from study.sync import replay
     from study.tracking import MlflowTrialLogger
+    from trainables.tune_adapter import slim_finished
 
     opts, kind = prep.options, design.kind
     if opts.resume and extra_callbacks:
@@ -376,6 +473,7 @@ def run_study(prep: Prepared, design: Design, extra_callbacks: list = ()) -> Stu
         key=prep.path,
         role=kind,
         resolve=resolve,
+        after_close=slim_finished,
     ).activate()
     parent = callback.open_parent()  # before any trial starts: a tracking problem stops us here
     if not opts.resume:
@@ -393,12 +491,29 @@ def run_study(prep: Prepared, design: Design, extra_callbacks: list = ()) -> Stu
                 optuna_storage=prep.optuna_storage,
             ),
         )
-    tuner, _ = design.build_tuner(prep, data, [callback, *extra_callbacks], cluster, resolve)
-    if opts.resume:
-        # Trials that finished while the last driver's MLflow calls were lost (a SIGKILL, an
-        # outage) get their runs completed from Ray's results before the study continues.
-        replay(callback, prep.path, resuming=True)
-    summary = _summarise(prep, tuner.fit(), callback, parent, resolve)
+    else:
+        disk.intact_snapshot(prep.path, opts.name)  # a snapshot a full disk truncated: the last good one
+        prep = dataclasses.replace(prep, finished=finished_trials(callback, prep.path))
+        callback.skip(prep.finished)
+    guard = disk.DiskGuard(prep.storage_path, prep.path)
+    tuner, _ = design.build_tuner(prep, data, [callback, guard, *extra_callbacks], cluster, resolve)
+    try:
+        if opts.resume:
+            # Trials that finished while the last driver's MLflow calls were lost (a SIGKILL, an
+            # outage) get their runs completed from Ray's results before the study continues.
+            replay(callback, prep.path, resuming=True)
+        results = tuner.fit()
+    except Exception as err:
+        if not (guard.full or disk.is_disk_full(err)):
+            raise
+        # Tune ended the experiment; its unfinished trials wait for --resume. The parent run says
+        # the study failed (a --resume reopens it).
+        callback.finish("FAILED")
+        raise StorageFull(
+            f"{disk.full_message(prep.storage_path, guard.needed)}: free some, then "
+            f"`birdplane {kind} --name {opts.name} --resume` (same flags)"
+        ) from None
+    summary = _summarise(prep, results, callback, parent, resolve)
     if not summary.interrupted:  # nothing left to resume: no Optuna trial may stay RUNNING
         fail_stale_optuna_trials(prep.optuna_storage, prep.study_name)
     try:  # the study's headline on its parent run (the UI's runs list shows it in the parent's row)

@@ -388,3 +388,33 @@ def run_sweep(
 ) -> StudySummary:
     with study_claimed(prep, "sweep"):
         return run_study(prep, Sweep(tuple(points_to_evaluate or ())), extra_callbacks=extra_callbacks)
+
+
+def checkpoint_sizes(prep: SweepPrepared, draws: int = 500) -> list[int]:
+    """Each trial's expected checkpoint size in bytes (study.runner.checkpoint_bytes), for --check:
+    the mean over random draws of the space's depth, widths and optimizer."""
+    import numpy as np
+
+    from study.runner import checkpoint_bytes
+
+    rng = np.random.default_rng(0)
+    dims = prep.space.dimensions
+
+    def draw(name: str, default):
+        d = dims.get(name)
+        if d is None:
+            return default
+        if d.fixed is not None:
+            return d.fixed
+        if d.choices:
+            return d.choices[rng.integers(len(d.choices))]
+        if d.log:
+            return float(np.exp(rng.uniform(np.log(d.low), np.log(d.high))))
+        return float(rng.uniform(d.low, d.high))
+
+    sizes = []
+    for _ in range(draws):
+        depth = int(round(draw("depth", 1)))
+        hidden = [int(round(draw("width", 512))) for _ in range(depth)]
+        sizes.append(checkpoint_bytes(hidden, str(draw("optimizer", "sgd")), float(draw("momentum", 0.0))))
+    return [int(np.mean(sizes))] * prep.options.num_samples

@@ -40,9 +40,9 @@ def replay(logger: MlflowTrialLogger, experiment_path: str, resuming: bool = Fal
 
     Unfinished trials' runs are marked KILLED, unless a resume is about to continue them.
     """
-    from ray.tune import ExperimentAnalysis
+    from study.disk import analysis as read_analysis
 
-    analysis = ExperimentAnalysis(experiment_path)
+    analysis = read_analysis(experiment_path, logger.study_name)  # a truncated snapshot: the last good one, or one line
     frames = analysis.trial_dataframes
     counts = {"trials": 0, "closed": 0, "open": 0, "unchanged": 0}
     for trial in analysis.trials:

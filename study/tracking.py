@@ -136,8 +136,12 @@ class MlflowTrialLogger(tune.Callback):
         drain_timeout: float | None = None,
         role: str = ROLE_SWEEP,
         resolve=None,
+        after_close: Callable | None = None,
     ):
         self.key = key
+        # after_close(checkpoint): called in order once a completed trial's run holds its model
+        # (the runner slims the trial's checkpoints then: nothing will resume it).
+        self.after_close = after_close
         self.resolve = resolve  # trial config -> full config (a capacity grid's point index -> its point)
         self.role = role  # the parent run's role: a sweep or a capacity study
         self.tracking_uri = tracking_uri
@@ -179,6 +183,12 @@ class MlflowTrialLogger(tune.Callback):
         self.interrupted = False
         self._started: set[str] = set()
         self._closed: set[str] = set()
+        self._skipped: frozenset[str] = frozenset()
+
+    def skip(self, trial_ids) -> None:
+        """Trials an earlier driver completed in MLflow (a --resume): Tune's events for them are
+        ignored, so their runs are not reopened or closed again."""
+        self._skipped = frozenset(trial_ids)
 
     @property
     def runs(self) -> dict[str, str]:
@@ -246,12 +256,16 @@ class MlflowTrialLogger(tune.Callback):
         return resolve(dict(config)) if resolve is not None else dict(config)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        if trial.trial_id in self._skipped:
+            return
         trial_id, config = trial.trial_id, self.full_config(trial.config)
         self._started.add(trial_id)
         self._enqueue(lambda: self._open_child(trial_id, config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         trial_id = trial.trial_id
+        if trial_id in self._skipped:
+            return
         record = {k: result[k] for k in ("epoch", *EPOCH_METRICS) if k in result}
         extra = {"param_count": result.get("param_count")}
         node = result.get("node_id")
@@ -268,10 +282,15 @@ class MlflowTrialLogger(tune.Callback):
 
     def _close(self, trial, error: bool) -> None:
         trial_id, checkpoint = trial.trial_id, trial.checkpoint
+        if trial_id in self._skipped:
+            return
         self._closed.add(trial_id)
         last = self._last_result.get(trial_id) or dict(trial.last_result or {})
         config = self.full_config(trial.config)
         self._enqueue(lambda: self._close_child(trial_id, config, checkpoint, last, error))
+        after = getattr(self, "after_close", None)
+        if after is not None and not error:
+            self._enqueue(lambda: after(checkpoint))
 
     def on_experiment_end(self, trials, **info) -> None:
         # Tune also ends the experiment on Ctrl+C: then the unfinished trials' runs and the parent

@@ -398,6 +398,8 @@ SHARED = [
     "3",
     "--seed",
     "4",
+    "--checkpoint-every",
+    "5",
     "--smoke",
     "--resume",
 ]
@@ -424,6 +426,7 @@ def test_sweep_and_capacity_read_the_shared_study_flags_into_the_same_study_opti
         "gpus_per_trial": 0.5,
         "max_concurrent": 3,
         "seed": 4,
+        "checkpoint_every": 5,
         "smoke": True,
     }
 

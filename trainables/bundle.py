@@ -59,7 +59,10 @@ def bundle_args(
     config: dict, data_meta: dict, last_state: dict, last_epoch: int, best_state: dict | None, best_epoch: int
 ) -> dict:
     """save_bundle's arguments for a run that ended at ``last_epoch``: the best epoch's weights
-    first, the last epoch's beside them (when no epoch had a finite val_acc, the last ones)."""
+    first, the last epoch's beside them (when no epoch had a finite val_acc, the last ones; when
+    the last ones are not kept, as in a finished trial's slimmed checkpoint, the best ones alone)."""
+    if best_state is not None and not last_state:
+        return {"state_dict": best_state, "config": config, "data_meta": data_meta, "epoch": best_epoch}
     if best_state is None or best_epoch == last_epoch:
         return {"state_dict": last_state, "config": config, "data_meta": data_meta, "epoch": last_epoch}
     return {

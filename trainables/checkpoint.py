@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 STATE_FILE = "state.pt"
+DEFAULT_CHECKPOINT_EVERY = 1  # epochs between a trial's checkpoints (--checkpoint-every)
+BEST_IS_MODEL = "best_is_model"  # saved in place of best_model when the last epoch is the best
 
 
 @dataclass
@@ -40,11 +42,19 @@ class TrainState:
         return cls(**{k: v for k, v in blob.items() if k in known})
 
     def save(self, path: str | Path) -> None:
-        torch.save(self.to_dict(), path)
+        """The best weights are saved once: when the last epoch is the best, they are the model's."""
+        blob = self.to_dict()
+        if self.best_model is not None and self.best_epoch == self.epoch:
+            blob["best_model"], blob[BEST_IS_MODEL] = None, True
+        torch.save(blob, path)
 
     @classmethod
     def load(cls, path: str | Path) -> TrainState:
-        return cls.from_dict(torch.load(path, weights_only=True, map_location="cpu"))
+        blob = torch.load(path, weights_only=True, map_location="cpu")
+        state = cls.from_dict(blob)
+        if blob.get(BEST_IS_MODEL):
+            state.best_model = state.model
+        return state
 
     def with_data(self, data: dict) -> TrainState:
         return dataclasses.replace(self, data=data)

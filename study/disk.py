@@ -1,0 +1,219 @@
+"""A full disk under a study: stop at once with one line, keep what a --resume needs, read back
+what a full disk left truncated.
+
+* ``DiskGuard`` (a Tune callback) notices a trial that failed for want of space (ENOSPC while it
+  wrote a checkpoint) and ends the experiment at the end of Tune's step, before Tune retries the
+  trial against the same full disk. The trial is left to be retried: ``--resume`` continues it
+  from its last good checkpoint.
+* It also keeps a copy of Ray's last snapshot that reads (``experiment_state-*.json`` and the
+  searcher's state beside it) in ``.birdplane-snapshot/``: Ray rewrites its snapshot in place, so
+  a write that hits ENOSPC can leave it empty.
+* ``intact_snapshot`` (before ``Tuner.restore``) and ``analysis`` (for ``sync``) pass over a
+  truncated snapshot to the last good one, or say in one line what cannot be recovered.
+
+Imported by the functions that run or read a study (it imports Ray).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import math
+import os
+import pickle
+import shutil
+import time
+
+from ray import tune
+
+from study.errors import StorageFull, UsageError
+from trainables.files import atomic_paths
+from trainables.tune_adapter import is_disk_full
+
+log = logging.getLogger(__name__)
+
+STATE_PATTERN = "experiment_state-*.json"  # Ray Tune's TuneController.CKPT_FILE_TMPL
+# What else Ray writes with each snapshot, named by the session (SearchGenerator's and Searcher's
+# CKPT_FILE_TMPL).
+SESSION_FILES = ("search_gen_state-{}.json", "searcher-state-{}.pkl")
+BACKUP = ".birdplane-snapshot"
+MARGIN = 16 * 2**20  # free space beyond the largest checkpoint that a study needs to go on
+COPY_EVERY_S = 10.0  # the copy of Ray's snapshot is refreshed at most this often (Ray's own least period)
+
+
+def free_bytes(path: str) -> int | None:
+    """Free space of the local folder ``path`` (or of its nearest existing parent); None for a URI."""
+    if "://" in path:
+        return None
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return shutil.disk_usage(path).free
+
+
+def mb(n: float) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def full_message(storage: str, needed: int) -> str:
+    free = free_bytes(storage)
+    have = f"{mb(free)} free" if free is not None else "free space unknown"
+    return f"no space left on device under {storage} ({have}; it needs at least {mb(needed + MARGIN)} more)"
+
+
+class DiskGuard(tune.Callback):
+    """Ends the experiment when a trial failed for want of space, instead of retrying it."""
+
+    def __init__(self, storage: str, experiment_path: str):
+        self.storage, self.experiment_path = storage, experiment_path
+        self.needed = 0  # the largest checkpoint a trial wrote (bytes)
+        self.full = False
+        self._seen: dict[str, tuple] = {}  # file -> (mtime, size) of the copy kept
+        self._copied = -math.inf  # time.monotonic() of the last copy
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "full": False, "_seen": {}, "_copied": -math.inf}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.needed = max(self.needed, int(result.get("checkpoint_bytes") or 0))
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self._check(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._check(trial)
+
+    def _check(self, trial) -> None:
+        try:
+            error = trial.get_pickled_error() or trial.get_error()
+        except Exception as err:  # the error file itself may be what the full disk truncated
+            error = err
+        free = free_bytes(self.experiment_path)
+        if is_disk_full(error) or (free is not None and free < self.needed + MARGIN):
+            self.full = True
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if self.full:
+            raise StorageFull(full_message(self.storage, self.needed))
+        if time.monotonic() - self._copied >= COPY_EVERY_S:
+            self._keep_snapshot()
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self._keep_snapshot()  # Tune's final snapshot, written (and waited for) before this call
+
+    def _keep_snapshot(self) -> None:
+        """A copy of Ray's newest snapshot (and the searcher's state, tuner.pkl), when it changed and reads."""
+        if "://" in self.experiment_path:
+            return
+        self._copied = time.monotonic()
+        newest = _newest(self.experiment_path)
+        if newest is None:
+            return
+        tuner = os.path.join(self.experiment_path, "tuner.pkl")
+        files = [p for p in (*newest, tuner) if os.path.exists(p)]
+        seen = {p: (os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in files}
+        changed = [p for p in files if self._seen.get(p) != seen[p]]
+        if not changed or not all(_reads(p) for p in changed):
+            return
+        folder = os.path.join(self.experiment_path, BACKUP)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            for old in os.listdir(folder):
+                if not any(old == os.path.basename(p) for p in files):
+                    os.unlink(os.path.join(folder, old))
+            with atomic_paths([os.path.join(folder, os.path.basename(p)) for p in files]) as temps:
+                for src, tmp in zip(files, temps, strict=True):
+                    shutil.copyfile(src, tmp)
+            self._seen = seen
+        except OSError as err:  # no room for the copy: the one before stays
+            log.warning("could not keep a copy of Ray's snapshot: %s", err)
+
+
+def _newest(folder: str) -> tuple[str, ...] | None:
+    """Ray's newest experiment_state file in ``folder`` and the searcher's files of its session."""
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    states = sorted(fnmatch.filter(names, STATE_PATTERN))
+    if not states:
+        return None
+    session = states[-1][len("experiment_state-") : -len(".json")]
+    others = [t.format(session) for t in SESSION_FILES]
+    return (os.path.join(folder, states[-1]), *(os.path.join(folder, n) for n in others if n in names))
+
+
+def _reads(path: str) -> bool:
+    """Whether Ray's file ``path`` reads whole: as JSON, or as a pickle (Ray pickles some files
+    it names .json, such as search_gen_state-*.json)."""
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except OSError:
+        return False
+    try:
+        json.loads(blob)
+        return True
+    except ValueError:
+        pass
+    try:
+        pickle.loads(blob)  # cloudpickle writes plain pickles
+        return True
+    except Exception:
+        return False
+
+
+def _broken(folder: str) -> list[str]:
+    names = os.listdir(folder)
+    found = [n for p in (STATE_PATTERN, *(t.format("*") for t in SESSION_FILES)) for n in fnmatch.filter(names, p)]
+    found += [n for n in ("tuner.pkl",) if n in names]
+    return [n for n in sorted(found) if not _reads(os.path.join(folder, n))]
+
+
+def unrecoverable(experiment_path: str, name: str, what: str = "resume") -> str | None:
+    """The one line that says why Ray's snapshot of the study cannot be read back (every copy of
+    it truncated or missing), or None when ``intact_snapshot`` can restore one. Reads only."""
+    if "://" in experiment_path:
+        return None
+    broken = set(_broken(experiment_path))
+    backup = os.path.join(experiment_path, BACKUP)
+    kept = {n for n in (os.listdir(backup) if os.path.isdir(backup) else []) if _reads(os.path.join(backup, n))}
+    names = set(os.listdir(experiment_path))
+    usable = (names - broken) | kept
+    if fnmatch.filter(usable, STATE_PATTERN) and "tuner.pkl" in usable and not broken - kept:
+        return None
+    bad = sorted(broken | {n[: -len(".corrupt")] for n in names if n.endswith(".corrupt")})
+    return (
+        f"cannot {what} {name!r}: Ray's {', '.join(bad) or 'experiment_state-*.json'} in {experiment_path} "
+        f"{'is' if len(bad) <= 1 else 'are'} truncated or missing and no earlier snapshot reads; "
+        "the MLflow runs keep every epoch they logged; start the study again under another --name"
+    )
+
+
+def intact_snapshot(experiment_path: str, name: str, what: str = "resume") -> list[str]:
+    """Before ``Tuner.restore`` (and ``sync``): any truncated snapshot file of Ray's is moved aside
+    (NAME.corrupt) and, where birdplane kept a copy of the last good one, that copy is put in its
+    place. Returns what was replaced; raises UsageError (one line) when nothing that reads is left."""
+    problem = unrecoverable(experiment_path, name, what)
+    if problem:
+        raise UsageError(problem)
+    if "://" in experiment_path:
+        return []
+    broken = _broken(experiment_path)
+    backup = os.path.join(experiment_path, BACKUP)
+    for n in broken:
+        os.replace(os.path.join(experiment_path, n), os.path.join(experiment_path, n + ".corrupt"))
+        shutil.copyfile(os.path.join(backup, n), os.path.join(experiment_path, n))
+    if broken:
+        log.warning("Ray's %s in %s were truncated: resuming from the last good snapshot", broken, experiment_path)
+    return broken
+
+
+def analysis(experiment_path: str, name: str):
+    """Ray's ExperimentAnalysis of the study (``sync``), after ``intact_snapshot`` repaired a
+    truncated snapshot; UsageError (one line) when nothing that reads is left."""
+    from ray.tune import ExperimentAnalysis
+
+    intact_snapshot(experiment_path, name, "sync")
+    try:
+        return ExperimentAnalysis(experiment_path)
+    except Exception as err:  # a snapshot that reads as JSON but not as Tune's state
+        raise UsageError(f"cannot sync {name!r}: Ray's snapshot in {experiment_path} cannot be read ({err})") from None

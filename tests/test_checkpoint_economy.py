@@ -1,0 +1,74 @@
+"""What a trial's checkpoints hold and when they are written (issue 23): the schedule of
+--checkpoint-every, best weights saved once, truncated checkpoints passed over, finished trials slimmed."""
+
+import torch
+from ray import tune
+
+from trainables.checkpoint import STATE_FILE, TrainState
+from trainables.tune_adapter import checkpoint_due, read_checkpoint, slim_finished
+
+
+def state(epoch: int, best_epoch: int, width: int = 256) -> TrainState:
+    weights = {"w": torch.randn(width, width)}
+    # As in trainables/loop.py: the best weights are a copy of the weights of the best epoch.
+    best = {k: v.clone() for k, v in weights.items()} if best_epoch == epoch else {"w": torch.randn(width, width)}
+    return TrainState(
+        epoch=epoch,
+        model=weights,
+        optimizer={"state": {0: {"momentum_buffer": torch.randn(width, width)}}, "param_groups": [{"lr": 0.1}]},
+        sampler_rng=torch.ByteTensor(8),
+        augment_rng=torch.ByteTensor(8),
+        history=[{"epoch": e, "val_acc": 0.5} for e in range(1, epoch + 1)],
+        config={"epochs": 10},
+        best_epoch=best_epoch,
+        best_model=best,
+    )
+
+
+def test_the_schedule_checkpoints_the_first_every_nth_and_the_last_epoch():
+    assert [e for e in range(1, 11) if checkpoint_due(e, 10, 1, False)] == list(range(1, 11))
+    assert [e for e in range(1, 11) if checkpoint_due(e, 10, 4, False)] == [1, 5, 9, 10]
+    assert checkpoint_due(3, 10, 4, diverged=True)
+
+
+def test_best_weights_are_saved_once_when_the_last_epoch_is_the_best(tmp_path):
+    same, other = tmp_path / "same.pt", tmp_path / "other.pt"
+    state(3, best_epoch=3).save(same)
+    state(3, best_epoch=2).save(other)
+    weights = 256 * 256 * 4
+    assert other.stat().st_size - same.stat().st_size > 0.9 * weights, (same.stat().st_size, other.stat().st_size)
+    assert same.stat().st_size < 2.2 * weights, "weights and optimizer state only"
+    loaded = TrainState.load(same)
+    assert loaded.best_epoch == 3 and torch.equal(loaded.best_model["w"], loaded.model["w"])
+
+
+def checkpoints(trial: object, *states) -> list:
+    folders = []
+    for i, s in enumerate(states):
+        folder = trial / f"checkpoint_{i:06d}"
+        folder.mkdir(parents=True)
+        s.save(folder / STATE_FILE)
+        folders.append(folder)
+    return folders
+
+
+def test_a_truncated_checkpoint_is_passed_over_for_the_newest_earlier_one(tmp_path):
+    first, second = checkpoints(tmp_path / "trial_a", state(1, 1), state(2, 2))
+    blob = (second / STATE_FILE).read_bytes()
+    (second / STATE_FILE).write_bytes(blob[: len(blob) // 2])  # what a full disk leaves
+    restored = read_checkpoint(tune.Checkpoint(str(second)))
+    assert restored is not None and restored.epoch == 1
+    (first / STATE_FILE).write_bytes(b"")
+    assert read_checkpoint(tune.Checkpoint(str(second))) is None  # nothing reads: the trial starts afresh
+
+
+def test_a_finished_trial_keeps_one_checkpoint_with_the_best_weights_alone(tmp_path):
+    *_, newest = checkpoints(tmp_path / "trial_b", state(1, 1), state(2, 1), state(3, 1))
+    before = (newest / STATE_FILE).stat().st_size
+    slim_finished(tune.Checkpoint(str(newest)))
+    assert sorted(p.name for p in (tmp_path / "trial_b").iterdir()) == [newest.name]
+    slim = TrainState.load(newest / STATE_FILE)
+    assert slim.optimizer == {} and slim.epoch == 3 and [r["epoch"] for r in slim.history] == [1, 2, 3]
+    assert slim.best_epoch == 1 and slim.best_model is not None and slim.model == {}, "one set of weights: the best"
+    assert (newest / STATE_FILE).stat().st_size < before
+    assert not list((tmp_path / "trial_b").rglob("*.tmp"))

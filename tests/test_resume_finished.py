@@ -1,0 +1,39 @@
+"""A trial that finished before the driver was killed is not trained again by --resume (issue 23)."""
+
+import pytest
+
+from tests.conftest import last_json, run_birdplane
+from tests.test_faults import children, kill_when, slow_tree, start, sweep_args, write_space  # noqa: F401
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+
+
+def closed_runs(uri, experiment) -> dict[str, object]:
+    return {r.data.tags["ray_trial_id"]: r for r in children(uri, experiment)[1] if r.info.status == "FINISHED"}
+
+
+def test_a_trial_mlflow_and_ray_saw_finish_is_not_run_again_after_a_sigkill(slow_tree, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(tmp_path)  # MLflow's ./mlruns artefacts of the sqlite store land here
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # Tune snapshots its state only at the first step (and when a trial made num_to_keep=4
+    # checkpoints, which 3-epoch trials never do): the snapshot still has the first trial unfinished.
+    env = {"TUNE_GLOBAL_CHECKPOINT_S": "3600"}
+    args = sweep_args(tmp_path, slow_tree, uri, "done", 3, write_space(tmp_path, epochs=3), "--max-concurrent", 1)
+    proc = start(args, env=env)
+    kill_when(proc, lambda: len(closed_runs(uri, "done")) >= 1, "the first trial's run FINISHED")
+    (trial, run) = next(iter(closed_runs(uri, "done").items()))
+    experiment = tmp_path / "ray" / "done"
+    checkpoints = sorted(p.name for p in experiment.glob(f"trial_{trial}/checkpoint_*"))
+
+    resumed = run_birdplane(*args, "--resume", "--json", env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len(last_json(resumed.stdout)["trials"]) == 3
+    client, runs = children(uri, "done")
+    after = {r.data.tags["ray_trial_id"]: r for r in runs}[trial]
+    assert after.info.run_id == run.info.run_id
+    assert after.info.status == "FINISHED" and after.info.end_time == run.info.end_time, "the run was not reopened"
+    for key in ("val_acc", "train_loss", "best_val_acc", "epochs_run", "param_count"):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert len(steps) == len(set(steps)), f"{key} logged twice at a step: {steps}"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2, 3]
+    assert sorted(p.name for p in experiment.glob(f"trial_{trial}/checkpoint_*")) == checkpoints, "no new training"
