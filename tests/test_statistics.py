@@ -22,6 +22,7 @@ from analysis.statistics import (
     pooled_sd,
     size_comparisons,
     size_trend,
+    t_cdf,
     t_quantile,
     t_two_sided_p,
     tail_mean,
@@ -126,6 +127,9 @@ def test_t_and_f_distributions_match_tabulated_values():
     assert t_two_sided_p(-1.959963985, math.inf) == pytest.approx(0.05), "infinite df: the normal's two tails"
     assert betainc(2, 3, 0.4) == pytest.approx(0.5248), "I_0.4(2,3) = 1 - 0.6^4 - 4·0.4·0.6^3"
     assert f_sf(3.0, 2, 8) == pytest.approx((1 + 2 * 3.0 / 8) ** -4), "F(2, d2): P(F > f) = (1 + 2f/d2)^(-d2/2)"
+    assert f_sf(0.5, 2, 8) == pytest.approx(1.125**-4) and f_sf(0.0, 2, 8) == 1.0 and f_sf(-1.0, 2, 8) == 1.0
+    assert t_cdf(1.959963985, math.inf) == pytest.approx(0.975) and t_cdf(-1.0, 1) == pytest.approx(0.25)
+    assert t_cdf(1.0, 1) == pytest.approx(0.75) and t_cdf(0.0, 3) == pytest.approx(0.5), "Cauchy: 1/2 + atan(t)/pi"
     with pytest.raises(ValueError):
         t_quantile(1.0, 3)
 
@@ -174,6 +178,24 @@ def test_a_mean_interval_is_t_with_n_minus_1_df_widened_by_the_splits_binomial_n
     assert wide["df"] == pytest.approx(df)
     assert wide["half"] == pytest.approx(t_quantile(0.975, df) * math.sqrt(seed_var + split_var))
     assert math.isnan(mean_interval(0.8, math.nan, 1)["low"]), "one seed: no interval"
+
+
+def test_a_mean_interval_s_edges_level_and_split_accuracy():
+    assert mean_interval(0.8, 0.01, 3).keys() == {"mean", "low", "high", "half", "df", "n"}
+    two = mean_interval(0.8, 0.01, 2)
+    assert two["half"] == pytest.approx(12.706204736 * 0.01 / math.sqrt(2)) and two["n"] == 2
+    assert two["low"] == pytest.approx(0.8 - two["half"]) and two["high"] == pytest.approx(0.8 + two["half"])
+    assert mean_interval(0.8, 0.01, 3, level=0.99)["half"] == pytest.approx(9.924843201 * 0.01 / math.sqrt(3))
+    for no_spread in (mean_interval(0.8, 0.01, 1), mean_interval(0.8, math.nan, 3)):
+        assert no_spread["mean"] == 0.8 and all(math.isnan(no_spread[k]) for k in ("low", "high", "half", "df"))
+    # Seeds that agree exactly: only the split's noise is left, known, so the normal quantile.
+    same = mean_interval(0.8, 0.0, 3, n_val=1000)
+    assert same["df"] == math.inf and same["half"] == pytest.approx(1.959963985 * math.sqrt(0.8 * 0.2 / 1000))
+    exact = mean_interval(0.8, 0.0, 3)
+    assert exact["half"] == 0.0 and exact["low"] == exact["high"] == 0.8
+    # A gap's interval carries the val accuracy's split noise: p = split_p, not the gap itself.
+    gap = mean_interval(0.05, 0.0, 3, n_val=1000, split_p=0.8)
+    assert gap["half"] == pytest.approx(same["half"]) and gap["low"] == pytest.approx(0.05 - same["half"])
 
 
 @pytest.mark.parametrize("seeds,seed_sd", [(3, 0.005), (3, 0.02), (2, 0.01), (10, 0.01)])
@@ -226,6 +248,35 @@ def test_the_size_level_trend_interval_covers_the_true_slope_at_95_percent(scena
     assert 0.92 <= trend_coverage(scenario, reps=1000) <= 0.98
 
 
+def test_a_size_trend_s_known_answer_and_what_too_few_sizes_give():
+    # x 0..3, y 0.1 0.3 0.2 0.4: slope Sxy/Sxx = 0.4/5 = 0.08, RSS 0.018, se sqrt(0.018/2/5), t(0.975, 2).
+    t = size_trend([0, 1, 2, 3], [0.1, 0.3, 0.2, 0.4], [0.01] * 4, [3] * 4)
+    half = 4.302652730 * math.sqrt(0.018 / 2 / 5)
+    assert t["slope_per_decade"] == pytest.approx(0.08)
+    assert (t["low"], t["high"]) == pytest.approx((0.08 - half, 0.08 + half))
+    assert t["sizes"] == 4 and t["df"] == 2 and t["method"] == "t over size means"
+    # Lack of fit: F = (0.018/2) / (0.01² / 3) = 270 on (2, 8) df; F(2, d2) has P(F > f) = (1 + 2f/d2)^(-d2/2).
+    assert t["lack_of_fit_p"] == pytest.approx((1 + 2 * 270 / 8) ** -4, rel=1e-6)
+    assert size_trend([0, 1, 2, 3], [0.1, 0.3, 0.2, 0.4], [0.01] * 4, [3] * 4, level=0.99)["high"] == pytest.approx(
+        0.08 + 9.924843201 * math.sqrt(0.018 / 2 / 5)
+    )
+    assert size_trend([0, 1, 2, 3], [0.1, 0.3, 0.2, 0.4])["lack_of_fit_p"] is None, "no seeds' sds: no lack of fit"
+    assert size_trend([0, 1, 2, 3], [0.1, 0.3, 0.2, 0.4], [0.01] * 4, None)["lack_of_fit_p"] is None
+    one_df = size_trend([0, 1, 2, 3], [0.1, 0.3, 0.2, 0.4], [0.01, math.nan, math.nan, math.nan], [2, 1, 1, 1])
+    assert one_df["lack_of_fit_p"] is not None, "one size with 2 seeds is enough for a noise estimate"
+    assert size_trend([0, 1, 2, 3], [0.1, 0.3, 0.2, 0.4], [math.nan] * 4, [1] * 4)["lack_of_fit_p"] is None
+    assert size_trend([0, 1, 2, 3], [0.1, 0.3, 0.2, 0.4], [0.0] * 4, [3] * 4)["lack_of_fit_p"] is None
+    three = size_trend([0, 1, 2], [0.1, 0.3, 0.2])  # slope 0.05, RSS 0.015 on 1 df: t(0.975, 1) = 12.7062
+    assert three["high"] == pytest.approx(0.05 + 12.706204736 * math.sqrt(0.015 / 1 / 2)) and three["df"] == 1
+    two = size_trend([0, 1], [0.1, 0.3], [0.01] * 2, [3] * 2)
+    assert two["slope_per_decade"] == pytest.approx(0.2) and two["low"] is None and two["high"] is None
+    assert two["df"] == 0 and two["lack_of_fit_p"] is None
+    for none in (size_trend([0], [0.1]), size_trend([1, 1, 1], [0.1, 0.2, 0.3])):
+        assert none["slope_per_decade"] is None and none["low"] is None and none["high"] is None
+    assert pooled_sd([0.01, 0.03, math.nan, 0.5], [3, 3, 3, 1]) == pytest.approx((math.sqrt(0.0005), 4))
+    assert math.isnan(pooled_sd([0.01], [1])[0]) and pooled_sd([0.01], [1])[1] == 0
+
+
 def test_lack_of_fit_flags_a_curve_and_not_a_line():
     rng = np.random.default_rng(1)
     bent = size_trend(LOG_PARAMS, [0.80, 0.84, 0.85, 0.80], [0.005] * 4, [3] * 4)
@@ -265,6 +316,11 @@ def test_a_move_between_two_sizes_is_beyond_t_times_the_pooled_se_and_some_curve
     edge = t_quantile(0.975, 4) * (pooled_sd([0.01] * 2, [3] * 2)[0] * np.sqrt(1 / 3.0 + 1 / 3.0))
     assert curve_shape([0.0, edge], [0.01] * 2, [3] * 2)["moves"] == []
     assert curve_shape([edge, 0.0], [0.01] * 2, [3] * 2)["moves"] == []
+    # Flat only when every pair's 90% interval lies strictly within ±delta; noisy seeds: no shape.
+    assert curve_shape([0.83, 0.84, 0.83], [0.03] * 3, [3] * 3)["shape"] == "no detectable shape"
+    tost = t_quantile(0.95, 4) * (pooled_sd([0.01] * 2, [3] * 2)[0] * np.sqrt(1 / 3.0 + 1 / 3.0))
+    assert curve_shape([0.5, 0.5], [0.01] * 2, [3] * 2, delta=tost)["shape"] == "no detectable shape"
+    assert curve_shape([0.5, 0.5], [0.01] * 2, [3] * 2, delta=tost * 1.000001)["shape"] == "flat"
 
 
 def test_shapes_say_where_the_peak_and_the_dip_are():
@@ -281,6 +337,12 @@ def test_shapes_say_where_the_peak_and_the_dip_are():
     assert low_start["moves"] == ["up", "down", "up"] and low_start["dip"] == 3 and low_start["peak"] == 2
     v = curve_shape([0.86, 0.80, 0.87], [0.004] * 3, [3] * 3)
     assert v["shape"] == "dip-then-rise" and v["dip"] == 1 and v["peak"] is None, "the dip next to the last size"
+    wide = curve_shape([0.86, 0.81, 0.80, 0.87], [0.004] * 4, [3] * 4)
+    assert wide["shape"] == "dip-then-rise" and wide["dip"] == 2, "of two sizes at the bottom, the lower"
+    two_tops = curve_shape([0.80, 0.86, 0.85, 0.78, 0.87], [0.004] * 5, [3] * 5)
+    assert two_tops["moves"] == ["up", "down", "up"] and two_tops["peak"] == 1, "of two sizes at the top, the higher"
+    zigzag = curve_shape([0.80, 0.87, 0.80, 0.87, 0.80], [0.004] * 5, [3] * 5)
+    assert zigzag["shape"] == "oscillating" and zigzag["moves"] == ["up", "down", "up", "down"]
     flat = curve_shape([0.830, 0.832, 0.829, 0.831], [0.002] * 4, [5] * 4, delta=0.02)
     assert flat["shape"] == "flat", "every pair's interval within ±0.02"
     assert curve_shape([0.8, 0.9], [math.nan] * 2, [1, 1])["shape"] == "cannot judge (one seed a size)"
