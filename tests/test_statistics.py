@@ -415,6 +415,9 @@ def test_an_onset_needs_4_windows_and_window_plus_min_after_plus_window_epochs()
     assert loss_onset(rising[:24], min_after=15) is None
     assert loss_onset(rising[:20], min_after=3) == 3, "20 epochs = 4 windows are enough"
     assert loss_onset(rising[:19], min_after=3) is None
+    # A noiseless plateau, then a rise: the noise unit is 0, so the band is the minimum itself.
+    plateau = np.concatenate([np.full(40, 0.5), 0.5 + 0.01 * np.arange(1, 21)])
+    assert window_noise_sd(plateau, 5) == 0.0 and loss_onset(plateau) == 38, "the last plateau window's centre"
 
 
 # ---------------------------------------------------------------- final values, calibration, confirmations
@@ -438,7 +441,7 @@ def test_ece_known_answers():
     rng = np.random.default_rng(0)
     conf = rng.uniform(0.5, 1.0, 200_000)
     assert ece(conf, rng.uniform(size=conf.size) < conf) < 0.01, "calibrated by construction"
-    with pytest.raises(ValueError, match="confidences and correct must have the same length"):
+    with pytest.raises(ValueError, match="^confidences and correct must have the same length$"):
         ece([0.5], [True, False])
     assert ece([0.9], [True]) == pytest.approx(0.1) and math.isnan(ece([], [])), "one prediction; none"
     # 0.9 is in bin 13 of 15, 0.97 in the top bin 14: apart, |1 - 0.9| / 2 + |0 - 0.97| / 2.
