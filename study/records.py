@@ -83,6 +83,30 @@ def open_client(uri: str) -> MlflowClient:
         return MlflowClient(uri)
 
 
+def transient(err: BaseException) -> bool:
+    """A transport failure (a reset or refused connection, a server still starting), not an answer:
+    MLflow raises a plain MlflowException for those and a RestException for what the server said."""
+    from mlflow.exceptions import MlflowException, RestException
+
+    return isinstance(err, MlflowException) and not isinstance(err, RestException) and "failed with" in str(err)
+
+
+def retry_transient(call, attempts: int = 6, wait_s: float = 2.0):
+    """``call()``, tried again after a transient transport failure, up to ``attempts`` times ``wait_s``
+    apart. For the few calls a study makes before its outbox (which retries everything) exists:
+    MLflow's own HTTP retries are capped at 0 in the driver (study.preflight.bound_mlflow_http), so a
+    single reset connection at the start would otherwise end a study that the preflight had
+    already found its server for."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as err:
+            if not transient(err) or attempt == attempts - 1:
+                raise
+            time.sleep(wait_s)
+    return None
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:

@@ -446,7 +446,9 @@ def run_study(prep: Prepared, design: Design, extra_callbacks: list = ()) -> Stu
         # MLflow store (~3 s of schema migrations when it is new).
         with ThreadPoolExecutor(max_workers=1) as pool:
             ready = pool.submit(
-                lambda: record.ensure_experiment(record.open_client(prep.tracking_uri), prep.experiment)
+                lambda: record.retry_transient(
+                    lambda: record.ensure_experiment(record.open_client(prep.tracking_uri), prep.experiment)
+                )
             )
             ray = connect_ray(opts.address)
             ready.result()
