@@ -159,6 +159,55 @@ def run_birdplane(*args, env=None, timeout=600, cwd=None):
     )
 
 
+class Started:
+    """A birdplane command started in its own process group, stdout and stderr going to files in
+    ``folder`` (a pipe nobody reads until the end fills at 64 KiB and blocks a chatty study), so
+    several can run at once. ``result()`` waits and gives what ``run_birdplane`` gives."""
+
+    def __init__(self, folder: Path, label: str, *args, env=None, cwd=None):
+        import subprocess
+        import sys
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.args = [sys.executable, "-m", "study.cli", *map(str, args)]
+        self.out, self.err = folder / f"{label}.out", folder / f"{label}.err"
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.proc = subprocess.Popen(
+                self.args,
+                stdout=out,
+                stderr=err,
+                text=True,
+                env={**os.environ, **(env or {})},
+                cwd=cwd,
+                start_new_session=True,
+            )
+
+    def result(self, timeout: float = 600):
+        import subprocess
+
+        from tests.servers import stop_group
+
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            stop_group(self.proc)  # only if it is still running (a timeout): this command's own group
+        return subprocess.CompletedProcess(
+            self.args, self.proc.returncode, self.out.read_text(errors="replace"), self.err.read_text(errors="replace")
+        )
+
+
+def run_together(folder: Path, commands: dict[str, list], timeout: float = 600, env=None) -> dict:
+    """Several birdplane commands at once (label -> arguments); their results by label."""
+    started = {label: Started(folder, label, *args, env=env) for label, args in commands.items()}
+    try:
+        return {label: s.result(timeout) for label, s in started.items()}
+    finally:
+        from tests.servers import stop_group
+
+        for s in started.values():
+            stop_group(s.proc)
+
+
 def last_json(stdout: str) -> dict:
     """The summary object: the last stdout line that is a JSON object (Ray may log after it)."""
     import json

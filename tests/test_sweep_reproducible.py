@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from mlflow import MlflowClient
@@ -37,9 +38,9 @@ def digest(table, per_epoch) -> str:
     return hashlib.sha256((table.to_csv(index=False) + per_epoch.to_csv(index=False)).encode()).hexdigest()
 
 
-def sweep(root, tree, tmp_path, name: str, *extra):
+def sweep(root, tree, name: str, *extra):
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    common = ["--data-root", tree, "--cache-dir", tmp_path / "cache", "--storage-path", root / "ray"]
+    common = ["--data-root", tree, "--cache-dir", root / "cache", "--storage-path", root / "ray"]
     common += ["--tracking-uri", uri, "--max-concurrent", 2, "--cpus-per-trial", 1]
     proc = run_birdplane(
         "sweep",
@@ -48,7 +49,7 @@ def sweep(root, tree, tmp_path, name: str, *extra):
         "--num-samples",
         6,
         "--space",
-        small_space(tmp_path, epochs=4),
+        small_space(root, epochs=4),
         "--grace-epochs",
         1,
         "--seed",
@@ -68,23 +69,27 @@ def tree(tmp_path_factory):
     )
 
 
+def search_and_extend(tree, tmp_path, k: int):
+    """One run of the whole search: a sweep, then its extension; the trial tables after each."""
+    root = tmp_path / f"run{k}"
+    root.mkdir()
+    # The default on a local Ray is reproducible: the first run relies on it, the second says it.
+    uri, common = sweep(root, tree, "rep", *(["--reproducible"] if k else []))
+    first = trial_table(uri, "rep")
+    ext = run_birdplane("sweep", "--name", "rep", "--extend", 2, *common)
+    assert ext.returncode == 0, ext.stderr[-3000:]
+    both = trial_table(uri, "rep")
+    modes = [json.loads((root / "ray" / n / "birdplane.json").read_text())["options"]["reproducible"] for n in NAMES]
+    assert modes == [True, True], "the manifests do not record the reproducible mode the sweep ran in"
+    return (digest(*first), digest(*both)), both
+
+
 def test_two_reproducible_sweeps_and_their_extensions_give_identical_trial_tables(tree, tmp_path):
-    digests, tables = [], []
-    for k in range(2):
-        root = tmp_path / f"run{k}"
-        root.mkdir()
-        # The default on a local Ray is reproducible: the first run relies on it, the second says it.
-        uri, common = sweep(root, tree, tmp_path, "rep", *(["--reproducible"] if k else []))
-        first = trial_table(uri, "rep")
-        ext = run_birdplane("sweep", "--name", "rep", "--extend", 2, *common)
-        assert ext.returncode == 0, ext.stderr[-3000:]
-        both = trial_table(uri, "rep")
-        modes = [
-            json.loads((root / "ray" / n / "birdplane.json").read_text())["options"]["reproducible"] for n in NAMES
-        ]
-        assert modes == [True, True], "the manifests do not record the reproducible mode the sweep ran in"
-        digests.append((digest(*first), digest(*both)))
-        tables.append(both)
+    # The two runs go side by side, so each one's trials finish in an order that the other's load
+    # shifts: timing differs between them more than between two runs one after the other.
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda k: search_and_extend(tree, tmp_path, k), range(2)))
+    digests, tables = zip(*runs, strict=True)
     table, per_epoch = tables[0]
     # The situation where timing could show: early stopping cut some trials, the others ran the budget.
     assert len(table) == 8 and table["epochs_run"].nunique() > 1, table[["seed", "epochs_run"]]

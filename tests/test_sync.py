@@ -4,18 +4,16 @@ and `report` and `rerun` work on them."""
 
 from __future__ import annotations
 
-import os
 import shlex
-import subprocess
-import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
 from mlflow import MlflowClient
 
 from analysis.record import CONFIG_ARTIFACT, TAG_NODE, TAG_PARENT, TAG_ROLE, TAG_STUDY, TAG_TRIAL
-from tests.conftest import make_image_tree, run_birdplane
+from tests.conftest import Started, make_image_tree, run_together
 from tests.servers import MlflowServer, stop_group
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # two studies, a rerun: minutes on a busy machine
@@ -48,6 +46,7 @@ def study_args(kind: str, tmp_path, tree, uri: str, name: str) -> list:
     ]
     if kind == "capacity":
         return ["capacity", *common, "--seeds", 1]
+    tmp_path.mkdir(parents=True, exist_ok=True)
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"depth": {"low": 1, "high": 2}, "width": {"low": 8, "high": 64}, "epochs": 2}))
     return ["sweep", *common, "--num-samples", 2, "--scheduler", "none", "--space", space, "--optuna-storage", "none"]
@@ -81,58 +80,88 @@ def as_logged(uri: str, run) -> dict:
     }
 
 
-@pytest.mark.parametrize("kind", ["capacity", "sweep"])
-def test_sync_after_an_outage_past_the_end_writes_the_runs_the_live_logger_writes(kind, tree, mlflow_server, tmp_path):
-    live = run_birdplane(*study_args(kind, tmp_path, tree, mlflow_server.url, f"{kind}-live"), timeout=400)
-    assert live.returncode == 0, live.stderr[-3000:]
+KINDS = ("capacity", "sweep")
 
-    server = MlflowServer(tmp_path / "server").start()
-    name = f"{kind}-down"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "study.cli", *map(str, study_args(kind, tmp_path, tree, server.url, name))],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "BIRDPLANE_MLFLOW_DRAIN_S": "3"},
-        start_new_session=True,
-    )
+
+def start_all(servers) -> None:
+    """Start several MLflow servers at once (each takes ~10 s to answer)."""
+    with ThreadPoolExecutor() as pool:
+        list(pool.map(lambda server: server.start(), servers))
+
+
+def test_sync_after_an_outage_past_the_end_writes_the_runs_the_live_logger_writes(tree, mlflow_server, tmp_path):
+    """Both kinds at once, each a live study beside one whose server went away: four studies, then
+    two syncs, two reports and two reruns, each batch run concurrently (the suite's time)."""
+    logs = tmp_path / "logs"
+    servers = {kind: MlflowServer(tmp_path / f"server-{kind}") for kind in KINDS}
+    start_all(servers.values())
+    started: list[Started] = []
+
+    def launch(label: str, *args, env=None) -> Started:
+        started.append(Started(logs, label, *args, env=env))
+        return started[-1]
+
     try:
+        live = {
+            k: launch(f"{k}-live", *study_args(k, tmp_path / k, tree, mlflow_server.url, f"{k}-live")) for k in KINDS
+        }
+        drain = {"BIRDPLANE_MLFLOW_DRAIN_S": "3"}
+        down = {
+            k: launch(f"{k}-down", *study_args(k, tmp_path / k, tree, servers[k].url, f"{k}-down"), env=drain)
+            for k in KINDS
+        }
         # The parent run is opened (synchronously) before birdplane's manifest is written and any
-        # trial starts; the server goes away right after.
-        while not (tmp_path / "ray" / name / "birdplane.json").exists():
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
+        # trial starts; each server goes away right after.
+        waiting = set(KINDS)
+        while waiting:
+            for kind in sorted(waiting):
+                assert down[kind].proc.poll() is None, down[kind].result().stderr[-3000:]
+                if (tmp_path / kind / "ray" / f"{kind}-down" / "birdplane.json").exists():
+                    servers[kind].stop()
+                    waiting.discard(kind)
             time.sleep(0.05)
-        server.stop()
-        out, err = proc.communicate(timeout=400)
-        assert proc.returncode == 0, err[-3000:]
-        warning = [line for line in out.splitlines() if "MLflow calls were not delivered" in line]
-        assert len(warning) == 1, out[-3000:]
-        command = warning[0].split("`")[1]
-        assert command.startswith(f"birdplane sync --name {name} --storage-path "), command
+        commands = {}
+        for kind in KINDS:
+            done = live[kind].result(timeout=600)
+            assert done.returncode == 0, f"{kind}: {done.stderr[-3000:]}"
+            ended = down[kind].result(timeout=600)
+            assert ended.returncode == 0, f"{kind}: {ended.stderr[-3000:]}"
+            warning = [line for line in ended.stdout.splitlines() if "MLflow calls were not delivered" in line]
+            assert len(warning) == 1, ended.stdout[-3000:]
+            commands[kind] = warning[0].split("`")[1]
+            assert commands[kind].startswith(f"birdplane sync --name {kind}-down --storage-path "), commands[kind]
 
-        server.start()
-        synced = run_birdplane(*shlex.split(command)[1:])  # the command as printed, word for word
-        assert synced.returncode == 0, synced.stderr[-3000:]
-        assert "runs completed" in synced.stdout, synced.stdout
-    finally:
-        stop_group(proc)
-    try:
-        live_runs = trial_runs(mlflow_server.url, f"{kind}-live")
-        expected = {i: as_logged(mlflow_server.url, r) for i, r in live_runs.items()}
-        replayed = {i: as_logged(server.url, r) for i, r in trial_runs(server.url, name).items()}
-        assert sorted(replayed) == sorted(expected)
-        for index, run in expected.items():
-            differ = {k: (replayed[index][k], v) for k, v in run.items() if replayed[index][k] != v}
-            assert not differ, f"trial {index}: (synced, live) differ in {differ}"
-        assert all(r["params"].get("hidden_sizes") and r["config.json"]["train"] for r in replayed.values())
+        start_all(servers.values())
+        # The commands as printed, word for word.
+        synced = run_together(logs, {f"sync-{k}": shlex.split(commands[k])[1:] for k in KINDS})
+        for label, result in synced.items():
+            assert result.returncode == 0, f"{label}: {result.stderr[-3000:]}"
+            assert "runs completed" in result.stdout, result.stdout
 
-        report = run_birdplane("report", "--experiment", name, "--tracking-uri", server.url, "--out", tmp_path / "r")
-        assert report.returncode == 0, report.stderr[-3000:]
-        assert (tmp_path / "r" / "report.html").is_file()
-        rerun = run_birdplane(
-            "rerun", "--experiment", name, "--tracking-uri", server.url, "--seeds", 1, "--epochs", 1, timeout=400
-        )
-        assert rerun.returncode == 0, rerun.stderr[-3000:]
-        assert "test_acc" in rerun.stdout
+        for kind in KINDS:
+            live_runs = trial_runs(mlflow_server.url, f"{kind}-live")
+            expected = {i: as_logged(mlflow_server.url, r) for i, r in live_runs.items()}
+            replayed = {
+                i: as_logged(servers[kind].url, r) for i, r in trial_runs(servers[kind].url, f"{kind}-down").items()
+            }
+            assert sorted(replayed) == sorted(expected), kind
+            for index, run in expected.items():
+                differ = {k: (replayed[index][k], v) for k, v in run.items() if replayed[index][k] != v}
+                assert not differ, f"{kind} trial {index}: (synced, live) differ in {differ}"
+            assert all(r["params"].get("hidden_sizes") and r["config.json"]["train"] for r in replayed.values())
+
+        after = {}
+        for kind in KINDS:
+            where = ["--experiment", f"{kind}-down", "--tracking-uri", servers[kind].url]
+            after[f"report-{kind}"] = ["report", *where, "--out", tmp_path / kind / "r"]
+            after[f"rerun-{kind}"] = ["rerun", *where, "--seeds", 1, "--epochs", 1]
+        for label, result in run_together(logs, after).items():
+            assert result.returncode == 0, f"{label}: {result.stderr[-3000:]}"
+            if label.startswith("rerun"):
+                assert "test_acc" in result.stdout, result.stdout[-2000:]
+        assert all((tmp_path / kind / "r" / "report.html").is_file() for kind in KINDS)
     finally:
-        server.stop()
+        for study in started:
+            stop_group(study.proc)
+        for server in servers.values():
+            server.stop()
