@@ -383,6 +383,16 @@ def _flags(prep: Prepared, kind: str) -> dict:
     }
 
 
+def error_line(error) -> str | None:
+    """The first line that says why a trial failed. Ray's text of an error it could not pickle (a
+    worker its out-of-memory monitor killed) starts with a "Failure # N (occurred at ...)" header."""
+    if not error:
+        return None
+    lines = [line.strip() for line in str(error).splitlines()]
+    said = [line for line in lines if line and not re.match(r"Failure # \d+ \(occurred at ", line)]
+    return said[0] if said else type(error).__name__
+
+
 def _summarise(prep: Prepared, results, callback, parent: str, resolve: Resolve | None) -> StudySummary:
     summary = StudySummary(
         prep.options.name,
@@ -410,7 +420,7 @@ def _summarise(prep: Prepared, results, callback, parent: str, resolve: Resolve 
                 "path": result.path,
                 "node_id": m.get("node_id"),
                 "run_id": callback.runs.get(m.get("trial_id")),
-                "error": str(result.error).splitlines()[0] if result.error else None,
+                "error": error_line(result.error),
             }
         )
     finished = [t for t in summary.trials if isinstance(t["val_acc"], (int, float)) and math.isfinite(t["val_acc"])]
