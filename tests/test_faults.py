@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow import MlflowClient
 
 from study.preflight import MLFLOW_HTTP_TIMEOUT_S
 from tests.conftest import last_json, make_image_tree, run_birdplane
@@ -101,7 +100,11 @@ def finish(proc: subprocess.Popen, timeout: float) -> str:
 def children(uri, experiment, deleted=False):
     from mlflow.entities import ViewType
 
-    client = MlflowClient(uri)
+    from study.records import open_client
+
+    # A sqlite store that the sweep is still creating is opened under the sweep's own lock: a
+    # second process migrating it at once would crash the sweep ("table ... already exists").
+    client = open_client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return client, []

@@ -110,3 +110,6 @@ def test_a_sweep_whose_every_trial_ray_kills_for_memory_exits_1_and_fails_its_ru
     assert [r.data.tags.get(TAG_OUTCOME) for r in children] == ["failed"]
     # Killed before they started, the runs still hold their trial's config, as every trial run does.
     assert all("hidden_sizes" in r.data.params for r in children), [r.data.params for r in children]
+    synced = run_birdplane("sync", "--name", "oom", "--storage-path", tmp_path / "ray", cwd=tmp_path)
+    assert synced.returncode == 0, synced.stderr[-2000:]
+    assert client.get_run(parent.info.run_id).info.status == "FAILED", "sync ends the parent as the driver did"
