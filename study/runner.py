@@ -35,9 +35,11 @@ SMOKE_SUBSET = 100  # training images per class in a --smoke study
 # Trials sharing one GPU when --gpus-per-trial is not given (the measurements behind the choice:
 # docs/benchmarks.md).
 DEFAULT_GPU_SHARE = 1 / 16
-# Checkpoints Ray keeps per trial. Ray snapshots its experiment state whenever a trial has made this
-# many checkpoints since the last snapshot, so the snapshot never names a deleted checkpoint.
-NUM_TO_KEEP = 4
+# Checkpoints Ray keeps per running trial: the newest, and the one before it, which a resume falls
+# back to when the newest is truncated (trainables.tune_adapter.read_checkpoint). Ray snapshots its
+# experiment state whenever a trial has made this many checkpoints since the last snapshot. Measured
+# (docs/operations.md): the peak Ray folder of wide nets falls from 336 MB (4) to 252 MB (2).
+NUM_TO_KEEP = 2
 
 
 @dataclass(frozen=True)
@@ -383,6 +385,16 @@ def _flags(prep: Prepared, kind: str) -> dict:
     }
 
 
+def error_line(error) -> str | None:
+    """The first line that says why a trial failed. Ray's text of an error it could not pickle (a
+    worker its out-of-memory monitor killed) starts with a "Failure # N (occurred at ...)" header."""
+    if not error:
+        return None
+    lines = [line.strip() for line in str(error).splitlines()]
+    said = [line for line in lines if line and not re.match(r"Failure # \d+ \(occurred at ", line)]
+    return said[0] if said else type(error).__name__
+
+
 def _summarise(prep: Prepared, results, callback, parent: str, resolve: Resolve | None) -> StudySummary:
     summary = StudySummary(
         prep.options.name,
@@ -410,7 +422,7 @@ def _summarise(prep: Prepared, results, callback, parent: str, resolve: Resolve 
                 "path": result.path,
                 "node_id": m.get("node_id"),
                 "run_id": callback.runs.get(m.get("trial_id")),
-                "error": str(result.error).splitlines()[0] if result.error else None,
+                "error": error_line(result.error),
             }
         )
     finished = [t for t in summary.trials if isinstance(t["val_acc"], (int, float)) and math.isfinite(t["val_acc"])]

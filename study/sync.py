@@ -44,9 +44,10 @@ def replay(logger: MlflowTrialLogger, experiment_path: str, resuming: bool = Fal
 
     analysis = read_analysis(experiment_path, logger.study_name)  # a truncated snapshot: the last good one, or one line
     frames = analysis.trial_dataframes
-    counts = {"trials": 0, "closed": 0, "open": 0, "unchanged": 0}
+    counts = {"trials": 0, "closed": 0, "open": 0, "unchanged": 0, "failed": 0}
     for trial in analysis.trials:
         counts["trials"] += 1
+        counts["failed"] += trial.status == "ERROR"
         outcome = logger.reconcile(
             trial.trial_id,
             logger.full_config(trial.config),
@@ -123,7 +124,8 @@ def resolver_for(record: manifest.Manifest):
 
 
 def sync_study(experiment_path: str, tracking_uri: str | None = None) -> dict:
-    """`birdplane sync`: replay everything, then end the parent run as FINISHED or KILLED."""
+    """`birdplane sync`: replay everything, then end the parent run as the live driver does:
+    KILLED while trials are unfinished, FAILED when every trial failed, else FINISHED."""
     bound_mlflow_http()
     logger = load_logger(experiment_path, tracking_uri)
     # Not while a driver runs the study: it would end the runs that driver is still writing.
@@ -131,6 +133,7 @@ def sync_study(experiment_path: str, tracking_uri: str | None = None) -> dict:
         logger.open_parent()
         logger.adopt_parent_source()
         counts = replay(logger, experiment_path)
-        status = "FINISHED" if counts["open"] == 0 else "KILLED"
+        failed = counts["trials"] > 0 and counts["failed"] == counts["trials"]
+        status = "KILLED" if counts["open"] else "FAILED" if failed else "FINISHED"
         store.finish_run(MlflowClient(logger.tracking_uri), logger.parent_run_id, status=status)
     return {**counts, "parent_run_id": logger.parent_run_id, "tracking_uri": logger.tracking_uri}

@@ -301,7 +301,9 @@ class MlflowTrialLogger(tune.Callback):
         self.interrupted = bool(unfinished)
         for trial_id in unfinished:
             self._enqueue(lambda trial_id=trial_id: self._kill_child(trial_id))
-        self.finish("KILLED" if unfinished else "FINISHED")
+        # A study none of whose trials succeeded failed (its command exits 1: study.cli.exit_code).
+        failed = bool(trials) and all(t.status == "ERROR" for t in trials)
+        self.finish("KILLED" if unfinished else "FAILED" if failed else "FINISHED")
 
     def _kill_child(self, trial_id: str) -> None:
         if trial_id in self._runs:
@@ -412,7 +414,9 @@ class MlflowTrialLogger(tune.Callback):
         return "open"
 
     def _close_child(self, trial_id: str, config: dict, checkpoint, last: dict, error: bool) -> None:
-        run_id = self._child_id(trial_id)
+        if trial_id not in self._runs:  # a trial that failed before it started (its actor never came up)
+            self._open_child(trial_id, config)
+        run_id = self._runs[trial_id]
         state = read_checkpoint(checkpoint)
         history = state.history if state else []
         resolved = self._resolved(config, state)

@@ -15,8 +15,8 @@ def closed_runs(uri, experiment) -> dict[str, object]:
 def test_a_trial_mlflow_and_ray_saw_finish_is_not_run_again_after_a_sigkill(slow_tree, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.chdir(tmp_path)  # MLflow's ./mlruns artefacts of the sqlite store land here
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # Tune snapshots its state only at the first step (and when a trial made num_to_keep=4
-    # checkpoints, which 3-epoch trials never do): the snapshot still has the first trial unfinished.
+    # Tune snapshots its state only at the first step (and when a trial made num_to_keep=2
+    # checkpoints: at epoch 2 of 3 here): the snapshot still has the first trial unfinished.
     env = {"TUNE_GLOBAL_CHECKPOINT_S": "3600"}
     args = sweep_args(tmp_path, slow_tree, uri, "done", 3, write_space(tmp_path, epochs=3), "--max-concurrent", 1)
     proc = start(args, env=env)

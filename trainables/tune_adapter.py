@@ -40,14 +40,19 @@ class DiskFull(OSError):
         return DiskFull, (self.path, self.needed)
 
 
-def is_disk_full(err: BaseException | None) -> bool:
-    """Whether ``err``, or anything it was raised from (a RayTaskError's cause too), is ENOSPC."""
+def is_disk_full(err: BaseException | str | None) -> bool:
+    """Whether ``err``, or anything it was raised from (a RayTaskError's cause too), is ENOSPC.
+    ``err`` may also be the text of an error (Ray's ``Trial.get_error`` returns a str: a trial
+    whose error could not be pickled, such as one killed by Ray's out-of-memory monitor)."""
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or NO_SPACE in str(err):
             return True
-        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+        if not isinstance(err, BaseException):
+            return False
+        cause = getattr(err, "cause", None)  # a RayActorError's may be a protobuf message, not an error
+        err = cause if isinstance(cause, BaseException) else (err.__cause__ or err.__context__)
     return False
 
 
