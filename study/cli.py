@@ -822,7 +822,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     quiet_libraries()
     counts = sync_study(experiment_path(args.storage_path, args.name), args.tracking_uri)
     print(
-        f"synced {counts['trials']} trials to {counts['tracking_uri']}: {counts['closed']} runs completed, "
+        f"synced {counts['trials']} trials to {counts['tracking_uri']}: {counts['runs_closed']} runs completed, "
         f"{counts['open']} trials unfinished (resume the study to finish them); parent run {counts['parent_run_id']}"
     )
     for run_id, trial_id, status in counts["retired"]:

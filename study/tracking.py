@@ -451,14 +451,20 @@ class MlflowTrialLogger(tune.Callback):
         unfinished) or "unchanged". An adopted run keeps its status unless this changes it.
         A population trial's members are reconciled one by one, each from its own records.
         """
+        outcomes = self.reconcile_runs(trial_id, config, records, checkpoint, status, resuming)
+        return next((o for o in ("closed", "open") if o in outcomes), "unchanged")
+
+    def reconcile_runs(
+        self, trial_id: str, config: dict, records: list[dict], checkpoint, status: str, resuming: bool
+    ) -> list[str]:
+        """``reconcile``, with one outcome per run: a solo trial's, or each member's."""
         members = members_of(config)
         if members is None:
-            return self._reconcile_run(trial_id, None, config, records, checkpoint, status, resuming)
-        outcomes = [
+            return [self._reconcile_run(trial_id, None, config, records, checkpoint, status, resuming)]
+        return [
             self._reconcile_run(trial_id, k, point, member_records(records, k), checkpoint, status, resuming)
             for k, point in enumerate(members)
         ]
-        return next((o for o in ("closed", "open") if o in outcomes), "unchanged")
 
     def _reconcile_run(
         self, trial_id: str, member, config: dict, records: list[dict], checkpoint, status: str, resuming: bool
