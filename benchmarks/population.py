@@ -15,6 +15,14 @@ weights with one torch.baddbmm per layer and its stacked optimizer; torch.func.v
 functional_call with the same optimizer; and one leaf tensor per member stacked in the forward,
 stepped by torch.optim (one optimizer per member), for SGD with momentum and for Adam.
 The machine is shared: compare ratios measured in one run, and note its load (``uptime``).
+
+``--capacity`` runs a small real-data capacity study end to end (`birdplane capacity`, real Ray and
+a sqlite MLflow store) with ``--no-population`` and with ``--population``, alternating (solo first,
+then population first in the next repeat): the wall time of each, its ratio, the training seconds
+inside the trials (the sum of their epoch_seconds: a population's epoch counted once), and the
+largest difference of any member's per-epoch val_acc from its solo run's.
+
+    python benchmarks/population.py --capacity [--widths 16,64] [--depths 1] [--seeds 3] [--epochs 5]
 """
 
 from __future__ import annotations
@@ -280,9 +288,89 @@ def separation(args) -> None:
             )
 
 
+# ---------------------------------------------------------------- --capacity: a study, solo against population
+
+
+def capacity_study(args, mode: str, name: str, folder: str) -> dict:
+    """One `birdplane capacity` in a subprocess: its wall seconds, and its runs' per-epoch val_acc
+    and training seconds from the study's MLflow store."""
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{folder}/mlflow.db"
+    command = [sys.executable, "-m", "study.cli", "capacity", f"--{mode}"]
+    command += ["--widths", ",".join(map(str, args.widths)), "--depths", args.depths, "--seeds", str(args.seeds)]
+    command += ["--epochs", str(args.epochs), "--storage-path", f"{folder}/ray", "--tracking-uri", uri, "--json"]
+    command += ["--data-root", args.data_root] if args.data_root else []
+    for attempt in (1, 2):  # on an overloaded machine Ray's own start-up can time out: once more, anew
+        started = time.perf_counter()
+        proc = subprocess.run([*command, "--name", f"{name}-{attempt}"], capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if proc.returncode == 0:
+            name = f"{name}-{attempt}"
+            break
+        print(f"{mode} study failed (attempt {attempt}): {proc.stderr.strip().splitlines()[-1][:200]}", flush=True)
+    else:
+        raise SystemExit(f"{mode} study failed:\n{proc.stderr[-3000:]}")
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    curves, trial_seconds = {}, {}
+    for run in client.search_runs([experiment.experiment_id], max_results=1000):
+        tags = run.data.tags
+        if tags.get("birdplane.role") != "trial":
+            continue
+        key = (tags["birdplane.cell"], tags["seed"], tags.get("birdplane.regulariser"), tags.get("birdplane.tune"))
+        history = sorted(client.get_metric_history(run.info.run_id, "val_acc"), key=lambda m: m.step)
+        curves[key] = [m.value for m in history]
+        seconds = sum(m.value for m in client.get_metric_history(run.info.run_id, "epoch_seconds"))
+        trial_seconds[tags["ray_trial_id"]] = seconds  # a population's members share their epochs' seconds
+    return {"wall": wall, "curves": curves, "train": sum(trial_seconds.values()), "trials": len(trial_seconds)}
+
+
+def capacity(args) -> None:
+    import tempfile
+
+    print(
+        f"capacity study: widths {args.widths} x depths {args.depths} x {args.seeds} seeds, {args.epochs} epochs, "
+        f"data {args.data_root or 'the default root'}; {args.repeats} alternating repeats"
+    )
+    print(f"{'mode':>13} {'wall s':>8} {'trials':>6} {'train s':>8} {'other s':>8}")
+    from trainables.config import DataConfig
+    from trainables.data import load_study_data
+
+    # The data's tensor cache, built before the clock starts (the first study would pay for it).
+    load_study_data(DataConfig(root=args.data_root or os.environ.get("BIRDPLANE_DATA", "./data")))
+    walls = {"no-population": [], "population": []}
+    worst = 0.0
+    with tempfile.TemporaryDirectory(prefix="bp-capacity-") as folder:
+        for repeat in range(args.repeats):
+            order = ("no-population", "population") if repeat % 2 == 0 else ("population", "no-population")
+            found = {}
+            for mode in order:
+                found[mode] = out = capacity_study(args, mode, f"{mode}-{repeat}", folder)
+                walls[mode].append(out["wall"])
+                # other: wall time not spent in the trials' epochs (Ray, MLflow, start-up), 2 trials at once
+                other = out["wall"] - out["train"] / min(2, out["trials"])
+                row = f"{mode:>13} {out['wall']:>8.1f} {out['trials']:>6} {out['train']:>8.1f} {other:>8.1f}"
+                print(row, flush=True)
+            solo, pop = found["no-population"]["curves"], found["population"]["curves"]
+            assert sorted(solo) == sorted(pop), "the same runs in both studies"
+            for key, curve in solo.items():
+                assert len(curve) == len(pop[key]) == args.epochs, key
+                worst = max([worst, *(abs(a - b) for a, b in zip(curve, pop[key], strict=True))])
+    ratios = [p / s for p, s in zip(walls["population"], walls["no-population"], strict=True)]
+    print(
+        f"wall time population / solo: {statistics.median(ratios):.2f}x (each repeat: "
+        f"{', '.join(f'{r:.2f}' for r in ratios)}); largest |val_acc(pop) - val_acc(solo)| over every member "
+        f"and epoch: {worst:.2g}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--widths", default="16,64,512,1024")
+    parser.add_argument("--widths", default=None, help="default 16,64,512,1024 (--capacity: 16,64)")
     parser.add_argument("--ks", default="1,4,16")
     parser.add_argument("--batches", type=int, default=12, help="batches of 64 in each training pass")
     parser.add_argument("--repeats", type=int, default=3)
@@ -290,14 +378,21 @@ def main() -> None:
     parser.add_argument("--bmm", action="store_true", help="one baddbmm per layer on the CPU too (the GPU's kernel)")
     parser.add_argument("--design", action="store_true", help="time the three ways to step K nets instead")
     parser.add_argument("--separation", type=int, default=0, metavar="EPOCHS", help="compare members with solo fits")
+    parser.add_argument("--capacity", action="store_true", help="a capacity study, solo against population")
+    parser.add_argument("--depths", default="1", help="--capacity: the study's depths")
+    parser.add_argument("--seeds", type=int, default=3, help="--capacity: seeds per cell")
+    parser.add_argument("--epochs", type=int, default=5, help="--capacity: epochs")
+    parser.add_argument("--data-root", default=None, help="--capacity: the CIFAR-10 tree (default: the study's)")
     args = parser.parse_args()
-    args.widths = [int(w) for w in args.widths.split(",")]
+    args.widths = [int(w) for w in (args.widths or ("16,64" if args.capacity else "16,64,512,1024")).split(",")]
     args.ks = [int(k) for k in args.ks.split(",")]
     torch.set_num_threads(args.threads)
     if args.bmm:
         population.MEMBERWISE_DEVICES = ()
     print(f"load average (1, 5, 15 min): {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    if args.separation:
+    if args.capacity:
+        capacity(args)
+    elif args.separation:
         separation(args)
     elif args.design:
         design(args)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ SMOKE = {"widths": (16, 32), "depths": (1,), "seeds": 2, "epochs": 2}
 # A design over this many runs is refused unless --large says it is meant (a GPU or a cluster):
 # at the default 60 epochs it is days of this 2-CPU machine (see cost_estimate).
 LARGE_RUNS = 1000
+# One Ray trial per population by default (--no-population: one per point); the measurement that
+# chose it: docs/benchmarks.md, benchmarks/population.py --capacity.
+DEFAULT_POPULATION = True
 DESIGN_KEYS = {"widths", "depths", "seeds", "epochs", "regulariser", "tune"}
 
 
@@ -299,6 +303,10 @@ class CapacityOptions(StudyOptions):
     from_run: str | None = None
     label_noise: float | None = None  # --label-noise: the recipe's share of flipped training labels
     large: bool = False  # --large: a design over LARGE_RUNS runs is meant
+    # --population/--no-population: one Ray trial per population (the design points that share
+    # trainables.population.SHARED_FIELDS) or one per point; None: the study's own on --resume
+    # (its manifest), else DEFAULT_POPULATION.
+    population: bool | None = None
 
 
 CapacityPrepared = Prepared[CapacityOptions, CapacitySpec]
@@ -338,10 +346,40 @@ def prepare_capacity(opts: CapacityOptions, data: DataConfig) -> CapacityPrepare
         raise UsageError("recipe: loss bce needs exactly 2 classes")
     check_data(data)
     storage = check_study_path(opts.storage_path, opts.name, opts.resume, "capacity")
+    opts = dataclasses.replace(opts, population=population_mode(opts, storage))
     spec = CapacitySpec(opts.design, recipe, source)
     return Prepared(
         opts, spec, data, uri, opts.experiment or opts.name, storage, opts.design.epochs, study_name=opts.name
     )
+
+
+def population_mode(opts: CapacityOptions, storage: str) -> bool:
+    """Whether the study trains populations: on --resume what its manifest says (a study made before
+    the flag existed trained one trial per point), and a flag that says otherwise is refused;
+    else the flag, or DEFAULT_POPULATION."""
+    if not opts.resume:
+        return DEFAULT_POPULATION if opts.population is None else opts.population
+    from study import manifest
+
+    recorded = bool(manifest.read(manifest.experiment_path(storage, opts.name)).options.get("population", False))
+    if opts.population is not None and opts.population != recorded:
+        was = "--population" if recorded else "--no-population"
+        raise UsageError(f"--resume: study {opts.name!r} was started with {was}; resume it so (or without the flag)")
+    return recorded
+
+
+def populations(points: Sequence[dict]) -> list[tuple[int, ...]]:
+    """The design's points grouped into populations: those whose training configs agree on every
+    field a population shares (trainables.population.SHARED_FIELDS: the cell, and e.g. label_noise),
+    each group in the points' order, the groups in the order of their first point (largest cells
+    first)."""
+    from trainables.population import SHARED_FIELDS
+
+    groups: dict[tuple, list[int]] = {}
+    for i, point in enumerate(points):
+        key = tuple(repr(point["train"][name]) for name in SHARED_FIELDS)
+        groups.setdefault(key, []).append(i)
+    return [tuple(g) for g in groups.values()]
 
 
 def design_points(spec: CapacitySpec, first_seed: int, threads: int, device: str) -> list[dict]:
@@ -404,40 +442,67 @@ class PointOf:
 
 
 @dataclass(frozen=True)
+class PopulationOf:
+    """A population trial's full config from its grid index: ``{'members': [point, ...]}``, the
+    points of ``groups[index]`` (see ``populations``); picklable, as PointOf."""
+
+    points: tuple
+    groups: tuple
+
+    def __call__(self, config: dict) -> dict:
+        if "population" not in config:  # already full
+            return dict(config)
+        rest = {k: v for k, v in config.items() if k != "population"}
+        return {**rest, "members": [self.points[i] for i in self.groups[int(config["population"])]]}
+
+
+def resolver_of(points: list[dict], population: bool) -> PointOf | PopulationOf:
+    return PopulationOf(tuple(points), tuple(populations(points))) if population else PointOf(tuple(points))
+
+
+@dataclass(frozen=True)
 class Capacity:
     """The capacity grid as a ``study.runner.Design``: every point of the grid, no searcher, no
     scheduler; the design and the recipe as artefacts; trials resolved from their grid index."""
 
     kind: str = "capacity"
 
-    def build_tuner(self, prep: CapacityPrepared, data, callbacks: list, cluster: dict, resolve: PointOf):
+    def build_tuner(self, prep: CapacityPrepared, data, callbacks: list, cluster: dict, resolve):
         from ray import tune
 
+        from trainables.tune_adapter import train_population_trial, train_trial
+
         resources, _, concurrency = trial_resources(prep.options, cluster)
-        # No scheduler and no searcher: every point of the grid trains the whole budget.
+        # No scheduler and no searcher: every point (or population) of the grid trains the whole budget.
         tune_config = tune.TuneConfig(
             num_samples=1, max_concurrent_trials=concurrency, reuse_actors=True, trial_dirname_creator=trial_dirname
         )
-        param_space = {"point": tune.grid_search(list(range(len(resolve.points))))}
-        return tuner_for(prep, data, resources, callbacks, tune_config, param_space, resolve=resolve), concurrency
+        if isinstance(resolve, PopulationOf):
+            param_space = {"population": tune.grid_search(list(range(len(resolve.groups))))}
+            trainable = train_population_trial
+        else:
+            param_space, trainable = {"point": tune.grid_search(list(range(len(resolve.points))))}, train_trial
+        tuner = tuner_for(prep, data, resources, callbacks, tune_config, param_space, resolve, trainable)
+        return tuner, concurrency
 
     def artifacts(self, prep: CapacityPrepared) -> dict:
         spec = prep.space
         return {"design.json": spec.design.to_dict(), "recipe.json": {**spec.recipe, "source": spec.recipe_source}}
 
-    def resolver(self, prep: CapacityPrepared, cluster: dict) -> PointOf:
+    def resolver(self, prep: CapacityPrepared, cluster: dict) -> PointOf | PopulationOf:
         opts = prep.options
         _, device, _ = trial_resources(opts, cluster)
-        return PointOf(tuple(design_points(prep.space, opts.seed, opts.cpus_per_trial, device)))
+        return resolver_of(design_points(prep.space, opts.seed, opts.cpus_per_trial, device), bool(opts.population))
 
 
-def resolver_from_manifest(record) -> PointOf:
+def resolver_from_manifest(record) -> PointOf | PopulationOf:
     """The resolver the study's driver used, rebuilt from birdplane's manifest (``sync``): the same
-    points, so a replayed run gets the same params, tags, name and config.json as a live one."""
+    points (and populations), so a replayed run gets the same params, tags, name and config.json as
+    a live one."""
     options = record.options
     device = options.get("trial_device") or "cpu"  # recorded by run_study; older studies ran on CPUs
     points = design_points(spec_from_dict(record.space), int(options["seed"]), int(options["cpus_per_trial"]), device)
-    return PointOf(tuple(points))
+    return resolver_of(points, bool(options.get("population", False)))
 
 
 def run_capacity(prep: CapacityPrepared) -> StudySummary:

@@ -26,6 +26,7 @@ from study import preflight
 from study.capacity import (
     DEFAULT_DEPTHS,
     DEFAULT_EPOCHS,
+    DEFAULT_POPULATION,
     DEFAULT_SEEDS,
     DEFAULT_WIDTHS,
     CapacityOptions,
@@ -821,7 +822,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     quiet_libraries()
     counts = sync_study(experiment_path(args.storage_path, args.name), args.tracking_uri)
     print(
-        f"synced {counts['trials']} trials to {counts['tracking_uri']}: {counts['closed']} runs completed, "
+        f"synced {counts['trials']} trials to {counts['tracking_uri']}: {counts['runs_closed']} runs completed, "
         f"{counts['open']} trials unfinished (resume the study to finish them); parent run {counts['parent_run_id']}"
     )
     for run_id, trial_id, status in counts["retired"]:
@@ -881,6 +882,14 @@ def _capacity_parser(sub) -> None:
         help="everything but size: chapter (default), or a recipe YAML of TrainConfig fields",
     )
     p.add_argument("--from-run", default=None, help="take the recipe from a trial's run (its non-size hyperparameters)")
+    p.add_argument(
+        "--population",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train each cell's seeds (and regulariser and tuned values that share its shape) as one population: "
+        "one Ray trial, one batched step, each member still its own MLflow run (default: "
+        f"{'on' if DEFAULT_POPULATION else 'off'}; a --resume keeps the study's own)",
+    )
     add_study_flags(
         p,
         "capacity",
@@ -904,6 +913,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         from_run=args.from_run,
         label_noise=args.label_noise,
         large=args.large,
+        population=args.population,
     )
     dcfg = data_config(args, subset=SMOKE_SUBSET if args.smoke else 0)
     prep = prepare_capacity(opts, dcfg)
@@ -916,6 +926,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
             "cost": cost,
             "recipe": prep.space.recipe,
             "recipe_source": prep.space.recipe_source,
+            "population": prep.options.population,
             "experiment_path": prep.path,
             "tracking_uri": prep.tracking_uri,
         }

@@ -251,8 +251,10 @@ def tuner_for(
     tune_config=None,
     param_space=None,
     resolve: Resolve | None = None,
+    train=None,
 ):
-    """The Tuner of a new study, or on --resume the restored one; shared by every design."""
+    """The Tuner of a new study, or on --resume the restored one; shared by every design.
+    ``train``: the function trainable (None: trainables.tune_adapter.train_trial)."""
     from ray import tune
 
     from trainables.tune_adapter import train_trial
@@ -260,7 +262,11 @@ def tuner_for(
     opts = prep.options
     trainable = tune.with_resources(
         tune.with_parameters(
-            train_trial, data=data, resolve=resolve, checkpoint_every=opts.checkpoint_every, finished=prep.finished
+            train or train_trial,
+            data=data,
+            resolve=resolve,
+            checkpoint_every=opts.checkpoint_every,
+            finished=prep.finished,
         ),
         resources,
     )
@@ -304,47 +310,72 @@ def fail_stale_optuna_trials(storage: str | None, study_name: str) -> int:
 
 def finished_trials(callback, experiment_path: str) -> dict[str, dict]:
     """Trials Ray's last snapshot has unfinished, though the driver that died closed their MLflow
-    runs (FINISHED, with an outcome) and Ray's own record of the trial (its results, or its newest
-    checkpoint, which the trial writes itself) holds every epoch the run closed at: a --resume must
-    not train them again. Trial id -> its last result, which the skipped trial reports once more
-    (for the searcher, the scheduler and the summary)."""
+    runs (FINISHED, with an outcome; a population trial's: every member's) and Ray's own record of
+    the trial (its results, or its newest checkpoint, which the trial writes itself) holds every
+    epoch the runs closed at: a --resume must not train them again. Trial id -> its last result,
+    which the skipped trial reports once more (for the searcher, the scheduler and the summary)."""
     from mlflow import MlflowClient
     from ray.tune import ExperimentAnalysis
 
-    from analysis.record import TAG_OUTCOME, TAG_PARENT, TAG_TRIAL
+    from analysis.record import TAG_MEMBER, TAG_OUTCOME, TAG_PARENT, TAG_TRIAL
     from analysis.runs import search_runs
+    from study.tracking import members_of
 
     analysis = ExperimentAnalysis(experiment_path)
     client = MlflowClient(callback.tracking_uri)
     runs = search_runs(client, callback.experiment_id, f"tags.`{TAG_PARENT}` = '{callback.parent_run_id}'")
-    closed = {r.data.tags.get(TAG_TRIAL): r for r in runs if r.info.status == "FINISHED" and TAG_OUTCOME in r.data.tags}
+    closed = {
+        (r.data.tags.get(TAG_TRIAL), r.data.tags.get(TAG_MEMBER)): r
+        for r in runs
+        if r.info.status == "FINISHED" and TAG_OUTCOME in r.data.tags
+    }
     frames = analysis.trial_dataframes
     done = {}
     for trial in analysis.trials:
-        run = closed.get(trial.trial_id)
-        if trial.status in ("TERMINATED", "ERROR") or run is None:
+        if trial.status in ("TERMINATED", "ERROR"):
             continue
-        last = ray_last_record(trial, frames.get(trial.trial_id))
-        if last is not None and last["epoch"] >= run.data.metrics.get("epochs_run", math.inf):
-            status = "diverged" if run.data.tags[TAG_OUTCOME] == "diverged" else "completed"
-            done[trial.trial_id] = {**last, "param_count": run.data.metrics.get("param_count"), "status": status}
+        members = members_of(callback.full_config(trial.config))
+        keys = [None] if members is None else [str(k) for k in range(len(members))]
+        member_runs = [closed.get((trial.trial_id, k)) for k in keys]
+        last = ray_last_record(trial, frames.get(trial.trial_id), members is not None)
+        if last is None or any(run is None for run in member_runs):
+            continue
+        records = [last] if members is None else [last["members"].get(k) or {} for k in keys]
+        pairs = list(zip(records, member_runs, strict=True))
+        if all(r.get("epoch", 0) >= run.data.metrics.get("epochs_run", math.inf) for r, run in pairs):
+            for r, run in pairs:
+                r["param_count"] = run.data.metrics.get("param_count")
+                r["status"] = "diverged" if run.data.tags[TAG_OUTCOME] == "diverged" else "completed"
+            done[trial.trial_id] = last
     return done
 
 
-def ray_last_record(trial, frame) -> dict | None:
+def ray_last_record(trial, frame, population: bool = False) -> dict | None:
     """The last epoch's record Ray holds of ``trial``: from its results (result.json, written
-    with Ray's snapshots) or its newest checkpoint on the storage path, whichever is further."""
+    with Ray's snapshots) or its newest checkpoint on the storage path, whichever is further.
+    A population trial's: {"epoch", "members": {"K": member K's last record}}."""
     from analysis.record import EPOCH_METRICS
+    from study.tracking import member_records
+    from trainables.population import PopulationState
     from trainables.tune_adapter import read_checkpoint, trial_checkpoints
 
     records = []
     if frame is not None and "epoch" in frame and len(frame):
-        row = frame.loc[frame["epoch"].idxmax()].to_dict()
-        records.append({k: row[k] for k in ("epoch", *EPOCH_METRICS) if k in row})
+        if population:
+            rows = frame.to_dict("records")
+            width = 1 + max((int(c.split("/")[1]) for c in frame.columns if c.startswith("members/")), default=-1)
+            last = {str(k): member_records(rows, k)[-1] for k in range(width) if member_records(rows, k)}
+            records.append({"epoch": int(frame["epoch"].max()), "members": last})
+        else:
+            row = frame.loc[frame["epoch"].idxmax()].to_dict()
+            records.append({k: row[k] for k in ("epoch", *EPOCH_METRICS) if k in row})
     storage = getattr(trial, "storage", None)
     newest = trial_checkpoints(storage.trial_fs_path, storage.storage_filesystem)[:1] if storage else []
     state = read_checkpoint(newest[0]) if newest else None
-    if state is not None and state.history:
+    if isinstance(state, PopulationState) and population:
+        last = {str(k): dict(m["history"][-1]) for k, m in enumerate(state.members) if m["history"]}
+        records.append({"epoch": state.epoch, "members": last})
+    elif state is not None and not isinstance(state, PopulationState) and state.history:
         records.append(dict(state.history[-1]))
     return max(records, key=lambda r: r["epoch"], default=None)
 
@@ -405,31 +436,42 @@ def _summarise(prep: Prepared, results, callback, parent: str, resolve: Resolve 
         undelivered=callback.last_undelivered,
         interrupted=callback.interrupted,
     )
+    from study.tracking import member_key, members_of
+
     for result in results:
-        m = result.metrics or {}
-        config = (resolve(result.config) if resolve is not None else result.config) or {}
-        summary.trials.append(
-            {
-                "trial_id": m.get("trial_id"),
-                "val_acc": m.get("val_acc"),
-                "train_acc": m.get("train_acc"),
-                "val_loss": m.get("val_loss"),
-                "param_count": m.get("param_count"),
-                "epochs": m.get("epoch"),
-                "status": m.get("status"),
-                "config": config.get("train", {}),
-                "tags": config.get("tags", {}),
-                "path": result.path,
-                "node_id": m.get("node_id"),
-                "run_id": callback.runs.get(m.get("trial_id")),
-                "error": error_line(result.error),
-            }
-        )
+        metrics = result.metrics or {}
+        full = (resolve(result.config) if resolve is not None else result.config) or {}
+        members = members_of(full)
+        if members is None:
+            summary.trials.append(_summary_trial(metrics, full, result, callback, metrics.get("trial_id")))
+            continue
+        for k, point in enumerate(members):  # a population trial: one summary trial per member
+            m = {**((metrics.get("members") or {}).get(str(k)) or {})}
+            m.update(trial_id=metrics.get("trial_id"), node_id=metrics.get("node_id"))
+            summary.trials.append(_summary_trial(m, point, result, callback, member_key(m["trial_id"], k)))
     finished = [t for t in summary.trials if isinstance(t["val_acc"], (int, float)) and math.isfinite(t["val_acc"])]
     if finished:
         summary.best = (max if prep.mode == "max" else min)(finished, key=lambda t: t[prep.metric])
     summary.pareto = pareto_set([t for t in finished if t["param_count"] is not None])
     return summary
+
+
+def _summary_trial(m: dict, config: dict, result, callback, run_key) -> dict:
+    return {
+        "trial_id": m.get("trial_id"),
+        "val_acc": m.get("val_acc"),
+        "train_acc": m.get("train_acc"),
+        "val_loss": m.get("val_loss"),
+        "param_count": m.get("param_count"),
+        "epochs": m.get("epoch"),
+        "status": m.get("status"),
+        "config": config.get("train", {}),
+        "tags": config.get("tags", {}),
+        "path": result.path,
+        "node_id": m.get("node_id"),
+        "run_id": callback.runs.get(run_key),
+        "error": error_line(result.error),
+    }
 
 
 def run_study(prep: Prepared, design: Design, extra_callbacks: list = ()) -> StudySummary:

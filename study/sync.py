@@ -44,11 +44,12 @@ def replay(logger: MlflowTrialLogger, experiment_path: str, resuming: bool = Fal
 
     analysis = read_analysis(experiment_path, logger.study_name)  # a truncated snapshot: the last good one, or one line
     frames = analysis.trial_dataframes
-    counts = {"trials": 0, "closed": 0, "open": 0, "unchanged": 0, "failed": 0}
+    # Trials by what was done to their runs; runs_closed counts runs (a population trial has several).
+    counts = {"trials": 0, "closed": 0, "open": 0, "unchanged": 0, "runs_closed": 0, "failed": 0}
     for trial in analysis.trials:
         counts["trials"] += 1
         counts["failed"] += trial.status == "ERROR"
-        outcome = logger.reconcile(
+        outcomes = logger.reconcile_runs(
             trial.trial_id,
             logger.full_config(trial.config),
             _records(frames.get(trial.trial_id)),
@@ -56,7 +57,8 @@ def replay(logger: MlflowTrialLogger, experiment_path: str, resuming: bool = Fal
             trial.status,
             resuming,
         )
-        counts[outcome] += 1
+        counts[next((o for o in ("closed", "open") if o in outcomes), "unchanged")] += 1
+        counts["runs_closed"] += outcomes.count("closed")
     client = MlflowClient(logger.tracking_uri)
     retired, kept = retire_orphans(client, logger, {t.trial_id for t in analysis.trials})
     for run_id, trial_id, status in retired:  # a --resume tells these on stderr; `sync` prints them

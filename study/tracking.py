@@ -1,5 +1,9 @@
 """MLflow logging of a sweep from the driver: one parent run, one nested child run per trial.
 
+A population trial (a capacity study's cell: ``{'members': [point, ...]}``) has one child run per
+member, keyed by the trial id and the member's index (``birdplane.member``) and written exactly as a
+solo trial's run (params, tags, name, per-epoch metrics, config.json, model.pt).
+
 A Ray Tune callback turns trial events into MLflow calls and hands them to a background thread,
 so Tune's event loop never waits on the tracking server. Calls run in order; a failed call (the
 server went away) is retried with back-off and never dropped. Trials need no MLflow access.
@@ -23,6 +27,7 @@ from analysis.record import (
     EPOCH_METRICS,
     ROLE_SWEEP,
     ROLE_TRIAL,
+    TAG_MEMBER,
     TAG_NODE,
     TAG_PARENT,
     TAG_ROLE,
@@ -35,6 +40,7 @@ from study import records as store
 from study.errors import UsageError
 from trainables.bundle import bundle_args
 from trainables.checkpoint import TrainState
+from trainables.population import PopulationState
 from trainables.tune_adapter import read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -100,6 +106,35 @@ def trial_outcome(state: TrainState | None, last_result: dict, error: bool) -> s
     planned = state.config.get("epochs") if state is not None else None
     epoch = last_result.get("epoch", 0)
     return "stopped_early" if planned is not None and epoch < planned else "completed"
+
+
+def members_of(config: dict | None) -> list | None:
+    """A population trial's member points (None: a solo trial)."""
+    members = (config or {}).get("members")
+    return members if isinstance(members, list) else None
+
+
+def member_key(trial_id: str, member) -> str:
+    """The logger's key of a member's run ("TRIALID/K"); a solo trial's run is keyed by its id."""
+    return trial_id if member is None else f"{trial_id}/{member}"
+
+
+def split_key(key: str) -> tuple[str, int | None]:
+    trial_id, _, member = key.partition("/")
+    return trial_id, (int(member) if member else None)
+
+
+def member_records(rows: list[dict], member: int) -> list[dict]:
+    """Member ``member``'s records, one an epoch, from a population trial's rows as Ray's results
+    hold them (``members/K/<metric>`` columns; a retired member's last record repeats: kept once),
+    each with the row's node."""
+    prefix, by_epoch = f"members/{member}/", {}
+    for row in rows:
+        record = {k[len(prefix) :]: v for k, v in row.items() if k.startswith(prefix)}
+        epoch = record.get("epoch")
+        if isinstance(epoch, (int, float)) and epoch == epoch:  # not NaN (a member absent from a row)
+            by_epoch[int(epoch)] = {**record, "epoch": int(epoch), "node_id": row.get("node_id")}
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 # The logger the driver holds for each experiment folder (see MlflowTrialLogger.__reduce__).
@@ -174,7 +209,8 @@ class MlflowTrialLogger(tune.Callback):
     def _init_runtime(self) -> None:
         self._client: MlflowClient | None = None
         self._outbox: Outbox | None = None
-        self._runs: dict[str, str] = {}  # trial id -> run id
+        self._runs: dict[str, str] = {}  # trial id (a member: member_key) -> run id
+        self._read: tuple = (None, None)  # the last checkpoint read to close runs: (path, state)
         self._last_step: dict[str, int] = {}
         self._last_result: dict[str, dict] = {}
         self._experiment_id: str | None = None
@@ -260,19 +296,31 @@ class MlflowTrialLogger(tune.Callback):
             return
         trial_id, config = trial.trial_id, self.full_config(trial.config)
         self._started.add(trial_id)
-        self._enqueue(lambda: self._open_child(trial_id, config))
+        members = members_of(config)
+        if members is None:
+            self._enqueue(lambda: self._open_child(trial_id, config))
+            return
+        for k, point in enumerate(members):
+            self._enqueue(lambda k=k, point=point: self._open_child(trial_id, point, member=k))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         trial_id = trial.trial_id
         if trial_id in self._skipped:
             return
-        record = {k: result[k] for k in ("epoch", *EPOCH_METRICS) if k in result}
-        extra = {"param_count": result.get("param_count")}
         node = result.get("node_id")
-        if node and (self._last_result.get(trial_id) or {}).get("node_id") != node:  # first result, or moved
-            self._enqueue(lambda: store.set_tags(self._client, self._child_id(trial_id), {TAG_NODE: node}))
+        moved = node and (self._last_result.get(trial_id) or {}).get("node_id") != node  # first result, or moved
         self._last_result[trial_id] = dict(result)
-        self._enqueue(lambda: self._log_epoch(trial_id, record, extra))
+        members = result.get("members")
+        # A population's result: every member's latest record (an epoch already logged is not logged again).
+        per_run = {trial_id: result}
+        if isinstance(members, dict):
+            per_run = {member_key(trial_id, k): r for k, r in members.items()}
+        for key, r in per_run.items():
+            record = {k: r[k] for k in ("epoch", *EPOCH_METRICS) if k in r}
+            extra = {"param_count": r.get("param_count")}
+            if moved:
+                self._enqueue(lambda key=key: store.set_tags(self._client, self._child_id(key), {TAG_NODE: node}))
+            self._enqueue(lambda key=key, record=record, extra=extra: self._log_epoch(key, record, extra))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._close(trial, error=False)
@@ -287,7 +335,12 @@ class MlflowTrialLogger(tune.Callback):
         self._closed.add(trial_id)
         last = self._last_result.get(trial_id) or dict(trial.last_result or {})
         config = self.full_config(trial.config)
-        self._enqueue(lambda: self._close_child(trial_id, config, checkpoint, last, error))
+        members = members_of(config)
+        if members is None:
+            self._enqueue(lambda: self._close_child(trial_id, config, checkpoint, last, error))
+        for k, point in enumerate(members or ()):
+            key, m = member_key(trial_id, k), dict((last.get("members") or {}).get(str(k)) or {})
+            self._enqueue(lambda key=key, point=point, m=m: self._close_child(key, point, checkpoint, m, error))
         after = getattr(self, "after_close", None)
         if after is not None and not error:
             self._enqueue(lambda: after(checkpoint))
@@ -306,8 +359,9 @@ class MlflowTrialLogger(tune.Callback):
         self.finish("KILLED" if unfinished else "FAILED" if failed else "FINISHED")
 
     def _kill_child(self, trial_id: str) -> None:
-        if trial_id in self._runs:
-            store.finish_run(self._client, self._runs[trial_id], status="KILLED")
+        for key, run_id in list(self._runs.items()):  # a population trial's: each member's run
+            if split_key(key)[0] == trial_id:
+                store.finish_run(self._client, run_id, status="KILLED")
 
     def finish(self, status: str = "FINISHED") -> int:
         """End the parent run once every queued call is through; returns calls left undelivered."""
@@ -326,16 +380,20 @@ class MlflowTrialLogger(tune.Callback):
         return left
 
     # ---------------------------------------------------------------- the calls themselves
-    def _child_id(self, trial_id: str) -> str:
-        if trial_id not in self._runs:
-            self._open_child(trial_id, None)
-        return self._runs[trial_id]
+    def _child_id(self, key: str) -> str:
+        if key not in self._runs:
+            trial_id, member = split_key(key)
+            self._open_child(trial_id, None, member=member)
+        return self._runs[key]
 
-    def _open_child(self, trial_id: str, config: dict | None, reopen: bool = True) -> bool:
-        """Find or create the trial's run and give it the config's params, tags and name; returns
-        whether an existing run lacked its config (opened from a placeholder, or by an older sync)."""
+    def _open_child(self, trial_id: str, config: dict | None, reopen: bool = True, member: int | None = None) -> bool:
+        """Find or create the trial's run (a population trial's: member ``member``'s) and give it the
+        config's params, tags and name; returns whether an existing run lacked its config (opened
+        from a placeholder, or by an older sync)."""
         client = self._client
         key = {TAG_PARENT: self.parent_run_id, TAG_TRIAL: trial_id}
+        if member is not None:
+            key[TAG_MEMBER] = str(member)
         # A trial Tune created but never started holds placeholders (not dicts) where its sampled
         # values will go: its run gets those values when the trial starts.
         extra = (config or {}).get("tags")
@@ -366,8 +424,9 @@ class MlflowTrialLogger(tune.Callback):
                     **{f"search.{k}": v for k, v in searched.items()},
                 },
             )
-        self._runs[trial_id] = run_id
-        self._last_step[trial_id] = store.last_logged_step(client, run_id)
+        run_key = member_key(trial_id, member)
+        self._runs[run_key] = run_id
+        self._last_step[run_key] = store.last_logged_step(client, run_id)
         return lacked
 
     def _log_epoch(self, trial_id: str, record: dict, extra: dict) -> None:
@@ -392,11 +451,31 @@ class MlflowTrialLogger(tune.Callback):
 
         Returns "closed" (a finished trial's run was completed now), "open" (the trial is
         unfinished) or "unchanged". An adopted run keeps its status unless this changes it.
+        A population trial's members are reconciled one by one, each from its own records.
         """
-        lacked = self._open_child(trial_id, config, reopen=False)
-        run_id = self._runs[trial_id]
+        outcomes = self.reconcile_runs(trial_id, config, records, checkpoint, status, resuming)
+        return next((o for o in ("closed", "open") if o in outcomes), "unchanged")
+
+    def reconcile_runs(
+        self, trial_id: str, config: dict, records: list[dict], checkpoint, status: str, resuming: bool
+    ) -> list[str]:
+        """``reconcile``, with one outcome per run: a solo trial's, or each member's."""
+        members = members_of(config)
+        if members is None:
+            return [self._reconcile_run(trial_id, None, config, records, checkpoint, status, resuming)]
+        return [
+            self._reconcile_run(trial_id, k, point, member_records(records, k), checkpoint, status, resuming)
+            for k, point in enumerate(members)
+        ]
+
+    def _reconcile_run(
+        self, trial_id: str, member, config: dict, records: list[dict], checkpoint, status: str, resuming: bool
+    ) -> str:
+        lacked = self._open_child(trial_id, config, reopen=False, member=member)
+        key = member_key(trial_id, member)
+        run_id = self._runs[key]
         if records:
-            self._log_records(trial_id, records, records[-1].get("param_count"))
+            self._log_records(key, records, records[-1].get("param_count"))
             node = records[-1].get("node_id")
             if isinstance(node, str) and node:  # the node it ran on last, as the live logger tags it
                 store.set_tags(self._client, run_id, {TAG_NODE: node})
@@ -407,17 +486,30 @@ class MlflowTrialLogger(tune.Callback):
                     resolved = self._resolved(config, read_checkpoint(checkpoint))
                     store.log_dict(self._client, run_id, resolved, CONFIG_ARTIFACT)
                 return "unchanged"
-            self._close_child(trial_id, config, checkpoint, records[-1] if records else {}, status == "ERROR")
+            self._close_child(key, config, checkpoint, records[-1] if records else {}, status == "ERROR")
             return "closed"
         if not resuming and run_status == "RUNNING":
             store.finish_run(self._client, run_id, status="KILLED")
         return "open"
 
+    def _state(self, checkpoint, key: str) -> TrainState | None:
+        """The run's final state: the trial's checkpoint, or its member's part of a population's
+        (read once for all members)."""
+        path = getattr(checkpoint, "path", None)
+        if path is None or self._read[0] != path:
+            self._read = (path, read_checkpoint(checkpoint))
+        state = self._read[1]
+        if isinstance(state, PopulationState):
+            member = split_key(key)[1]
+            return state.member(member) if member is not None else None
+        return state
+
     def _close_child(self, trial_id: str, config: dict, checkpoint, last: dict, error: bool) -> None:
         if trial_id not in self._runs:  # a trial that failed before it started (its actor never came up)
-            self._open_child(trial_id, config)
+            trial, member = split_key(trial_id)
+            self._open_child(trial, config, member=member)
         run_id = self._runs[trial_id]
-        state = read_checkpoint(checkpoint)
+        state = self._state(checkpoint, trial_id)
         history = state.history if state else []
         resolved = self._resolved(config, state)
         # Epochs that reached the checkpoint but not MLflow (e.g. reported before a driver crash)

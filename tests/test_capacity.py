@@ -1,16 +1,18 @@
 """`birdplane capacity` end to end: synthetic data, real Ray, a real mlflow server; and its bad inputs."""
 
+import dataclasses
 import json
 import signal
 import time
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
 
 from study.cli import main
 from tests.conftest import last_json, make_image_tree, run_birdplane
-from tests.test_faults import epochs_of, finish, output, ray_results, results_reported, start
+from tests.test_faults import epochs_of, finish, kill_after_results, output, ray_results, results_reported, start
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +60,7 @@ def test_a_capacity_study_runs_every_cell_seed_and_value_once_with_its_tags(capa
         tmp_path / "ray",
         "--tracking-uri",
         mlflow_server.url,
+        "--population",
         "--json",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -65,6 +68,15 @@ def test_a_capacity_study_runs_every_cell_seed_and_value_once_with_its_tags(capa
     client, parents, children = runs_of(mlflow_server.url, "cap")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == len(summary["trials"]) == 2 * 2 * 2 * 2
+    # One Ray trial per cell (augment is no shared field): its 2 seeds x 2 values, each its own run.
+    populations = {}
+    for run in children:
+        populations.setdefault(run.data.tags["ray_trial_id"], []).append(run)
+    assert len(populations) == 4, populations.keys()
+    for members in populations.values():
+        assert sorted(r.data.tags["birdplane.member"] for r in members) == ["0", "1", "2", "3"]
+        assert len({r.data.tags["birdplane.cell"] for r in members}) == 1
+    assert {t["run_id"] for t in summary["trials"]} == {r.info.run_id for r in children}
     keys = set()
     for run in children:
         tags, params = run.data.tags, run.data.params
@@ -99,6 +111,95 @@ def test_a_capacity_study_runs_every_cell_seed_and_value_once_with_its_tags(capa
     # Trends are fitted per regulariser value and depth, never pooled across them.
     assert set(report.trends) == {f"augment={a}, depth {d}" for a in ("none", "flip") for d in (1, 2)}
     assert all(t["gap"]["trials"] == 4 and t["gap"]["sizes"] == 2 for t in report.trends.values())
+
+
+# Tags that name the study or the Ray trial a run belongs to, not the run: they differ between studies.
+PER_STUDY = {"mlflow.parentRunId", "ray_trial_id", "birdplane.sweep", "birdplane.node", "birdplane.member"}
+TIMING = ("epoch_seconds", "samples_per_second")  # how fast, not what was learned
+
+
+def logged(client, run) -> dict:
+    """What a run says of its training: name, status, params, tags (those that name no study),
+    config.json, artefacts, and every metric's (step, value) history but the timings."""
+    with open(client.download_artifacts(run.info.run_id, "config.json")) as f:
+        config = yaml.safe_load(f)
+    metrics = {}
+    for name in set(run.data.metrics) - set(TIMING):
+        history = sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)
+        metrics[name] = [(m.step, m.value) for m in history]
+    return {
+        "name": run.info.run_name,
+        "status": run.info.status,
+        "params": run.data.params,
+        "tags": {k: v for k, v in run.data.tags.items() if k not in PER_STUDY},
+        "config.json": config,
+        "artifacts": sorted(a.path for a in client.list_artifacts(run.info.run_id)),
+        "metrics": metrics,
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_a_population_study_logs_each_member_as_the_solo_study_logs_its_run_and_reports_the_same(
+    capacity_tree, tmp_path
+):
+    from study.manifest import read
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # Members that differ in augmentation and rate; lr 2e38 diverges in its first epoch (1e12 only grows the loss here).
+    design = ["--widths", "8", "--depths", "1", "--seeds", 1, "--epochs", 2, "--regulariser", "augment=none,flip"]
+    design += ["--tune", "lr=0.01,2e38"]
+    found = {}
+    for mode in ("population", "no-population"):
+        proc = run_birdplane(
+            *("capacity", *design, "--data-root", capacity_tree, "--cache-dir", tmp_path / "cache", "--name", mode),
+            *("--storage-path", tmp_path / "ray", "--tracking-uri", uri, "--max-concurrent", 1, f"--{mode}", "--json"),
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert read(str(tmp_path / "ray" / mode)).options["population"] is (mode == "population"), "in the manifest"
+        client, _, children = runs_of(uri, mode)
+        found[mode] = {(r.data.tags["birdplane.tune"], r.data.tags["birdplane.regulariser"]): r for r in children}
+    population, solo = found["population"], found["no-population"]
+    assert len(solo) == len(population) == 4 and sorted(solo) == sorted(population)
+    assert len({r.data.tags["ray_trial_id"] for r in population.values()}) == 1, "the cell is one Ray trial"
+    assert len({r.data.tags["ray_trial_id"] for r in solo.values()}) == 4
+    for key, run in solo.items():
+        want, got = logged(client, run), logged(client, population[key])
+        diverged = key[0] == "lr=2e+38"
+        assert got["status"] == "FINISHED" and got["tags"]["outcome"] == ("diverged" if diverged else "completed")
+        assert len(got["metrics"]["val_acc"]) == (1 if diverged else 2), "a diverged member stops, as a solo run"
+        for part in ("name", "status", "params", "tags", "config.json", "artifacts"):
+            assert got[part] == want[part], (key, part, got[part], want[part])
+        assert sorted(got["metrics"]) == sorted(want["metrics"]), key
+        for name, history in want["metrics"].items():
+            assert [s for s, _ in got["metrics"][name]] == [s for s, _ in history], (key, name)
+            values = [v for _, v in history]
+            assert [v for _, v in got["metrics"][name]] == pytest.approx(values, rel=1e-4, abs=1e-5, nan_ok=True), (
+                key,
+                name,
+            )
+    # Nothing in the report changes: the same tables, up to the metrics' float tolerance.
+    run_key = {r.info.run_id: str(k) for runs in found.values() for k, r in runs.items()}
+    assert_same_report(uri, "population", "no-population", run_key, tmp_path)
+
+
+def assert_same_report(uri: str, one: str, other: str, run_key: dict, folder) -> None:
+    """`report`'s tables of two studies are equal, a run named by ``run_key`` (not by its ids), its
+    timings left out, numbers within float tolerance."""
+    from study.reporting import build_report
+
+    reports = [build_report(uri, name, folder / f"report-{name}")[0] for name in (one, other)]
+    for table in ("trials", "sizes", "overfitting"):
+        a, b = (getattr(r, table).copy() for r in reports)
+        for t in (a, b):
+            if "run_id" in t:
+                t["run"] = t["run_id"].map(run_key)
+        ids = ("run_id", "trial_id", "start_time", "end_time", "node", "experiment", "study")
+        a, b = (t.drop(columns=[c for c in t if c in ids or "second" in c]) for t in (a, b))
+        assert len(a) and list(a.columns) == list(b.columns), table
+        sort = ["run"] if "run" in a else [c for c in a.columns if a[c].dtype == object][:3]
+        a, b = a.sort_values(sort).reset_index(drop=True), b.sort_values(sort).reset_index(drop=True)
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-4, atol=1e-5, obj=table)
 
 
 @pytest.mark.slow
@@ -140,8 +241,10 @@ def test_a_tuned_study_runs_every_cell_seed_and_lr_once_tagged_with_its_lr_and_w
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
-def test_an_interrupted_capacity_study_resumes_every_run_from_its_checkpoint(mlflow_server, tmp_path):
+@pytest.mark.timeout(600)
+def test_an_interrupted_and_a_killed_population_study_resume_every_member_from_its_checkpoint(mlflow_server, tmp_path):
+    """Ctrl+C, then a SIGKILL of the driver: each --resume continues every population trial from its
+    one checkpoint, and every member's run holds each epoch once."""
     tree = make_image_tree(tmp_path / "images", per_class=200, test_per_class=5, classes=("airplane", "bird"))
     common = [
         "--widths",
@@ -165,23 +268,35 @@ def test_an_interrupted_capacity_study_resumes_every_run_from_its_checkpoint(mlf
         "--max-concurrent",
         1,
     ]
-    proc = start(["capacity", *common])  # output to a file: a full pipe would block the study
+    # Output to a file (a full pipe would block the study); Tune snapshots (and flushes result.json)
+    # at every step, so the counts below are where the trials are.
+    snapshots = {"TUNE_GLOBAL_CHECKPOINT_S": "0"}
+    proc = start(["capacity", *common, "--population"], env=snapshots)
     experiment = tmp_path / "ray" / "capres"
     deadline = time.monotonic() + 300
-    while results_reported(experiment) < 7 and time.monotonic() < deadline:  # the second run at epoch 2
+    while results_reported(experiment) < 3 and time.monotonic() < deadline:  # the first population at epoch 3
         assert proc.poll() is None, output(proc)[-3000:]
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     out = finish(proc, 120)
     assert proc.returncode == 130 and "--resume" in out, out[-2000:]
+    # The manifest keeps the study's mode: a resume that says otherwise is refused, in one line.
+    refused = run_birdplane("capacity", *common, "--resume", "--no-population")
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "birdplane: error: --resume: study 'capres' was started with --population; resume it so (or without the flag)"
+    ], refused.stderr[-2000:]
+
+    proc = start(["capacity", *common, "--resume"], env=snapshots)
+    kill_after_results(proc, experiment, 7)  # SIGKILL: the second population at epoch 2
+    proc.wait(timeout=60)
     before = {t: epochs_of(rows) for t, rows in ray_results(experiment).items()}
-    assert any(e[-1] < 5 for e in before.values()), before
+    assert len(before) == 2 and any(e[-1] < 5 for e in before.values()), before
 
     resumed = run_birdplane("capacity", *common, "--resume", "--json", timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert len(last_json(resumed.stdout)["trials"]) == 4
     after = {t: epochs_of(rows) for t, rows in ray_results(experiment).items()}
-    assert len(after) == 4
+    assert len(after) == 2, "one Ray trial per cell"
     for trial, epochs in before.items():
         assert after[trial].count(1) == 1 and after[trial][-1] == 5, (trial, epochs, after[trial])
     client, parents, children = runs_of(mlflow_server.url, "capres")
@@ -190,6 +305,9 @@ def test_an_interrupted_capacity_study_resumes_every_run_from_its_checkpoint(mlf
     assert len({(r.data.tags["birdplane.cell"], r.data.tags["seed"]) for r in children}) == 4
     for run in children:
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2, 3, 4, 5]
+        assert run.data.tags["outcome"] == "completed" and "model.pt" in {
+            a.path for a in client.list_artifacts(run.info.run_id)
+        }
 
 
 def _recipe(tmp_path, text):
@@ -475,3 +593,21 @@ def test_a_capacity_recipe_can_come_from_a_sweep_trial(smoke_sweep, capsys):
         assert plan["recipe"][key] == best["config"][key], key
     assert "hidden_sizes" not in plan["recipe"] and "seed" not in plan["recipe"]
     assert plan["recipe_source"] == f"run {best['run_id']}"
+
+
+def test_a_population_is_every_run_of_a_cell_that_shares_the_step_and_label_noise_splits_it():
+    from study.capacity import CapacitySpec, Grid, PopulationOf, chapter_recipe, design_points, populations
+
+    grid = Grid(widths=(8, 32), depths=(1,), seeds=2, epochs=2, regulariser="label_noise", values=(0.0, 0.2))
+    grid = dataclasses.replace(grid, tune="lr", tune_values=(0.01, 0.1))
+    points = design_points(CapacitySpec(grid, chapter_recipe(), "chapter"), 0, 1, "cpu")
+    groups = populations(points)
+    # 2 cells x 2 noise shares (the members train on one set of labels); seeds x lr inside each.
+    assert [len(g) for g in groups] == [4, 4, 4, 4] and sorted(i for g in groups for i in g) == list(range(16))
+    for group in groups:
+        members = [points[i] for i in group]
+        assert len({(m["cell"], m["regulariser"]) for m in members}) == 1
+        assert {(m["seed"], m["tune"]) for m in members} == {(s, lr) for s in (0, 1) for lr in (0.01, 0.1)}
+    assert points[groups[0][0]]["cell"] == "[32]", "the largest cell first"
+    resolve = PopulationOf(tuple(points), tuple(groups))
+    assert resolve({"population": 2}) == {"members": [points[i] for i in groups[2]]}

@@ -138,7 +138,8 @@ def epochs_logged(uri, experiment):
 
 def assert_complete(uri, experiment, samples, epochs):
     client, runs = children(uri, experiment)
-    ids = [r.data.tags["ray_trial_id"] for r in runs]
+    # A run's key: its trial, and its member in a population trial (a capacity study's cell).
+    ids = [(r.data.tags["ray_trial_id"], r.data.tags.get("birdplane.member")) for r in runs]
     assert len(runs) == samples and len(set(ids)) == samples, ids
     assert all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
     for r in runs:

@@ -276,3 +276,27 @@ def test_bad_seeds_are_refused_with_one_line_and_exit_2(image_tree, cache_dir, c
     lines = err.strip().splitlines()
     assert out == "" and len(lines) == 1 and lines[0].startswith("birdplane: error: ") and message in lines[0], err
     assert not cache_dir.exists(), "refused before any data was loaded"
+
+
+def test_a_checkpoint_s_member_is_the_solo_run_s_state_of_that_member(tiny_data, tmp_path):
+    """What the MLflow logger closes a member's run from (its history, last and best weights in the
+    solo net's layout), for a member still in the stack and for one that left it (diverged)."""
+    configs = configs_for("sgd", epochs=2, dropout=0.1)  # dropout: the solo net's layers are not 0, 1, 2
+    configs = [configs[0], configs[1].replace(lr=1e12), configs[2]]
+    saved = {}
+    results = fit_population(configs, tiny_data, on_epoch_end=lambda m, snapshot: saved.update(last=snapshot()))
+    saved["last"].with_data({"classes": ["a", "b"]}).save(tmp_path / "population.pt")
+    state = PopulationState.load(tmp_path / "population.pt")
+    assert results[1].status == "diverged" and 1 not in state.active, "member 1 left the stack"
+    for k, result in enumerate(results):
+        member = state.member(k)
+        assert member.config == configs[k].to_dict() and member.data == {"classes": ["a", "b"]}
+        assert_same_history(member.history, result.history, exact=True)
+        assert member.epoch == result.history[-1]["epoch"]
+        assert member.best_epoch == result.best_epoch
+        solo = result.model.state_dict()
+        assert list(member.model) == list(solo), "the solo net's keys, in order"
+        for name, tensor in solo.items():  # a diverged member's weights are NaN: equal as NaN
+            torch.testing.assert_close(member.model[name], tensor, rtol=0, atol=0, equal_nan=True, msg=name)
+        for name, tensor in result.best_model.items():
+            torch.testing.assert_close(member.best_model[name].cpu(), tensor.cpu(), rtol=0, atol=0, equal_nan=True)

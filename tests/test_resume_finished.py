@@ -37,3 +37,38 @@ def test_a_trial_mlflow_and_ray_saw_finish_is_not_run_again_after_a_sigkill(slow
         assert len(steps) == len(set(steps)), f"{key} logged twice at a step: {steps}"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2, 3]
     assert sorted(p.name for p in experiment.glob(f"trial_{trial}/checkpoint_*")) == checkpoints, "no new training"
+
+
+def test_a_population_whose_member_runs_all_finished_is_not_run_again_after_a_sigkill(slow_tree, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {"TUNE_GLOBAL_CHECKPOINT_S": "3600"}  # as above: the snapshot has the first population unfinished
+    args = ["capacity", "--population", "--widths", "8,16", "--depths", 1, "--seeds", 2, "--epochs", 3]
+    args += ["--data-root", slow_tree, "--cache-dir", tmp_path / "cache", "--name", "done", "--max-concurrent", 1]
+    args += ["--storage-path", tmp_path / "ray", "--tracking-uri", uri]
+    experiment = tmp_path / "ray" / "done"
+    proc = start(args, env=env)
+
+    def finished() -> int:  # once the study made its store (its manifest follows): no second migration
+        return (experiment / "birdplane.json").exists() and sum(
+            r.info.status == "FINISHED" for r in children(uri, "done")[1]
+        )
+
+    kill_when(proc, lambda: finished() >= 2, "the first population's two member runs FINISHED")
+    client, runs = children(uri, "done")
+    done = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(done) == 2 and len({r.data.tags["ray_trial_id"] for r in done}) == 1, [r.data.tags for r in done]
+    trial = done[0].data.tags["ray_trial_id"]
+    checkpoints = sorted(p.name for p in experiment.glob(f"trial_{trial}/checkpoint_*"))
+
+    resumed = run_birdplane(*args, "--resume", "--json", env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = last_json(resumed.stdout)["trials"]
+    assert len(summary) == 4 and all(t["epochs"] == 3 for t in summary), summary
+    client, runs = children(uri, "done")
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    for before in done:
+        after = next(r for r in runs if r.info.run_id == before.info.run_id)
+        assert after.info.end_time == before.info.end_time, "the member's run was not reopened"
+        assert [m.step for m in client.get_metric_history(before.info.run_id, "val_acc")] == [1, 2, 3]
+    assert sorted(p.name for p in experiment.glob(f"trial_{trial}/checkpoint_*")) == checkpoints, "no new training"

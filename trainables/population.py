@@ -24,6 +24,7 @@ Why stacked tensors with baddbmm and a stacked optimizer, measured: docs/benchma
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 from trainables.bundle import build_model_for
+from trainables.checkpoint import TrainState
 from trainables.config import ConfigError, TrainConfig
 from trainables.data import StudyData, noisy_labels, validation_halves
 from trainables.files import atomic_path
@@ -588,6 +590,14 @@ class Population:
         ]
 
 
+def solo_linear_names(config: dict, n_classes: int) -> list[tuple[str, str]]:
+    """The (weight, bias) state_dict keys of the solo net's Linear layers, in order (built on the
+    meta device: names without memory)."""
+    with torch.device("meta"):
+        net = build_model_for(TrainConfig.from_dict(config), n_classes)
+    return [(f"{name}.weight", f"{name}.bias") for name, m in net.named_children() if isinstance(m, nn.Linear)]
+
+
 @dataclass
 class PopulationState:
     """The one checkpoint of a population: the active members' stacked weights and optimizer
@@ -600,9 +610,38 @@ class PopulationState:
     params: list[torch.Tensor]
     optimizer: dict
     members: list[dict]
+    data: dict | None = None  # classes, mean, std: what `predict` needs besides the weights
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def with_data(self, data: dict) -> PopulationState:
+        return dataclasses.replace(self, data=data)
+
+    def member(self, k: int) -> TrainState:
+        """Member ``k`` as a solo run's TrainState (no optimizer state): its config, history, best
+        weights and last weights (its row of the stack while it trains), in the solo net's layout."""
+        saved, config = self.members[k], self.configs[k]
+        model = saved["last_model"]
+        if model is None:
+            row, names = self.active.index(k), solo_linear_names(config, self.params[-1].shape[-1])
+            model = {}
+            for layer, (weight, bias) in enumerate(names):
+                model[weight] = self.params[2 * layer][row].t().contiguous()
+                model[bias] = self.params[2 * layer + 1][row, 0].clone()
+        history = [dict(r) for r in saved["history"]]
+        return TrainState(
+            epoch=history[-1]["epoch"] if history else 0,
+            model=model,
+            optimizer={},
+            sampler_rng=saved["sampler_rng"],
+            augment_rng=saved["augment_rng"],
+            history=history,
+            config=dict(config),
+            data=self.data,
+            best_epoch=saved["best_epoch"],
+            best_model=saved["best_model"],
+        )
 
     def save(self, path) -> None:
         """All or nothing (trainables/files.py): a crash leaves the previous checkpoint."""

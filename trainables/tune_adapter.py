@@ -1,7 +1,10 @@
-"""The thin Ray Tune adapter over trainables.fit: report every epoch with a checkpoint, resume.
+"""The thin Ray Tune adapters over trainables.fit and fit_population: report every epoch with a
+checkpoint, resume.
 
-The only module of `trainables` that imports Ray. The trial's config is ``{'train': TrainConfig
-dict, ...search parameters}``; the data arrive through ``tune.with_parameters`` (Ray's object store).
+The only module of `trainables` that imports Ray. A solo trial's config is ``{'train': TrainConfig
+dict, ...search parameters}``; a population trial's is ``{'members': [such a config, ...]}`` and it
+reports each member's record under ``members`` ({'0': record, ...}: every member's latest one, a
+retired member's too). The data arrive through ``tune.with_parameters`` (Ray's object store).
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ from trainables.checkpoint import DEFAULT_CHECKPOINT_EVERY, STATE_FILE, TrainSta
 from trainables.config import TrainConfig
 from trainables.data import StudyData
 from trainables.loop import fit
+from trainables.model import IN_FEATURES, count_params
+from trainables.population import PopulationState, fit_population
 
 log = logging.getLogger(__name__)
 NO_SPACE = "No space left on device"  # strerror(ENOSPC), as OSError and pyarrow word it
+POPULATION_FILE = "population.pt"  # a population trial's checkpoint (PopulationState), beside no state.pt
 _CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")
 
 
@@ -72,8 +78,11 @@ def reportable(metrics: dict) -> dict:
     return {k: (math.inf if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
 
 
-def _load(checkpoint: tune.Checkpoint) -> TrainState:
+def _load(checkpoint: tune.Checkpoint) -> TrainState | PopulationState:
     with checkpoint.as_directory() as folder:
+        population = os.path.join(folder, POPULATION_FILE)
+        if os.path.exists(population):
+            return PopulationState.load(population)
         return TrainState.load(os.path.join(folder, STATE_FILE))
 
 
@@ -103,7 +112,7 @@ def _earlier_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
     return trial_checkpoints(parent, checkpoint.filesystem, int(own[1]) if own else None)
 
 
-def read_checkpoint(checkpoint: tune.Checkpoint | None) -> TrainState | None:
+def read_checkpoint(checkpoint: tune.Checkpoint | None) -> TrainState | PopulationState | None:
     """The state saved in ``checkpoint``; when that file is truncated or gone (a full disk, a
     crash), the newest earlier checkpoint of the trial that reads; None when none does (a trial
     then starts afresh, and being seeded replays the same epochs)."""
@@ -141,21 +150,65 @@ def train_trial(
 
     def report(metrics: dict, snapshot) -> None:
         metrics = {**reportable(metrics), **where}
-        if not checkpoint_due(metrics["epoch"], train_config.epochs, checkpoint_every, metrics["status"] == "diverged"):
-            tune.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as folder:
-            path = os.path.join(folder, STATE_FILE)
-            snapshot().with_data(meta).save(path)
-            size = os.path.getsize(path)
-            try:
-                tune.report({**metrics, "checkpoint_bytes": size}, checkpoint=tune.Checkpoint.from_directory(folder))
-            except Exception as err:
-                if is_disk_full(err):
-                    raise DiskFull(tune.get_context().get_trial_dir(), size) from None
-                raise
+        due = checkpoint_due(metrics["epoch"], train_config.epochs, checkpoint_every, metrics["status"] == "diverged")
+        report_with_checkpoint(metrics, (lambda: snapshot().with_data(meta)) if due else None, STATE_FILE)
 
     fit(train_config, data, on_epoch_end=report, resume=resume)
+
+
+def report_with_checkpoint(metrics: dict, state, file_name: str) -> None:
+    """``tune.report(metrics)``, with a checkpoint of ``state()`` (a TrainState or PopulationState)
+    when ``state`` is given; ENOSPC while Ray stores it raises DiskFull with the bytes it needed."""
+    if state is None:
+        tune.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, file_name)
+        state().save(path)
+        size = os.path.getsize(path)
+        try:
+            tune.report({**metrics, "checkpoint_bytes": size}, checkpoint=tune.Checkpoint.from_directory(folder))
+        except Exception as err:
+            if is_disk_full(err):
+                raise DiskFull(tune.get_context().get_trial_dir(), size) from None
+            raise
+
+
+def train_population_trial(
+    config: dict,
+    data: StudyData,
+    resolve=None,
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+    finished: dict[str, dict] | None = None,
+) -> None:
+    """One trial that trains its members (``{'members': [{'train': ...}, ...]}``, after ``resolve``)
+    as one population (trainables.population.fit_population), one checkpoint holding them all.
+    Each report carries every member's latest record (with its param_count and status) under
+    ``members``, keyed by the member's index as a string; ``finished`` as in ``train_trial``."""
+    last = (finished or {}).get(tune.get_context().get_trial_id())
+    if last is not None:
+        tune.report(last)
+        return
+    config = resolve(config) if resolve is not None else config
+    configs = [TrainConfig.from_dict(point["train"]) for point in config["members"]]
+    resume = read_checkpoint(tune.get_checkpoint())
+    meta = data_meta(data)
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+    count = count_params(IN_FEATURES, list(configs[0].hidden_sizes), len(data.classes))
+    latest = {}  # member index -> its last record: a retired member's stays in every later report
+    for k, saved in enumerate(resume.members if isinstance(resume, PopulationState) else ()):
+        if saved["status"] != "training" and saved["history"]:
+            latest[str(k)] = reportable({**saved["history"][-1], "param_count": count, "status": saved["status"]})
+
+    def report(members: dict[int, dict], snapshot) -> None:
+        latest.update({str(k): reportable(record) for k, record in members.items()})
+        epoch = max(record["epoch"] for record in members.values())
+        ended = any(record["status"] != "completed" for record in members.values())
+        due = checkpoint_due(epoch, configs[0].epochs, checkpoint_every, ended)
+        metrics = {"epoch": epoch, "population": len(members), "members": dict(latest), **where}
+        report_with_checkpoint(metrics, (lambda: snapshot().with_data(meta)) if due else None, POPULATION_FILE)
+
+    fit_population(configs, data, on_epoch_end=report, resume=resume if isinstance(resume, PopulationState) else None)
 
 
 def slim_finished(checkpoint: tune.Checkpoint | None) -> None:
@@ -176,7 +229,7 @@ def _slim(checkpoint: tune.Checkpoint | None) -> None:
     state = read_checkpoint(checkpoint)
     for older in _earlier_checkpoints(checkpoint):
         older.filesystem.delete_dir(older.path)
-    if state is None or not state.optimizer:
+    if not isinstance(state, TrainState) or not state.optimizer:  # a population's newest is kept whole
         return
     best_is_last = state.best_model is None or state.best_epoch == state.epoch
     slim = dataclasses.replace(state, optimizer={}, scheduler=None, model=state.model if best_is_last else {})
