@@ -22,16 +22,38 @@ def pytest_addoption(parser):
         default=False,
         help="also run the tests marked load (200-trial load test); BIRDPLANE_LOAD=1 does the same",
     )
+    parser.addoption(
+        "--run-long",
+        action="store_true",
+        default=False,
+        help="also run the tests marked long (end-to-end runs past the default suite's budget); BIRDPLANE_LONG=1",
+    )
 
 
+# Tests that share a session fixture go to one xdist worker (`-n auto --dist loadgroup`), so the
+# fixture's study is built once, not once per worker.
+SHARED_FIXTURE_GROUPS = {"smoke_sweep": "smoke-sweep", "noisy": "noisy-study"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
-    """The load test is opt-in, independently of -m, so `-m "not slow"` stays quick."""
-    if config.getoption("--run-load") or os.environ.get("BIRDPLANE_LOAD") == "1":
-        return
-    skip = pytest.mark.skip(reason="load test: opt in with --run-load or BIRDPLANE_LOAD=1")
+    """The load and long tests are opt-in, independently of -m, so `-m "not slow"` stays quick and
+    the default suite fits its budget; tests sharing a session fixture share an xdist group."""
+    opted = {
+        "load": config.getoption("--run-load") or os.environ.get("BIRDPLANE_LOAD") == "1",
+        "long": config.getoption("--run-long") or os.environ.get("BIRDPLANE_LONG") == "1",
+    }
+    reasons = {
+        "load": "load test: opt in with --run-load or BIRDPLANE_LOAD=1",
+        "long": "long end-to-end test: opt in with --run-long or BIRDPLANE_LONG=1",
+    }
     for item in items:
-        if "load" in item.keywords:
-            item.add_marker(skip)
+        for fixture, group in SHARED_FIXTURE_GROUPS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(group))
+        for marker, wanted in opted.items():
+            if not wanted and marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reasons[marker]))
 
 
 # Variables pointing at per-user state that tests must not share with the machine: Ray's session

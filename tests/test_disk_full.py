@@ -121,6 +121,7 @@ def test_a_full_disk_ends_the_study_in_one_line_and_resume_completes_it(tmp_path
     assert parent_status(uri, "full") == "FINISHED"
 
 
+@pytest.mark.long  # past the default suite's budget: pytest --run-long
 @pytest.mark.slow
 def test_a_truncated_snapshot_resumes_from_the_last_good_one_or_says_why_not(tmp_path, tree, small_disk):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -228,6 +228,7 @@ def test_sigkilled_driver_resumes_the_running_trial_from_its_checkpoint_in_the_s
     assert not children(mlflow_server.url, "killed", deleted=True)[1], "no orphans when the snapshot knew every trial"
 
 
+@pytest.mark.long  # past the default suite's budget: pytest --run-long
 def test_runs_of_trials_a_stale_snapshot_never_knew_are_retired_as_orphans(slow_tree, mlflow_server, tmp_path):
     # Tune snapshots its state only at the first step here: trials created later are unknown to
     # the restored experiment, and their runs must not count as trials of the study.
@@ -375,6 +376,7 @@ def test_mlflow_outage_mid_sweep_loses_nothing_and_delivers_soon_after_the_serve
         server.stop()
 
 
+@pytest.mark.long  # past the default suite's budget: pytest --run-long
 def test_mlflow_down_until_the_end_is_recovered_by_sync(slow_tree, tmp_path):
     server = MlflowServer(tmp_path / "server").start()
     try:

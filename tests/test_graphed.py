@@ -92,6 +92,7 @@ def test_a_graphed_run_resumed_mid_schedule_continues_like_the_uninterrupted_one
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4) and a["lr"] == pytest.approx(b["lr"])
 
 
+@pytest.mark.long  # past the default suite's budget: pytest --run-long
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_the_gpu_check_script_runs_every_step_and_prints_its_table(tmp_path):

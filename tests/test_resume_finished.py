@@ -39,6 +39,7 @@ def test_a_trial_mlflow_and_ray_saw_finish_is_not_run_again_after_a_sigkill(slow
     assert sorted(p.name for p in experiment.glob(f"trial_{trial}/checkpoint_*")) == checkpoints, "no new training"
 
 
+@pytest.mark.long  # past the default suite's budget: pytest --run-long
 def test_a_population_whose_member_runs_all_finished_is_not_run_again_after_a_sigkill(slow_tree, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -185,6 +185,7 @@ def two_node_cluster(tmp_path):
         head.stop()
 
 
+@pytest.mark.long  # past the default suite's budget: pytest --run-long
 def test_sweep_on_a_two_node_cluster_runs_trials_on_both_nodes(mlflow_server, two_node_cluster, tmp_path):
     env = {"RAY_AUTH_MODE": "token"}
     # Trials of a few seconds, so two run at once, one per node.
