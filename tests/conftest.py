@@ -31,8 +31,10 @@ def pytest_addoption(parser):
 
 
 # Tests that share a session fixture go to one xdist worker (`-n auto --dist loadgroup`), so the
-# fixture's study is built once, not once per worker.
-SHARED_FIXTURE_GROUPS = {"smoke_sweep": "smoke-sweep", "noisy": "noisy-study"}
+# fixture's study is built once, not once per worker. test_sweep_extend's module fixture `extended`
+# extends a sweep of a fixed name on the session's MLflow server: its tests must run together on one
+# worker too (a second set-up, after the worker ran another module's tests, is refused: name taken).
+SHARED_FIXTURE_GROUPS = {"smoke_sweep": "smoke-sweep", "extended": "smoke-sweep", "noisy": "noisy-study"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
