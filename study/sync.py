@@ -19,7 +19,7 @@ from study import manifest
 from study import records as store
 from study.namelock import claimed
 from study.preflight import bound_mlflow_http, check_tracking_uri, resolve_tracking_uri
-from study.tracking import MlflowTrialLogger
+from study.tracking import MlflowTrialLogger, study_status
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,10 @@ def replay(logger: MlflowTrialLogger, experiment_path: str, resuming: bool = Fal
     analysis = read_analysis(experiment_path, logger.study_name)  # a truncated snapshot: the last good one, or one line
     frames = analysis.trial_dataframes
     # Trials by what was done to their runs; runs_closed counts runs (a population trial has several).
-    counts = {"trials": 0, "closed": 0, "open": 0, "unchanged": 0, "runs_closed": 0, "failed": 0}
+    counts = {"trials": 0, "closed": 0, "open": 0, "unchanged": 0, "runs_closed": 0, "statuses": []}
     for trial in analysis.trials:
         counts["trials"] += 1
-        counts["failed"] += trial.status == "ERROR"
+        counts["statuses"].append(trial.status)
         outcomes = logger.reconcile_runs(
             trial.trial_id,
             logger.full_config(trial.config),
@@ -135,7 +135,6 @@ def sync_study(experiment_path: str, tracking_uri: str | None = None) -> dict:
         logger.open_parent()
         logger.adopt_parent_source()
         counts = replay(logger, experiment_path)
-        failed = counts["trials"] > 0 and counts["failed"] == counts["trials"]
-        status = "KILLED" if counts["open"] else "FAILED" if failed else "FINISHED"
+        status = study_status(bool(counts["open"]), counts["statuses"])
         store.finish_run(MlflowClient(logger.tracking_uri), logger.parent_run_id, status=status)
     return {**counts, "parent_run_id": logger.parent_run_id, "tracking_uri": logger.tracking_uri}

@@ -141,6 +141,17 @@ def member_records(rows: list[dict], member: int) -> list[dict]:
 _ACTIVE: dict[str, MlflowTrialLogger] = {}
 
 
+def study_status(interrupted: bool, trial_statuses: list[str]) -> str:
+    """How a study's parent run ends, live or after `sync`: KILLED while trials are unfinished (a
+    --resume adopts it again), FAILED when it has trials and every one failed (Tune's ERROR; its
+    command exits 1: study.cli.exit_code), else FINISHED."""
+    if interrupted:
+        return "KILLED"
+    if trial_statuses and all(status == "ERROR" for status in trial_statuses):
+        return "FAILED"
+    return "FINISHED"
+
+
 def _revive(key: str, state: dict) -> MlflowTrialLogger:
     active = _ACTIVE.get(key)
     if active is not None:
@@ -354,9 +365,7 @@ class MlflowTrialLogger(tune.Callback):
         self.interrupted = bool(unfinished)
         for trial_id in unfinished:
             self._enqueue(lambda trial_id=trial_id: self._kill_child(trial_id))
-        # A study none of whose trials succeeded failed (its command exits 1: study.cli.exit_code).
-        failed = bool(trials) and all(t.status == "ERROR" for t in trials)
-        self.finish("KILLED" if unfinished else "FAILED" if failed else "FINISHED")
+        self.finish(study_status(bool(unfinished), [t.status for t in trials]))
 
     def _kill_child(self, trial_id: str) -> None:
         for key, run_id in list(self._runs.items()):  # a population trial's: each member's run
