@@ -254,11 +254,16 @@ def write_finished_run(
 ) -> int:
     """Close one run the same way wherever it was trained (a sweep's trial, a rerun's seed).
 
-    Logs the epochs not yet logged, the summary metrics (best epoch, epochs run, param_count and
-    ``extra_metrics``), the outcome tag, config.json and, given ``model`` (save_bundle's
-    arguments: trainables.bundle.bundle_args), model.pt; then ends the run. Returns the last
+    Logs the epochs not yet logged (those after ``after_step`` and any gap before it: a trial
+    resumed from a checkpoint newer than the last epoch MLflow got, as when the checkpoint its
+    stale snapshot named was deleted, skips the epochs in between), the summary metrics (best
+    epoch, epochs run, param_count and ``extra_metrics``), the outcome tag, config.json and,
+    given ``model`` (save_bundle's arguments: trainables.bundle.bundle_args), model.pt; then ends
+    the run. Returns the last
     logged step.
     """
+    logged = {m.step for m in client.get_metric_history(run_id, "val_acc")}
+    log_epochs(client, run_id, [r for r in history if r["epoch"] <= after_step and r["epoch"] not in logged], -1)
     last_step = log_epochs(client, run_id, history, after_step)
     summary = best_of(history)
     if param_count is not None:

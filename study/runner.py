@@ -38,10 +38,9 @@ DEFAULT_GPU_SHARE = 1 / 16
 # Checkpoints Ray keeps per running trial: the newest, and the one before it, which a resume falls
 # back to when the newest is truncated (trainables.tune_adapter.read_checkpoint). Ray snapshots its
 # experiment state whenever a trial has made this many checkpoints since the last snapshot. Measured
-# (docs/operations.md): the peak Ray folder of wide nets falls from 336 MB (4) to 252 MB (2), but
-# with 2 a SIGKILL + --resume of a population study failed a trial in Ray's restore (its snapshot
-# named a checkpoint already deleted: tests/test_resume_finished.py, long tier), so 4 until fixed.
-NUM_TO_KEEP = 4
+# (docs/operations.md): the peak Ray folder of wide nets falls from 336 MB (4) to 252 MB (2). A SIGKILL
+# can leave Ray's snapshot naming a checkpoint this deleted; study.disk.deleted_restore_points mends that.
+NUM_TO_KEEP = 2
 
 
 @dataclass(frozen=True)
@@ -551,6 +550,7 @@ def run_study(prep: Prepared, design: Design, extra_callbacks: list = ()) -> Stu
         )
     else:
         disk.intact_snapshot(prep.path, opts.name)  # a snapshot a full disk truncated: the last good one
+        disk.deleted_restore_points(prep.path)  # a stale snapshot naming a checkpoint num_to_keep deleted
         prep = dataclasses.replace(prep, finished=finished_trials(callback, prep.path))
         callback.skip(prep.finished)
     guard = disk.DiskGuard(prep.storage_path, prep.path)

@@ -72,3 +72,44 @@ def test_a_finished_trial_keeps_one_checkpoint_with_the_best_weights_alone(tmp_p
     assert slim.best_epoch == 1 and slim.best_model is not None and slim.model == {}, "one set of weights: the best"
     assert (newest / STATE_FILE).stat().st_size < before
     assert not list((tmp_path / "trial_b").rglob("*.tmp"))
+
+
+def ray_snapshot(experiment, trial_id: str, named: list) -> None:
+    """Ray's snapshot of one trial whose checkpoint manager registered ``named`` (the last is what
+    a restore uses), written by Ray's own Trial.get_json_state, as its TuneController does."""
+    import json
+
+    from ray.train._internal.session import _TrainingResult
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+
+    storage = StorageContext(
+        storage_path=str(experiment.parent), experiment_dir_name=experiment.name, trial_dir_name=f"trial_{trial_id}"
+    )
+    trial = Trial("train_trial", config={}, storage=storage, trial_id=trial_id, stub=True)
+    for i, folder in enumerate(named):
+        trial.run_metadata.checkpoint_manager.register_checkpoint(
+            _TrainingResult(checkpoint=tune.Checkpoint(str(folder)), metrics={"epoch": i + 1})
+        )
+    state, metadata = trial.get_json_state()
+    snapshot = {"trial_data": [[state, metadata]], "runner_data": {}, "stats": {}}
+    (experiment / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(snapshot))
+
+
+def test_a_checkpoint_a_stale_snapshot_names_but_num_to_keep_deleted_resumes_from_the_trial_s_newest(tmp_path):
+    from study.disk import deleted_restore_points
+
+    experiment = tmp_path / "ray" / "study"
+    folders = checkpoints(experiment / "trial_t_00000", state(1, 1), state(2, 2), state(3, 3), state(4, 3))
+    ray_snapshot(experiment, "t_00000", folders[:2])  # the snapshot was taken at epoch 2
+    assert deleted_restore_points(str(experiment)) == [], "its checkpoint is there: nothing to do"
+    for gone in folders[:2]:  # what num_to_keep=2 deleted before the next snapshot was written
+        (gone / STATE_FILE).unlink()
+        gone.rmdir()
+    assert deleted_restore_points(str(experiment)) == [str(folders[1])]
+    assert folders[1].is_dir() and not any(folders[1].iterdir()), "an empty folder where Ray will look"
+    assert not folders[0].exists(), "only the one Ray restores from"
+    restored = read_checkpoint(tune.Checkpoint(str(folders[1])))
+    assert restored is not None and restored.epoch == 4, "the trial's newest checkpoint, not a fresh start"
+    assert deleted_restore_points(str(experiment)) == [], "once is enough"
+    assert deleted_restore_points(f"file://{experiment}") == [] and deleted_restore_points(str(tmp_path)) == []

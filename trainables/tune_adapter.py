@@ -112,13 +112,20 @@ def _earlier_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
     return trial_checkpoints(parent, checkpoint.filesystem, int(own[1]) if own else None)
 
 
+def _other_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
+    """The trial's checkpoints but ``checkpoint``, newest first (by index: Ray numbers them in order)."""
+    parent, name = os.path.split(checkpoint.path.rstrip("/"))
+    return [c for c in trial_checkpoints(parent, checkpoint.filesystem) if os.path.basename(c.path) != name]
+
+
 def read_checkpoint(checkpoint: tune.Checkpoint | None) -> TrainState | PopulationState | None:
     """The state saved in ``checkpoint``; when that file is truncated or gone (a full disk, a
-    crash), the newest earlier checkpoint of the trial that reads; None when none does (a trial
+    crash, or an empty folder that study.disk put where a stale snapshot names a deleted
+    checkpoint), the trial's newest other checkpoint that reads; None when none does (a trial
     then starts afresh, and being seeded replays the same epochs)."""
     if checkpoint is None:
         return None
-    for candidate in (checkpoint, *_earlier_checkpoints(checkpoint)):
+    for candidate in (checkpoint, *_other_checkpoints(checkpoint)):
         try:
             return _load(candidate)
         except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, OSError
