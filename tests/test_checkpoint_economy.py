@@ -74,11 +74,9 @@ def test_a_finished_trial_keeps_one_checkpoint_with_the_best_weights_alone(tmp_p
     assert not list((tmp_path / "trial_b").rglob("*.tmp"))
 
 
-def ray_snapshot(experiment, trial_id: str, named: list) -> None:
-    """Ray's snapshot of one trial whose checkpoint manager registered ``named`` (the last is what
-    a restore uses), written by Ray's own Trial.get_json_state, as its TuneController does."""
-    import json
-
+def trial_state(experiment, trial_id: str, named: list) -> list:
+    """One trial of Ray's snapshot whose checkpoint manager registered ``named`` (the last is what
+    a restore uses), as Ray's own Trial.get_json_state writes it (its TuneController does so)."""
     from ray.train._internal.session import _TrainingResult
     from ray.train._internal.storage import StorageContext
     from ray.tune.experiment import Trial
@@ -91,9 +89,22 @@ def ray_snapshot(experiment, trial_id: str, named: list) -> None:
         trial.run_metadata.checkpoint_manager.register_checkpoint(
             _TrainingResult(checkpoint=tune.Checkpoint(str(folder)), metrics={"epoch": i + 1})
         )
-    state, metadata = trial.get_json_state()
-    snapshot = {"trial_data": [[state, metadata]], "runner_data": {}, "stats": {}}
-    (experiment / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(snapshot))
+    return list(trial.get_json_state())
+
+
+def ray_snapshot(experiment, trials: dict, stamp: str = "2026-01-01_00-00-00") -> None:
+    """Ray's snapshot (experiment_state-STAMP.json) of ``trials``: trial id -> the checkpoints it registered."""
+    import json
+
+    data = [trial_state(experiment, t, named) for t, named in trials.items()]
+    snapshot = {"trial_data": data, "runner_data": {}, "stats": {}}
+    (experiment / f"experiment_state-{stamp}.json").write_text(json.dumps(snapshot))
+
+
+def remove(*folders) -> None:
+    for gone in folders:  # what num_to_keep deleted before the next snapshot was written
+        (gone / STATE_FILE).unlink()
+        gone.rmdir()
 
 
 def test_a_checkpoint_a_stale_snapshot_names_but_num_to_keep_deleted_resumes_from_the_trial_s_newest(tmp_path):
@@ -101,11 +112,9 @@ def test_a_checkpoint_a_stale_snapshot_names_but_num_to_keep_deleted_resumes_fro
 
     experiment = tmp_path / "ray" / "study"
     folders = checkpoints(experiment / "trial_t_00000", state(1, 1), state(2, 2), state(3, 3), state(4, 3))
-    ray_snapshot(experiment, "t_00000", folders[:2])  # the snapshot was taken at epoch 2
+    ray_snapshot(experiment, {"t_00000": folders[:2]})  # the snapshot was taken at epoch 2
     assert deleted_restore_points(str(experiment)) == [], "its checkpoint is there: nothing to do"
-    for gone in folders[:2]:  # what num_to_keep=2 deleted before the next snapshot was written
-        (gone / STATE_FILE).unlink()
-        gone.rmdir()
+    remove(*folders[:2])
     assert deleted_restore_points(str(experiment)) == [str(folders[1])]
     assert folders[1].is_dir() and not any(folders[1].iterdir()), "an empty folder where Ray will look"
     assert not folders[0].exists(), "only the one Ray restores from"
@@ -113,3 +122,48 @@ def test_a_checkpoint_a_stale_snapshot_names_but_num_to_keep_deleted_resumes_fro
     assert restored is not None and restored.epoch == 4, "the trial's newest checkpoint, not a fresh start"
     assert deleted_restore_points(str(experiment)) == [], "once is enough"
     assert deleted_restore_points(f"file://{experiment}") == [] and deleted_restore_points(str(tmp_path)) == []
+
+
+def test_every_trial_of_the_newest_snapshot_gets_its_folder_and_only_those(tmp_path):
+    from study.disk import deleted_restore_points
+
+    experiment = tmp_path / "ray" / "study"
+    a = checkpoints(experiment / "trial_t_00000", state(1, 1), state(2, 2), state(3, 3))
+    b = checkpoints(experiment / "trial_t_00001", state(1, 1), state(2, 2), state(3, 3))
+    ray_snapshot(experiment, {"t_00000": a[:1], "t_00001": b[:1]}, stamp="2026-01-01_00-00-00")  # older
+    ray_snapshot(experiment, {"t_00000": a[:2], "t_00001": b[:2]}, stamp="2026-01-01_00-10-00")  # Ray's choice
+    remove(a[0], a[1], b[0], b[1])
+    assert deleted_restore_points(str(experiment)) == [str(a[1]), str(b[1])], "both trials, from the newest snapshot"
+    assert not a[0].exists() and not b[0].exists()
+
+
+def test_a_moved_experiment_s_snapshot_is_read_under_its_new_folder(tmp_path):
+    import shutil
+
+    from study.disk import deleted_restore_points
+
+    experiment = tmp_path / "ray" / "study"
+    folders = checkpoints(experiment / "trial_t_00000", state(1, 1), state(2, 2), state(3, 3))
+    ray_snapshot(experiment, {"t_00000": folders[:2]})
+    remove(*folders[:2])
+    moved = tmp_path / "elsewhere" / "study"
+    moved.parent.mkdir()
+    shutil.move(str(experiment), str(moved))
+    assert deleted_restore_points(str(moved)) == [str(moved / "trial_t_00000" / folders[1].name)]
+    assert not experiment.exists(), "nothing made under the old path"
+
+
+def test_a_trial_whose_folder_is_gone_or_an_unreadable_snapshot_makes_nothing_and_raises_nothing(tmp_path, caplog):
+    import shutil
+
+    from study.disk import deleted_restore_points
+
+    experiment = tmp_path / "ray" / "study"
+    folders = checkpoints(experiment / "trial_t_00000", state(1, 1), state(2, 2))
+    ray_snapshot(experiment, {"t_00000": folders[:1]})
+    shutil.rmtree(experiment / "trial_t_00000")
+    assert deleted_restore_points(str(experiment)) == [] and not (experiment / "trial_t_00000").exists()
+    (experiment / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": [["{}", 7]]}')
+    with caplog.at_level("WARNING"):
+        assert deleted_restore_points(str(experiment)) == []
+    assert "could not read the checkpoints Ray's snapshot names" in caplog.text

@@ -91,6 +91,21 @@ def test_a_population_whose_member_runs_all_finished_is_not_run_again_after_a_si
     assert sorted(p.name for p in experiment.glob(f"trial_{trial}/checkpoint_*")) == checkpoints, "no new training"
 
 
+def snapshot_checkpoints(experiment) -> dict:
+    """Trial id -> the checkpoint folder Ray's newest snapshot restores it from, read by Ray's own
+    Trial.from_json_state / restore_run_metadata (what Tuner.restore does), apart from study.disk."""
+    from ray.tune.experiment import Trial
+
+    newest = max(experiment.glob("experiment_state-*.json"))
+    found = {}
+    for state, metadata in json.loads(newest.read_text())["trial_data"]:
+        trial = Trial.from_json_state(state, stub=True)
+        trial.restore_run_metadata(metadata)
+        if trial.checkpoint is not None:
+            found[trial.trial_id] = experiment / f"trial_{trial.trial_id}" / trial.checkpoint.path.rsplit("/", 1)[1]
+    return found
+
+
 def test_a_trial_whose_snapshot_names_a_deleted_checkpoint_resumes_from_its_newest_after_a_sigkill(
     slow_tree,  # noqa: F811
     tmp_path,
@@ -100,7 +115,6 @@ def test_a_trial_whose_snapshot_names_a_deleted_checkpoint_resumes_from_its_newe
     written when epochs are short: a SIGKILL in between leaves the snapshot naming a deleted
     folder, and Ray's restore fails the trial. Made certain here: killed while the snapshot
     names a checkpoint that has a newer one, which the test then deletes as num_to_keep would."""
-    from study.disk import _restore_points
     from study.runner import NUM_TO_KEEP
 
     monkeypatch.chdir(tmp_path)
@@ -116,7 +130,7 @@ def test_a_trial_whose_snapshot_names_a_deleted_checkpoint_resumes_from_its_newe
 
     def named_with_a_newer():
         try:
-            ((trial, named),) = _restore_points(str(experiment)).items()
+            ((trial, named),) = snapshot_checkpoints(experiment).items()
         except (OSError, ValueError):  # no snapshot yet, or one being written
             return None
         newest = max(map(index, experiment.glob(f"trial_{trial}/checkpoint_*")), default=-1)
