@@ -448,7 +448,7 @@ def test_the_shipped_design_and_recipe_files_make_a_valid_plan(capacity_tree, tm
         == 0
     )
     plan = __import__("json").loads(capsys.readouterr().out)
-    assert plan["runs"] == 4 * 2 * 3 * 2 and plan["design"]["regulariser"] == "augment"
+    assert plan["runs"] == 7 * 2 * 5 * 2 and plan["design"]["regulariser"] == "augment"
     assert plan["recipe"]["optimizer"] == "adamw" and plan["recipe"]["schedule"] == "onecycle"
 
 
@@ -611,3 +611,19 @@ def test_a_population_is_every_run_of_a_cell_that_shares_the_step_and_label_nois
     assert points[groups[0][0]]["cell"] == "[32]", "the largest cell first"
     resolve = PopulationOf(tuple(points), tuple(groups))
     assert resolve({"population": 2}) == {"members": [points[i] for i in groups[2]]}
+
+
+def test_the_default_grid_spans_the_interpolation_threshold_with_five_seeds():
+    """Issue 19: the default grid starts below n x classes parameters (the chapter's split: 9,000
+    training images, 2 classes) at both depths and ends well past it, with 5 seeds a cell."""
+    from analysis.power import interpolation_threshold
+    from study.capacity import Grid
+    from trainables.model import count_params
+
+    grid, threshold = Grid(), interpolation_threshold(9000, 2)
+    for depth in grid.depths:
+        sizes = sorted(count_params(3072, [w] * depth, 2) for w in grid.widths)
+        below = [s for s in sizes if s < threshold]
+        assert len(below) >= 2, f"depth {depth}: {sizes}"
+        assert sizes[-1] > 30 * threshold, f"depth {depth}: {sizes}"
+    assert grid.seeds >= 5
