@@ -258,6 +258,17 @@ def deleted_restore_points(experiment_path: str) -> list[str]:
     return made
 
 
+def drop_placeholders(folders: list[str]) -> None:
+    """After the study: the folders ``deleted_restore_points`` made that are still empty (a
+    finished trial replays its result and saves nothing; a resumed one's newer checkpoints make
+    Ray delete its placeholder with its other old ones) are removed."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)  # only an empty folder
+        except OSError:
+            pass
+
+
 def analysis(experiment_path: str, name: str):
     """Ray's ExperimentAnalysis of the study (``sync``), after ``intact_snapshot`` repaired a
     truncated snapshot; UsageError (one line) when nothing that reads is left."""

@@ -533,6 +533,7 @@ def run_study(prep: Prepared, design: Design, extra_callbacks: list = ()) -> Stu
         after_close=slim_finished,
     ).activate()
     parent = callback.open_parent()  # before any trial starts: a tracking problem stops us here
+    placeholders: list[str] = []  # folders made for a stale snapshot's deleted checkpoints (--resume)
     if not opts.resume:
         manifest.write(
             prep.path,
@@ -550,7 +551,8 @@ def run_study(prep: Prepared, design: Design, extra_callbacks: list = ()) -> Stu
         )
     else:
         disk.intact_snapshot(prep.path, opts.name)  # a snapshot a full disk truncated: the last good one
-        disk.deleted_restore_points(prep.path)  # a stale snapshot naming a checkpoint num_to_keep deleted
+        # A stale snapshot naming a checkpoint num_to_keep (or slimming a finished trial) deleted.
+        placeholders = disk.deleted_restore_points(prep.path)
         prep = dataclasses.replace(prep, finished=finished_trials(callback, prep.path))
         callback.skip(prep.finished)
     guard = disk.DiskGuard(prep.storage_path, prep.path)
@@ -560,7 +562,10 @@ def run_study(prep: Prepared, design: Design, extra_callbacks: list = ()) -> Stu
             # Trials that finished while the last driver's MLflow calls were lost (a SIGKILL, an
             # outage) get their runs completed from Ray's results before the study continues.
             replay(callback, prep.path, resuming=True)
-        results = tuner.fit()
+        try:
+            results = tuner.fit()
+        finally:  # once Ray restored every trial: the placeholders nothing wrote into
+            disk.drop_placeholders(placeholders)
     except Exception as err:
         if not (guard.full or disk.is_disk_full(err)):
             raise

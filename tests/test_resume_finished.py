@@ -157,3 +157,5 @@ def test_a_trial_whose_snapshot_names_a_deleted_checkpoint_resumes_from_its_newe
     # no epoch was reported twice to Ray (its result.json, one line a report, both drivers').
     reported = [json.loads(line)["epoch"] for line in (experiment / f"trial_{trial}" / "result.json").open()]
     assert len(reported) == len(set(reported)) and max(reported) == epochs, reported
+    empty = [p.name for p in experiment.glob("trial_*/checkpoint_*") if not any(p.iterdir())]
+    assert empty == [], "the placeholder went with the trial's old checkpoints"
