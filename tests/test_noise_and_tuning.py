@@ -239,4 +239,4 @@ def test_widths_from_1_make_a_plan(image_tree, tmp_path, capsys):
     argv = ["capacity", "--check", "--json", "--widths", "1,2,3", "--data-root", str(image_tree)]
     assert main([*argv, "--storage-path", str(tmp_path / "ray")]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["design"]["widths"] == [1, 2, 3] and plan["runs"] == 3 * 2 * 3
+    assert plan["design"]["widths"] == [1, 2, 3] and plan["runs"] == 3 * 2 * 5  # widths x depths x seeds
