@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 STATE_PATTERN = "experiment_state-*.json"  # Ray Tune's TuneController.CKPT_FILE_TMPL
 # What else Ray writes with each snapshot, named by the session (SearchGenerator's and Searcher's
 # CKPT_FILE_TMPL).
-SESSION_FILES = ("search_gen_state-{}.json", "searcher-state-{}.pkl")
+SESSION_FILES = ("search_gen_state-{}.json", "searcher-state-{}.pkl", "basic-variant-state-{}.json")
 BACKUP = ".birdplane-snapshot"
 MARGIN = 16 * 2**20  # free space beyond the largest checkpoint that a study needs to go on
 COPY_EVERY_S = 10.0  # the copy of Ray's snapshot is refreshed at most this often (Ray's own least period)
@@ -168,19 +168,39 @@ def _broken(folder: str) -> list[str]:
     return [n for n in sorted(found) if not _reads(os.path.join(folder, n))]
 
 
+def _kept(experiment_path: str) -> set[str]:
+    backup = os.path.join(experiment_path, BACKUP)
+    return {n for n in (os.listdir(backup) if os.path.isdir(backup) else []) if _reads(os.path.join(backup, n))}
+
+
+def _set_aside(experiment_path: str, broken: set[str], kept: set[str]) -> list[str]:
+    """The files of Ray's newest sessions whose snapshot is truncated with no good copy kept, while
+    an older session's snapshot reads (a resumed study killed while Ray rewrote the new session's
+    file, before birdplane's first copy of it): set aside, Ray restores the older session's."""
+    names = set(os.listdir(experiment_path))
+    states = sorted(fnmatch.filter(names, STATE_PATTERN), reverse=True)
+    aside: list[str] = []
+    for newer, *older in (states[i:] for i in range(len(states))):
+        if not (newer in broken and newer not in kept) or not any(o not in broken or o in kept for o in older):
+            break
+        session = newer[len("experiment_state-") : -len(".json")]
+        aside += [newer, *(n for n in (t.format(session) for t in SESSION_FILES) if n in names)]
+    return aside
+
+
 def unrecoverable(experiment_path: str, name: str, what: str = "resume") -> str | None:
     """The one line that says why Ray's snapshot of the study cannot be read back (every copy of
     it truncated or missing), or None when ``intact_snapshot`` can restore one. Reads only."""
     if "://" in experiment_path:
         return None
-    broken = set(_broken(experiment_path))
-    backup = os.path.join(experiment_path, BACKUP)
-    kept = {n for n in (os.listdir(backup) if os.path.isdir(backup) else []) if _reads(os.path.join(backup, n))}
-    names = set(os.listdir(experiment_path))
+    broken, kept = set(_broken(experiment_path)), _kept(experiment_path)
+    aside = set(_set_aside(experiment_path, broken, kept))
+    broken -= aside
+    names = set(os.listdir(experiment_path)) - aside
     usable = (names - broken) | kept
     if fnmatch.filter(usable, STATE_PATTERN) and "tuner.pkl" in usable and not broken - kept:
         return None
-    bad = sorted(broken | {n[: -len(".corrupt")] for n in names if n.endswith(".corrupt")})
+    bad = sorted(broken | aside | {n[: -len(".corrupt")] for n in names if n.endswith(".corrupt")})
     return (
         f"cannot {what} {name!r}: Ray's {', '.join(bad) or 'experiment_state-*.json'} in {experiment_path} "
         f"{'is' if len(bad) <= 1 else 'are'} truncated or missing and no earlier snapshot reads; "
@@ -191,12 +211,19 @@ def unrecoverable(experiment_path: str, name: str, what: str = "resume") -> str 
 def intact_snapshot(experiment_path: str, name: str, what: str = "resume") -> list[str]:
     """Before ``Tuner.restore`` (and ``sync``): any truncated snapshot file of Ray's is moved aside
     (NAME.corrupt) and, where birdplane kept a copy of the last good one, that copy is put in its
-    place. Returns what was replaced; raises UsageError (one line) when nothing that reads is left."""
+    place; a newer session's truncated snapshot with no copy is set aside whole when an older
+    session's reads. Returns what was replaced or set aside; raises UsageError (one line) when
+    nothing that reads is left."""
     problem = unrecoverable(experiment_path, name, what)
     if problem:
         raise UsageError(problem)
     if "://" in experiment_path:
         return []
+    aside = _set_aside(experiment_path, set(_broken(experiment_path)), _kept(experiment_path))
+    for n in aside:
+        os.replace(os.path.join(experiment_path, n), os.path.join(experiment_path, n + ".corrupt"))
+    if aside:
+        log.warning("Ray's %s in %s were truncated: resuming from the session before", aside, experiment_path)
     broken = _broken(experiment_path)
     backup = os.path.join(experiment_path, BACKUP)
     for n in broken:
@@ -204,7 +231,7 @@ def intact_snapshot(experiment_path: str, name: str, what: str = "resume") -> li
         shutil.copyfile(os.path.join(backup, n), os.path.join(experiment_path, n))
     if broken:
         log.warning("Ray's %s in %s were truncated: resuming from the last good snapshot", broken, experiment_path)
-    return broken
+    return [*aside, *broken]
 
 
 def _restore_points(experiment_path: str) -> dict[str, str]:
