@@ -13,6 +13,7 @@ import typing
 
 from trainables.config import TrainConfig
 from trainables.model import size_label
+from trainables.seeds import SEED_SD
 from trainables.selection import best_record
 
 # ---------------------------------------------------------------- names
@@ -37,6 +38,7 @@ ROLE_ORPHAN = "orphan"  # a finished trial's run that Ray's saved state never kn
 ROLE_RERUN = "rerun"  # the parent of a rerun's seeds
 ROLE_RERUN_SEED = "rerun_seed"
 ROLE_CONFIRM = "confirm"  # a full-budget retraining of a sweep's trial, under the sweep's parent run
+ROLE_TRIAL_SEED = "trial_seed"  # one seed of a sweep trial of several (--seeds-per-trial), nested under the trial's run
 
 TAG_DESIGN = "birdplane.design"  # a capacity study's design: its grid, seeds, epochs and regulariser
 TAG_CELL = "birdplane.cell"  # the cell of the grid: "[256,256]"
@@ -64,6 +66,7 @@ EPOCH_METRICS = (
     "samples_per_second",
     "lr",
 )
+SEED_METRICS = (SEED_SD,)  # a trial of several seeds' run logs these per epoch too
 CURVE_METRICS = (
     "train_loss",
     "train_eval_loss",

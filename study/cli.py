@@ -304,6 +304,15 @@ def _sweep_parser(sub) -> None:
         "with --address)",
     )
     p.add_argument(
+        "--seeds-per-trial",
+        type=int,
+        default=d.seeds_per_trial,
+        metavar="K",
+        help="train each trial's recipe with K seeds as one population and score it by their mean val_acc "
+        "(reported to Optuna and ASHA with its sd): the search ranks recipes, not lucky seeds; each seed is "
+        f"an MLflow run nested under its trial's (default {d.seeds_per_trial})",
+    )
+    p.add_argument(
         "--optuna-storage",
         default=None,
         help="the Optuna study's database (study name = --name); default: optuna.db beside the MLflow "
@@ -334,6 +343,7 @@ def sweep_options(args: argparse.Namespace) -> SweepOptions:
         optuna_storage=args.optuna_storage,
         sampler=args.sampler,
         reproducible=args.reproducible,
+        seeds_per_trial=args.seeds_per_trial,
     )
 
 

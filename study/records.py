@@ -41,6 +41,7 @@ from analysis.record import (
     EPOCH_METRICS,
     MODEL_ARTIFACT,
     ROLE_TRIAL,
+    SEED_METRICS,
     TAG_OUTCOME,
     TAG_PARENT,
     TAG_ROLE,
@@ -219,7 +220,7 @@ def log_epochs(client: MlflowClient, run_id: str, records: Iterable[dict], after
     for r in records:
         if r["epoch"] <= after_step:
             continue
-        metrics += [Metric(k, float(r[k]), now, int(r["epoch"])) for k in EPOCH_METRICS if k in r]
+        metrics += [Metric(k, float(r[k]), now, int(r["epoch"])) for k in (*EPOCH_METRICS, *SEED_METRICS) if k in r]
         last = max(last, int(r["epoch"]))
     for start in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=True)

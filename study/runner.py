@@ -357,9 +357,10 @@ def ray_last_record(trial, frame, population: bool = False) -> dict | None:
     """The last epoch's record Ray holds of ``trial``: from its results (result.json, written
     with Ray's snapshots) or its newest checkpoint on the storage path, whichever is further.
     A population trial's: {"epoch", "members": {"K": member K's last record}}."""
-    from analysis.record import EPOCH_METRICS
+    from analysis.record import EPOCH_METRICS, SEED_METRICS
     from study.tracking import member_records
     from trainables.population import PopulationState
+    from trainables.seeds import mean_history
     from trainables.tune_adapter import read_checkpoint, trial_checkpoints
 
     records = []
@@ -371,14 +372,19 @@ def ray_last_record(trial, frame, population: bool = False) -> dict | None:
             records.append({"epoch": int(frame["epoch"].max()), "members": last})
         else:
             row = frame.loc[frame["epoch"].idxmax()].to_dict()
-            records.append({k: row[k] for k in ("epoch", *EPOCH_METRICS) if k in row})
+            records.append({k: row[k] for k in ("epoch", *EPOCH_METRICS, *SEED_METRICS) if k in row})
     storage = getattr(trial, "storage", None)
     newest = trial_checkpoints(storage.trial_fs_path, storage.storage_filesystem)[:1] if storage else []
     state = read_checkpoint(newest[0]) if newest else None
     if isinstance(state, PopulationState) and population:
         last = {str(k): dict(m["history"][-1]) for k, m in enumerate(state.members) if m["history"]}
         records.append({"epoch": state.epoch, "members": last})
-    elif state is not None and not isinstance(state, PopulationState) and state.history:
+    elif isinstance(state, PopulationState):  # a trial of several seeds: its seeds' mean
+        statuses = [m["status"] if m["status"] in ("diverged", "stopped") else "completed" for m in state.members]
+        history = mean_history([m["history"] for m in state.members], statuses)
+        if history:
+            records.append({k: history[-1][k] for k in ("epoch", *EPOCH_METRICS, *SEED_METRICS) if k in history[-1]})
+    elif state is not None and state.history:
         records.append(dict(state.history[-1]))
     return max(records, key=lambda r: r["epoch"], default=None)
 
@@ -465,6 +471,7 @@ def _summary_trial(m: dict, config: dict, result, callback, run_key) -> dict:
         "val_acc": m.get("val_acc"),
         "train_acc": m.get("train_acc"),
         "val_loss": m.get("val_loss"),
+        "val_acc_sd": m.get("val_acc_sd"),  # a trial of several seeds: their sd (its val_acc is their mean)
         "param_count": m.get("param_count"),
         "epochs": m.get("epoch"),
         "status": m.get("status"),

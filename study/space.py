@@ -113,12 +113,15 @@ class SearchSpace:
             dims[name] = _dimension(name, value)
         return SearchSpace(dims, self.source)
 
-    def define_by_run(self, seed: int = 0, threads: int = 1, device: str = "cpu") -> DefineByRun:
-        return DefineByRun(self, seed, threads, device)
+    def define_by_run(
+        self, seed: int = 0, threads: int = 1, device: str = "cpu", seeds_per_trial: int = 1
+    ) -> DefineByRun:
+        return DefineByRun(self, seed, threads, device, seeds_per_trial)
 
-    def tune_param_space(self, seed: int = 0, threads: int = 1, device: str = "cpu") -> dict:
+    def tune_param_space(self, seed: int = 0, threads: int = 1, device: str = "cpu", seeds_per_trial: int = 1) -> dict:
         """The same space for Ray's own random search (BasicVariantGenerator): a width per possible
-        layer is drawn and ``train`` keeps the first ``depth`` of them."""
+        layer is drawn and ``train`` keeps the first ``depth`` of them; with several seeds per
+        trial, ``seeds`` lists them from the trial's drawn seed on."""
         from ray import tune
 
         space: dict = {}
@@ -130,6 +133,8 @@ class SearchSpace:
                 space[f"{name}_on"] = tune.choice([True, False])
         space["seed"] = tune.randint(0, 2**31 - 1)
         space["train"] = tune.sample_from(TrainFromSample(self, seed, threads, device))
+        if seeds_per_trial > 1:
+            space["seeds"] = tune.sample_from(SeedsFromSample(seed, seeds_per_trial))
         return space
 
     def optuna_distributions(self) -> dict:
@@ -174,27 +179,34 @@ class DefineByRun:
     """What OptunaSearch calls per trial (a picklable object: Tune saves the searcher with it).
 
     Returns the whole TrainConfig as ``{'train': {...}}``; the trial's seed is ``seed + trial.number``.
+    With K seeds per trial the trial's seeds are ``seed + K * trial.number + k`` for k < K (no two
+    trials share one), listed as ``seeds``, and ``train`` holds the first.
     """
 
     space: SearchSpace
     seed: int
     threads: int
     device: str
+    seeds_per_trial: int = 1
 
     def __call__(self, trial) -> dict:
         dims = self.space.dimensions
         depth = dims["depth"].suggest(trial)
         hidden = [dims["width"].suggest(trial, f"width_{i}") for i in range(depth)]
+        first = self.seed + self.seeds_per_trial * trial.number
         values = {
             "hidden_sizes": hidden,
-            "seed": self.seed + trial.number,
+            "seed": first,
             "threads": self.threads,
             "device": self.device,
         }
         for name, dim in dims.items():
             if name not in ("depth", "width"):
                 values[name] = dim.suggest(trial)
-        return {"train": TrainConfig.from_dict(values).to_dict()}
+        config = {"train": TrainConfig.from_dict(values).to_dict()}
+        if self.seeds_per_trial > 1:
+            config["seeds"] = [first + k for k in range(self.seeds_per_trial)]
+        return config
 
 
 def _tune_domain(dim: Dimension):
@@ -229,6 +241,18 @@ class TrainFromSample:
             if name not in ("depth", "width"):
                 values[name] = 0.0 if dim.or_zero and not c[f"{name}_on"] else c[name]
         return TrainConfig.from_dict(values).to_dict()
+
+
+@dataclass(frozen=True)
+class SeedsFromSample:
+    """A random-search trial's seeds (Ray's ``sample_from``): K in a row from its drawn seed."""
+
+    seed: int
+    seeds_per_trial: int
+
+    def __call__(self, spec) -> list[int]:
+        first = self.seed + int(spec.config["seed"])
+        return [first + k for k in range(self.seeds_per_trial)]
 
 
 def load_space(path: str | Path | None = None) -> SearchSpace:

@@ -54,6 +54,9 @@ class SweepOptions(StudyOptions):
     # Same flags, seed and data -> the same trials (study/reproducible.py); None: on for a local Ray
     # instance, off on a cluster (--address), where batches wait for the slowest node.
     reproducible: bool | None = None
+    # Each trial trains its recipe with this many seeds as one population and is scored by their
+    # mean (trainables/seeds.py): the search ranks recipes, not lucky seeds.
+    seeds_per_trial: int = 1
 
     @property
     def is_reproducible(self) -> bool:
@@ -105,6 +108,8 @@ def prepare(opts: SweepOptions, data: DataConfig, space: SearchSpace | None = No
         raise UsageError(f"--epochs must be >= 1, got {opts.epochs}")
     if opts.grace_epochs is not None and opts.grace_epochs < 1:
         raise UsageError(f"--grace-epochs must be >= 1, got {opts.grace_epochs}")
+    if isinstance(opts.seeds_per_trial, bool) or not isinstance(opts.seeds_per_trial, int) or opts.seeds_per_trial < 1:
+        raise UsageError(f"--seeds-per-trial must be an integer >= 1, got {opts.seeds_per_trial}")
     check_options(opts)
     if opts.optuna_storage not in (None, "none"):
         if opts.search != "tpe":
@@ -142,6 +147,7 @@ def prepare(opts: SweepOptions, data: DataConfig, space: SearchSpace | None = No
             opts,
             extends=found.options.get("extends") or None,
             reproducible=bool(found.options.get("reproducible", False)),  # the mode it started in
+            seeds_per_trial=int(found.options.get("seeds_per_trial", 1)),
         )
     elif optuna_storage is None and opts.search == "tpe":
         optuna_storage = default_optuna_storage(uri, storage)
@@ -199,6 +205,12 @@ def prepare_extension(opts: SweepOptions, data: DataConfig | None, count: int) -
     while manifest.exists(manifest.experiment_path(storage, f"{opts.name}-ext{k}")):
         k += 1
     flags = base.options
+    base_seeds = int(flags.get("seeds_per_trial", 1))
+    if opts.seeds_per_trial not in (1, base_seeds):
+        raise UsageError(
+            f"--extend: sweep {opts.name!r} scores each trial over {base_seeds} seed(s); its extension "
+            f"must too (got --seeds-per-trial {opts.seeds_per_trial})"
+        )
     objectives = tuple(o for o in str(flags.get("objectives") or "").split(",") if o)
     ext = dataclasses.replace(
         opts,
@@ -215,6 +227,7 @@ def prepare_extension(opts: SweepOptions, data: DataConfig | None, count: int) -
         # The sweep's own mode unless this command says otherwise (a sweep from before the flag: async).
         reproducible=opts.reproducible if opts.reproducible is not None else bool(flags.get("reproducible", False)),
         seed=int(flags.get("seed", 0)) + k,
+        seeds_per_trial=base_seeds,
         tracking_uri=base.tracking_uri,
         experiment=base.experiment,
         optuna_storage=base.optuna_storage,
@@ -298,12 +311,16 @@ def build_tuner(
     if opts.extends and not opts.resume:  # an earlier, killed extension may have left trials RUNNING
         fail_stale_optuna_trials(prep.optuna_storage, prep.study_name)
     resources, device, concurrency = trial_resources(opts, cluster)
-    space_fn = prep.space.define_by_run(seed=opts.seed * 100_000, threads=opts.cpus_per_trial, device=device)
+    space_fn = prep.space.define_by_run(
+        seed=opts.seed * 100_000, threads=opts.cpus_per_trial, device=device, seeds_per_trial=opts.seeds_per_trial
+    )
     sampler = make_sampler(opts.sampler, opts.seed, max(concurrency, min(10, opts.num_samples // 3)))
     param_space = None
     if opts.search == "random":
         searcher = BasicVariantGenerator(random_state=opts.seed, max_concurrent=concurrency)
-        param_space = prep.space.tune_param_space(seed=opts.seed * 100_000, threads=opts.cpus_per_trial, device=device)
+        param_space = prep.space.tune_param_space(
+            seed=opts.seed * 100_000, threads=opts.cpus_per_trial, device=device, seeds_per_trial=opts.seeds_per_trial
+        )
     else:
         metric, mode = (["val_acc", "param_count"], ["max", "min"]) if opts.objectives else (prep.metric, prep.mode)
         metrics, modes = (metric, mode) if isinstance(metric, list) else ([metric], [mode])

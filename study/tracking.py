@@ -3,6 +3,9 @@
 A population trial (a capacity study's cell: ``{'members': [point, ...]}``) has one child run per
 member, keyed by the trial id and the member's index (``birdplane.member``) and written exactly as a
 solo trial's run (params, tags, name, per-epoch metrics, config.json, model.pt).
+A sweep trial of several seeds (``{'train': ..., 'seeds': [...]}``, ``sweep --seeds-per-trial``)
+has its own run, which holds the seeds' mean record per epoch (no model: the seeds have theirs), and
+one run per seed nested under it (role ``trial_seed``, keyed as a member), written as a solo run.
 
 A Ray Tune callback turns trial events into MLflow calls and hands them to a background thread,
 so Tune's event loop never waits on the tracking server. Calls run in order; a failed call (the
@@ -27,6 +30,8 @@ from analysis.record import (
     EPOCH_METRICS,
     ROLE_SWEEP,
     ROLE_TRIAL,
+    ROLE_TRIAL_SEED,
+    SEED_METRICS,
     TAG_MEMBER,
     TAG_NODE,
     TAG_PARENT,
@@ -41,6 +46,7 @@ from study.errors import UsageError
 from trainables.bundle import bundle_args
 from trainables.checkpoint import TrainState
 from trainables.population import PopulationState
+from trainables.seeds import mean_history
 from trainables.tune_adapter import read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -98,12 +104,12 @@ class Outbox:
                 self._cv.notify_all()
 
 
-def trial_outcome(state: TrainState | None, last_result: dict, error: bool) -> str:
+def trial_outcome(state: TrainState | None, last_result: dict, error: bool, planned: int | None = None) -> str:
     if error:
         return "failed"
     if last_result.get("status") == "diverged":
         return "diverged"
-    planned = state.config.get("epochs") if state is not None else None
+    planned = state.config.get("epochs") if state is not None else planned
     epoch = last_result.get("epoch", 0)
     return "stopped_early" if planned is not None and epoch < planned else "completed"
 
@@ -112,6 +118,15 @@ def members_of(config: dict | None) -> list | None:
     """A population trial's member points (None: a solo trial)."""
     members = (config or {}).get("members")
     return members if isinstance(members, list) else None
+
+
+def seed_points(config: dict | None) -> list[dict]:
+    """A sweep trial of several seeds: one solo config per seed, the runs nested under the trial's
+    (none for any other trial)."""
+    seeds, train = (config or {}).get("seeds"), (config or {}).get("train")
+    if not isinstance(seeds, list) or not isinstance(train, dict):
+        return []
+    return [{"train": {**train, "seed": int(s)}} for s in seeds]
 
 
 def member_key(trial_id: str, member) -> str:
@@ -231,6 +246,7 @@ class MlflowTrialLogger(tune.Callback):
         self._started: set[str] = set()
         self._closed: set[str] = set()
         self._skipped: frozenset[str] = frozenset()
+        self._seeded: set[str] = set()  # trials of several seeds (their seeds' runs nest under theirs)
 
     def skip(self, trial_ids) -> None:
         """Trials an earlier driver completed in MLflow (a --resume): Tune's events for them are
@@ -310,7 +326,9 @@ class MlflowTrialLogger(tune.Callback):
         members = members_of(config)
         if members is None:
             self._enqueue(lambda: self._open_child(trial_id, config))
-            return
+            members = seed_points(config)  # a trial of several seeds: its seeds' runs, nested under it
+            if members:
+                self._seeded.add(trial_id)
         for k, point in enumerate(members):
             self._enqueue(lambda k=k, point=point: self._open_child(trial_id, point, member=k))
 
@@ -326,8 +344,10 @@ class MlflowTrialLogger(tune.Callback):
         per_run = {trial_id: result}
         if isinstance(members, dict):
             per_run = {member_key(trial_id, k): r for k, r in members.items()}
+            if trial_id in self._seeded:  # a trial of seeds: its own run holds the seeds' mean
+                per_run = {trial_id: result, **per_run}
         for key, r in per_run.items():
-            record = {k: r[k] for k in ("epoch", *EPOCH_METRICS) if k in r}
+            record = {k: r[k] for k in ("epoch", *EPOCH_METRICS, *SEED_METRICS) if k in r}
             extra = {"param_count": r.get("param_count")}
             if moved:
                 self._enqueue(lambda key=key: store.set_tags(self._client, self._child_id(key), {TAG_NODE: node}))
@@ -347,11 +367,14 @@ class MlflowTrialLogger(tune.Callback):
         last = self._last_result.get(trial_id) or dict(trial.last_result or {})
         config = self.full_config(trial.config)
         members = members_of(config)
-        if members is None:
-            self._enqueue(lambda: self._close_child(trial_id, config, checkpoint, last, error))
-        for k, point in enumerate(members or ()):
+        seeds = seed_points(config) if members is None else []
+        if seeds:
+            self._seeded.add(trial_id)
+        for k, point in enumerate(members or seeds):  # a trial of seeds: its seeds' runs before its own
             key, m = member_key(trial_id, k), dict((last.get("members") or {}).get(str(k)) or {})
             self._enqueue(lambda key=key, point=point, m=m: self._close_child(key, point, checkpoint, m, error))
+        if members is None:
+            self._enqueue(lambda: self._close_child(trial_id, config, checkpoint, last, error))
         after = getattr(self, "after_close", None)
         if after is not None and not error:
             self._enqueue(lambda: after(checkpoint))
@@ -400,7 +423,11 @@ class MlflowTrialLogger(tune.Callback):
         config's params, tags and name; returns whether an existing run lacked its config (opened
         from a placeholder, or by an older sync)."""
         client = self._client
-        key = {TAG_PARENT: self.parent_run_id, TAG_TRIAL: trial_id}
+        nested = member is not None and trial_id in self._seeded  # a seed's run: under its trial's
+        if nested and trial_id not in self._runs:
+            self._open_child(trial_id, None, reopen=reopen)
+        parent = self._runs[trial_id] if nested else self.parent_run_id
+        key = {TAG_PARENT: parent, TAG_TRIAL: trial_id}
         if member is not None:
             key[TAG_MEMBER] = str(member)
         # A trial Tune created but never started holds placeholders (not dicts) where its sampled
@@ -409,7 +436,7 @@ class MlflowTrialLogger(tune.Callback):
         extra = extra if isinstance(extra, dict) else {}
         train = (config or {}).get("train")
         tags = {
-            TAG_ROLE: ROLE_TRIAL,
+            TAG_ROLE: ROLE_TRIAL_SEED if nested else ROLE_TRIAL,
             TAG_STUDY: self.study_name,
             **extra,
             **self.source_tags(),
@@ -471,7 +498,16 @@ class MlflowTrialLogger(tune.Callback):
         """``reconcile``, with one outcome per run: a solo trial's, or each member's."""
         members = members_of(config)
         if members is None:
-            return [self._reconcile_run(trial_id, None, config, records, checkpoint, status, resuming)]
+            seeds = seed_points(config)  # a trial of seeds: its seeds' runs, then its own
+            if seeds:
+                self._seeded.add(trial_id)
+            return [
+                *(
+                    self._reconcile_run(trial_id, k, point, member_records(records, k), checkpoint, status, resuming)
+                    for k, point in enumerate(seeds)
+                ),
+                self._reconcile_run(trial_id, None, config, records, checkpoint, status, resuming),
+            ]
         return [
             self._reconcile_run(trial_id, k, point, member_records(records, k), checkpoint, status, resuming)
             for k, point in enumerate(members)
@@ -510,7 +546,7 @@ class MlflowTrialLogger(tune.Callback):
         state = self._read[1]
         if isinstance(state, PopulationState):
             member = split_key(key)[1]
-            return state.member(member) if member is not None else None
+            return state.member(member) if member is not None else state  # a trial of seeds: the whole
         return state
 
     def _close_child(self, trial_id: str, config: dict, checkpoint, last: dict, error: bool) -> None:
@@ -519,6 +555,21 @@ class MlflowTrialLogger(tune.Callback):
             self._open_child(trial, config, member=member)
         run_id = self._runs[trial_id]
         state = self._state(checkpoint, trial_id)
+        if isinstance(state, PopulationState):  # a trial of seeds' own run: their mean, no model of its own
+            statuses = [m["status"] if m["status"] in ("diverged", "stopped") else "completed" for m in state.members]
+            history = mean_history([m["history"] for m in state.members], statuses)
+            self._last_step[trial_id] = store.write_finished_run(
+                self._client,
+                run_id,
+                history=history,
+                after_step=self._last_step.get(trial_id, -1),
+                param_count=last.get("param_count"),
+                outcome=trial_outcome(None, last, error, planned=(config.get("train") or {}).get("epochs")),
+                resolved_config=self._resolved(config, state),
+                model=None,
+                ok=not error,
+            )
+            return
         history = state.history if state else []
         resolved = self._resolved(config, state)
         # Epochs that reached the checkpoint but not MLflow (e.g. reported before a driver crash)

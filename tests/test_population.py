@@ -300,3 +300,15 @@ def test_a_checkpoint_s_member_is_the_solo_run_s_state_of_that_member(tiny_data,
             torch.testing.assert_close(member.model[name], tensor, rtol=0, atol=0, equal_nan=True, msg=name)
         for name, tensor in result.best_model.items():
             torch.testing.assert_close(member.best_model[name].cpu(), tensor.cpu(), rtol=0, atol=0, equal_nan=True)
+
+
+def test_a_checkpoint_s_member_of_a_one_output_bce_net_reads_as_its_solo_state(tiny_data, tmp_path):
+    """bce nets end in one output unit for their two classes: a member still in the stack is read
+    back into the solo net's layout (closing a sweep trial's seed runs needs it)."""
+    configs = [c.replace(loss="bce") for c in configs_for("sgd", epochs=1)]
+    saved = {}
+    results = fit_population(configs, tiny_data, on_epoch_end=lambda m, snapshot: saved.update(last=snapshot()))
+    for k, result in enumerate(results):
+        member = saved["last"].member(k)
+        assert list(member.model) == list(result.model.state_dict()), "the solo bce net's keys"
+        assert member.model[list(member.model)[-1]].shape == (1,), "one output unit"

@@ -285,3 +285,28 @@ def test_integer_ranges_are_suggested_as_integers_on_their_scale():
         assert isinstance(train["batch_size"], int) and 16 <= train["batch_size"] <= 128
         assert trial.distributions["batch_size"] == optuna.distributions.IntDistribution(16, 128, log=True)
         study.tell(trial, 0.5)
+
+
+def test_a_trial_of_k_seeds_lists_k_seeds_no_other_trial_shares_and_trains_the_first():
+    from types import SimpleNamespace
+
+    from study.space import SeedsFromSample
+
+    space = _space(lr={"low": 1e-3, "high": 0.1, "log": True})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = []
+    for number in range(5):
+        trial = study.ask()
+        assert trial.number == number
+        config = space.define_by_run(seed=100, seeds_per_trial=3)(trial)
+        assert config["seeds"] == [100 + 3 * number + k for k in range(3)]
+        assert config["train"]["seed"] == config["seeds"][0]
+        seen += config["seeds"]
+        study.tell(trial, 0.5)
+    assert len(set(seen)) == len(seen) == 15
+    one = space.define_by_run(seed=100)(study.ask())
+    assert "seeds" not in one and one["train"]["seed"] == 105, "one seed a trial: as before"
+    # Ray's random search: K seeds in a row from the trial's drawn seed (its train config's).
+    assert SeedsFromSample(7, 3)(SimpleNamespace(config={"seed": 5})) == [12, 13, 14]
+    assert "seeds" in space.tune_param_space(seed=7, seeds_per_trial=2)
+    assert "seeds" not in space.tune_param_space(seed=7)

@@ -624,7 +624,8 @@ class PopulationState:
         saved, config = self.members[k], self.configs[k]
         model = saved["last_model"]
         if model is None:
-            row, names = self.active.index(k), solo_linear_names(config, self.params[-1].shape[-1])
+            outputs = self.params[-1].shape[-1]  # bce: one output unit for its two classes
+            row, names = self.active.index(k), solo_linear_names(config, 2 if config.get("loss") == "bce" else outputs)
             model = {}
             for layer, (weight, bias) in enumerate(names):
                 model[weight] = self.params[2 * layer][row].t().contiguous()

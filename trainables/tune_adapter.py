@@ -4,7 +4,10 @@ checkpoint, resume.
 The only module of `trainables` that imports Ray. A solo trial's config is ``{'train': TrainConfig
 dict, ...search parameters}``; a population trial's is ``{'members': [such a config, ...]}`` and it
 reports each member's record under ``members`` ({'0': record, ...}: every member's latest one, a
-retired member's too). The data arrive through ``tune.with_parameters`` (Ray's object store).
+retired member's too). A sweep trial of several seeds (``sweep --seeds-per-trial``) is a solo
+config with ``seeds: [s0, s1, ...]``: its seeds train as one population, and its report holds the
+seeds' mean record (trainables.seeds) beside ``members``. The data arrive through
+``tune.with_parameters`` (Ray's object store).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from trainables.data import StudyData
 from trainables.loop import fit
 from trainables.model import IN_FEATURES, count_params
 from trainables.population import PopulationState, fit_population
+from trainables.seeds import mean_record, seed_configs
 
 log = logging.getLogger(__name__)
 NO_SPACE = "No space left on device"  # strerror(ENOSPC), as OSError and pyarrow word it
@@ -143,12 +147,16 @@ def train_trial(
     """One trial. ``resolve`` maps the trial's config to the full one ({'train': ..., ...}) when the
     study's grid holds only an index into a list of prepared points (a capacity design).
     ``finished``: trials an earlier driver saw complete (a resume), by id, with their last result:
-    such a trial reports that result once more and returns, untrained."""
+    such a trial reports that result once more and returns, untrained. A trial of several seeds
+    (``seeds`` in its config) runs as ``train_population_trial``."""
     last = (finished or {}).get(tune.get_context().get_trial_id())
     if last is not None:
         tune.report(reportable(last))
         return
     config = resolve(config) if resolve is not None else config
+    if config.get("seeds") is not None:
+        train_population_trial(config, data, checkpoint_every=checkpoint_every)
+        return
     train_config = TrainConfig.from_dict(config["train"])
     resume = read_checkpoint(tune.get_checkpoint())
     meta = data_meta(data)
@@ -191,13 +199,19 @@ def train_population_trial(
     """One trial that trains its members (``{'members': [{'train': ...}, ...]}``, after ``resolve``)
     as one population (trainables.population.fit_population), one checkpoint holding them all.
     Each report carries every member's latest record (with its param_count and status) under
-    ``members``, keyed by the member's index as a string; ``finished`` as in ``train_trial``."""
+    ``members``, keyed by the member's index as a string; ``finished`` as in ``train_trial``.
+    A trial of several seeds (``{'train': ..., 'seeds': [...]}``) trains the recipe once per seed
+    and reports, beside ``members``, their mean record (trainables.seeds.mean_record) as its own."""
     last = (finished or {}).get(tune.get_context().get_trial_id())
     if last is not None:
         tune.report(last)
         return
     config = resolve(config) if resolve is not None else config
-    configs = [TrainConfig.from_dict(point["train"]) for point in config["members"]]
+    seeds = config.get("seeds")
+    if seeds is not None:
+        configs = seed_configs(TrainConfig.from_dict(config["train"]), seeds)
+    else:
+        configs = [TrainConfig.from_dict(point["train"]) for point in config["members"]]
     resume = read_checkpoint(tune.get_checkpoint())
     meta = data_meta(data)
     where = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
@@ -213,6 +227,8 @@ def train_population_trial(
         ended = any(record["status"] != "completed" for record in members.values())
         due = checkpoint_due(epoch, configs[0].epochs, checkpoint_every, ended)
         metrics = {"epoch": epoch, "population": len(members), "members": dict(latest), **where}
+        if seeds is not None:  # the trial's own record: its seeds' mean (every seed's latest record)
+            metrics = {**reportable(mean_record(list(latest.values()))), **metrics}
         report_with_checkpoint(metrics, (lambda: snapshot().with_data(meta)) if due else None, POPULATION_FILE)
 
     fit_population(configs, data, on_epoch_end=report, resume=resume if isinstance(resume, PopulationState) else None)

@@ -1,0 +1,107 @@
+"""``sweep --seeds-per-trial K``: each trial trains its recipe with K seeds as one population and is
+scored by their mean; each seed is a run nested under its trial's run (real Ray, real MLflow, a
+real Optuna study on disk)."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+from ray.tune import ExperimentAnalysis
+
+from analysis.export import study_tables
+from analysis.record import ROLE_TRIAL, ROLE_TRIAL_SEED, TAG_MEMBER, TAG_PARENT, TAG_ROLE, TAG_TRIAL
+from tests.conftest import SMOKE_SPACE, last_json, make_image_tree, run_birdplane
+
+K = 3
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seeded")
+    # Overlapping classes and a validation split of 40: seeds of one recipe reach different accuracies.
+    tree = make_image_tree(root / "images", per_class=200, test_per_class=4, classes=("airplane", "bird"), jitter=80)
+    (root / "space.yaml").write_text(yaml.safe_dump({**SMOKE_SPACE, "loss": {"choices": ["nll", "bce"]}}))
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    proc = run_birdplane(
+        *("sweep", "--smoke", "--num-samples", 3, "--epochs", 3, "--seeds-per-trial", K, "--scheduler", "none"),
+        *("--space", root / "space.yaml", "--data-root", tree, "--cache-dir", root / "cache", "--name", "seeded"),
+        *("--storage-path", root / "ray", "--tracking-uri", uri, "--json"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"summary": last_json(proc.stdout), "uri": uri, "root": root}
+
+
+def runs_by_role(uri: str):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("seeded").experiment_id
+    runs = client.search_runs([experiment], max_results=500)
+    trials = {r.data.tags[TAG_TRIAL]: r for r in runs if r.data.tags.get(TAG_ROLE) == ROLE_TRIAL}
+    seeds = [r for r in runs if r.data.tags.get(TAG_ROLE) == ROLE_TRIAL_SEED]
+    return client, trials, seeds
+
+
+def val_curve(client, run_id: str, key: str = "val_acc") -> dict[int, float]:
+    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def test_each_seed_is_a_finished_run_nested_under_its_trial_s_run(seeded):
+    client, trials, seeds = runs_by_role(seeded["uri"])
+    assert len(trials) == 3 and len(seeds) == 3 * K
+    for trial_id, trial in trials.items():
+        mine = [r for r in seeds if r.data.tags[TAG_TRIAL] == trial_id]
+        assert sorted(r.data.tags[TAG_MEMBER] for r in mine) == [str(k) for k in range(K)]
+        assert {r.data.tags[TAG_PARENT] for r in mine} == {trial.info.run_id}, "nested under the trial's run"
+        first = int(trial.data.params["seed"])
+        assert sorted(int(r.data.params["seed"]) for r in mine) == list(range(first, first + K))
+        for r in mine:  # the recipe, seed apart
+            same = {k: v for k, v in r.data.params.items() if k != "seed" and not k.startswith("search.")}
+            assert same == {k: trial.data.params[k] for k in same}
+            assert r.info.status == "FINISHED" and r.data.tags["outcome"] == "completed"
+            assert sorted(val_curve(client, r.info.run_id)) == [1, 2, 3]
+            assert "model.pt" in [a.path for a in client.list_artifacts(r.info.run_id)]
+
+
+def test_a_trial_s_run_holds_its_seeds_mean_and_sd_at_every_epoch(seeded):
+    client, trials, seeds = runs_by_role(seeded["uri"])
+    spread = 0
+    for trial_id, trial in trials.items():
+        curves = [val_curve(client, r.info.run_id) for r in seeds if r.data.tags[TAG_TRIAL] == trial_id]
+        mean, sd = val_curve(client, trial.info.run_id), val_curve(client, trial.info.run_id, "val_acc_sd")
+        assert sorted(mean) == [1, 2, 3] and sorted(sd) == [1, 2, 3]
+        for epoch in (1, 2, 3):
+            values = [c[epoch] for c in curves]
+            assert mean[epoch] == pytest.approx(sum(values) / K, abs=1e-12)
+            m = sum(values) / K
+            assert sd[epoch] == pytest.approx(math.sqrt(sum((v - m) ** 2 for v in values) / (K - 1)), abs=1e-9)
+            spread += max(values) != min(values)
+    assert spread > 0, "the seeds never differed: the test cannot tell a mean from one seed"
+
+
+def test_the_value_optuna_and_the_scheduler_get_is_the_seeds_mean(seeded):
+    client, trials, seeds = runs_by_role(seeded["uri"])
+    # What Ray's scheduler saw: each result's val_acc, beside every seed's latest record in that result.
+    analysis = ExperimentAnalysis(str(seeded["root"] / "ray" / "seeded"))
+    for trial_id, frame in analysis.trial_dataframes.items():
+        for _, row in frame.iterrows():
+            members = [row[f"members/{k}/val_acc"] for k in range(K)]
+            assert row["val_acc"] == pytest.approx(sum(members) / K, abs=1e-12)
+        assert frame["val_acc"].tolist() == [val_curve(client, trials[trial_id].info.run_id)[e] for e in (1, 2, 3)]
+    # What Optuna was told: the final mean, trial by trial (its persisted study, beside the MLflow store).
+    study = optuna.load_study(study_name="seeded", storage=f"sqlite:///{seeded['root'] / 'optuna.db'}")
+    told = sorted(t.value for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+    assert told == pytest.approx(sorted(val_curve(client, t.info.run_id)[3] for t in trials.values()), abs=1e-12)
+    summary = seeded["summary"]
+    assert sorted(t["val_acc"] for t in summary["trials"]) == pytest.approx(told, abs=1e-12)
+    assert all(t["val_acc_sd"] is not None for t in summary["trials"])
+
+
+def test_the_study_s_tables_count_trials_not_seeds(seeded):
+    trials, curves = study_tables(MlflowClient(seeded["uri"]), "seeded")
+    assert len(trials) == 3 and curves["run_id"].nunique() == 3
