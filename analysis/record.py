@@ -48,6 +48,7 @@ TAG_SELECTED = "birdplane.selected"  # "true"/"false": its value was the one kep
 TAG_CONFIRMS = "confirms"  # the run id of the trial a confirmation run retrains
 TAG_NODE = "birdplane.node"  # the Ray node a trial ran on (its last one, if retried elsewhere)
 TAG_MEMBER = "birdplane.member"  # a population trial's member index ("0", "1", ...): its run's key with the trial id
+TAG_POPULATION = "birdplane.population"  # a confirmation run: how many seeds trained with it as one population
 REGISTERED_ALIAS = "champion"  # the alias `rerun --register` moves to the version it registers
 
 EPOCH_METRICS = (

@@ -1,7 +1,8 @@
 """`birdplane rerun`: retrain a study's rank-th best trial with several seeds, now with test numbers.
 
 The trial's exact config comes from its config.json artifact (its MLflow params are the
-cross-check). Seeds run as parallel Ray tasks; the driver logs each as a nested MLflow run.
+cross-check). A rerun's seeds run as parallel Ray tasks; a confirmation's trials each train their
+seeds as one population in one task. The driver logs each seed as a nested MLflow run.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from analysis.record import (
     ROLE_RERUN_SEED,
     TAG_CONFIRMS,
     TAG_PARENT,
+    TAG_POPULATION,
     TAG_REPRODUCED,
     TAG_RERUN_OF,
     TAG_ROLE,
@@ -98,13 +100,35 @@ def train_seed(config_dict: dict, data, with_test: bool = True) -> dict:
     epoch's test numbers are reported beside them. A confirmation (``with_test=False``) trains
     only: selection must not see the test split.
     """
+    from trainables.loop import fit
+
+    config = TrainConfig.from_dict(config_dict)
+    return seed_outcome(config, data, fit(config, data), with_test)
+
+
+def train_seeds(config_dicts: list[dict], data) -> list[dict]:
+    """One confirmed trial's seeds, in one Ray task: trained as one population
+    (``trainables.population.fit_population``, as ``birdplane train --seeds``), each member's
+    outcome as ``train_seed(..., with_test=False)`` gives it, within float tolerance. Validation
+    only. Each outcome's ``population`` is how many members trained together."""
+    from trainables.population import fit_population
+
+    configs = [TrainConfig.from_dict(c) for c in config_dicts]
+    results = fit_population(configs, data)
+    return [
+        {**seed_outcome(config, data, result, with_test=False), "population": len(results)}
+        for config, result in zip(configs, results, strict=True)
+    ]
+
+
+def seed_outcome(config: TrainConfig, data, result, with_test: bool) -> dict:
+    """What the driver logs of one seed's FitResult: history, status, best epoch, the model
+    bundle (last and best-epoch weights), and with ``with_test`` the test numbers."""
     from trainables.bundle import bundle_args
-    from trainables.loop import evaluate, fit, normalise, pick_device
+    from trainables.loop import evaluate, normalise, pick_device
     from trainables.losses import ChapterLoss
     from trainables.tune_adapter import data_meta
 
-    config = TrainConfig.from_dict(config_dict)
-    result = fit(config, data)
     last_state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
     best_state = {k: v.detach().cpu() for k, v in result.best_model.items()} if result.best_model else None
     tests = {}
@@ -377,9 +401,11 @@ def select_for_confirmation(trials: pd.DataFrame, pareto: bool, top: int | None)
 def run_confirm(opts: ConfirmOptions) -> ConfirmSummary:
     """Retrain a sweep's Pareto set (or top K) at the full budget with several seeds.
 
-    Every (trial, seed) runs as a parallel Ray task; each becomes a child run of the study's parent
-    run, tagged ``confirms=<the trial's run id>``, so the report can rebuild the frontier from
-    equal-budget, multi-seed numbers. Validation only: the test split stays untouched.
+    Each trial's seeds train as one population in one Ray task (``train_seeds``; the trials' tasks
+    run in parallel); each seed becomes a child run of the study's parent run, tagged
+    ``confirms=<the trial's run id>`` and ``birdplane.population=<seeds trained together>``, so the
+    report can rebuild the frontier from equal-budget, multi-seed numbers. Validation only: the test
+    split stays untouched. A member equals its solo run within float tolerance, not bit for bit.
     """
     from analysis.capacity import epochs_of
     from study.runner import connect_ray
@@ -402,41 +428,22 @@ def run_confirm(opts: ConfirmOptions) -> ConfirmSummary:
     data = load_study_data(data_cfg)  # no test split: confirmation is selection
     ray = connect_ray(opts.address)
     data_ref = ray.put(data)
-    jobs = []
+    jobs = []  # one task per trial: its seeds share every field a population must share
     for (_, trial), (config, _) in zip(chosen.iterrows(), configs, strict=False):
-        task = ray.remote(num_cpus=max(1, config.threads))(train_seed)
-        for seed in range(config.seed, config.seed + opts.seeds):
-            jobs.append((trial, seed, task.remote(config.replace(seed=seed, epochs=epochs).to_dict(), data_ref, False)))
+        task = ray.remote(num_cpus=max(1, config.threads))(train_seeds)
+        seeds = range(config.seed, config.seed + opts.seeds)
+        members = [config.replace(seed=seed, epochs=epochs).to_dict() for seed in seeds]
+        jobs.append((trial, seeds, task.remote(members, data_ref)))
     summary = ConfirmSummary(study.parent_run_id, epochs, opts.seeds)
     config_of = {trial["run_id"]: config for (_, trial), (config, _) in zip(chosen.iterrows(), configs, strict=True)}
     by_trial: dict[str, list[dict]] = {}
     outcomes_of: dict[str, list[dict]] = {}
-    for trial, seed, future in jobs:
-        outcome = ray.get(future)
-        outcomes_of.setdefault(trial["run_id"], []).append({**outcome, "seed": seed})
-        run_id = log_seed_run(
-            client,
-            study.experiment_id,
-            f"confirm_{trial['trial_id']}_seed{seed}",
-            {
-                TAG_PARENT: study.parent_run_id,
-                TAG_ROLE: ROLE_CONFIRM,
-                TAG_CONFIRMS: trial["run_id"],
-                TAG_SEED: str(seed),
-            },
-            outcome,
-            data_cfg,
-        )
-        best = best_of(outcome["history"])
-        by_trial.setdefault(trial["run_id"], []).append(
-            {
-                "run_id": run_id,
-                "seed": seed,
-                "best_val_acc": best.get("best_val_acc"),
-                "val_acc": outcome["history"][-1]["val_acc"],
-                "train_acc": outcome["history"][-1]["train_acc"],
-            }
-        )
+    for trial, seeds, future in jobs:
+        for seed, outcome in zip(seeds, ray.get(future), strict=True):
+            by_trial.setdefault(trial["run_id"], []).append(
+                log_confirmation(client, study, trial, seed, outcome, data_cfg)
+            )
+            outcomes_of.setdefault(trial["run_id"], []).append({**outcome, "seed": seed})
     for _, trial in chosen.iterrows():
         runs = by_trial[trial["run_id"]]
         entry = {
@@ -456,3 +463,30 @@ def run_confirm(opts: ConfirmOptions) -> ConfirmSummary:
             entry[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
         summary.trials.append(entry)
     return summary
+
+
+def log_confirmation(client, study, trial, seed: int, outcome: dict, data_cfg) -> dict:
+    """One confirmed seed as a child run of the study (tagged with the trial it confirms and the
+    size of the population it trained in); its numbers for the summary."""
+    run_id = log_seed_run(
+        client,
+        study.experiment_id,
+        f"confirm_{trial['trial_id']}_seed{seed}",
+        {
+            TAG_PARENT: study.parent_run_id,
+            TAG_ROLE: ROLE_CONFIRM,
+            TAG_CONFIRMS: trial["run_id"],
+            TAG_SEED: str(seed),
+            TAG_POPULATION: str(outcome["population"]),
+        },
+        outcome,
+        data_cfg,
+    )
+    best = best_of(outcome["history"])
+    return {
+        "run_id": run_id,
+        "seed": seed,
+        "best_val_acc": best.get("best_val_acc"),
+        "val_acc": outcome["history"][-1]["val_acc"],
+        "train_acc": outcome["history"][-1]["train_acc"],
+    }

@@ -1,5 +1,6 @@
-"""`birdplane rerun`: what one seed's retraining reports (the Ray task's own function, run here);
-reruns and confirmations (`--top`) of a real smoke sweep in a real mlflow server."""
+"""`birdplane rerun`: what one seed's retraining reports and what a confirmed trial's seeds report
+as one population (the Ray tasks' own functions, run here); reruns and confirmations (`--top`) of a
+real smoke sweep in a real mlflow server."""
 
 import json
 
@@ -7,8 +8,9 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from study.rerun import train_seed
+from study.rerun import train_seed, train_seeds
 from tests.conftest import correct, run_birdplane
+from trainables import loop, population
 from trainables.data import load_study_data
 from trainables.loop import evaluate, fit, normalise
 
@@ -26,6 +28,54 @@ def test_a_rerun_s_test_numbers_come_from_the_best_epoch_s_weights_and_the_last_
     assert outcome["best_epoch"] == reference.best_epoch < len(outcome["history"])
     assert round(outcome["test_acc"] * n_test) == best, "test_acc is the best epoch's weights' accuracy"
     assert round(outcome["test_acc_last"] * n_test) == last, "test_acc_last is the last epoch's"
+
+
+TOLERANCE = {"rel": 1e-4, "abs": 1e-5, "nan_ok": True}  # as tests/test_population.py: batched against one-net kernels
+
+
+def test_a_confirmed_trial_s_seeds_train_in_one_population_each_as_its_solo_retraining(noisy, monkeypatch):
+    data, config = noisy.data, noisy.config
+    # Three seeds of the trial, and a fourth member whose rate makes it diverge (a population's
+    # members share only SHARED_FIELDS; the seeds of a trial share everything but the seed).
+    members = [config.replace(seed=s).to_dict() for s in (7, 8, 9)] + [config.replace(seed=10, lr=1e12).to_dict()]
+    solo = [train_seed(m, data, with_test=False) for m in members]
+    assert [o["status"] for o in solo] == ["completed"] * 3 + ["diverged"], "the situation this test needs"
+    assert any(o["best_epoch"] < len(o["history"]) for o in solo[:3]), "and a best epoch that is not the last"
+    calls = []
+
+    def counted(configs, *args, **kwargs):
+        calls.append([c.seed for c in configs])
+        return fit_population(configs, *args, **kwargs)
+
+    fit_population = population.fit_population
+    monkeypatch.setattr(population, "fit_population", counted)
+    monkeypatch.setattr(loop, "fit", lambda *a, **k: pytest.fail("a solo fit inside the population's task"))
+    outcomes = train_seeds(members, data)
+    assert calls == [[7, 8, 9, 10]], "one population for all the members"
+    assert len(outcomes) == len(solo)
+    for member, alone in zip(outcomes, solo, strict=True):
+        seed = member["config"]["seed"]
+        assert member["population"] == 4
+        assert member["config"] == alone["config"] and member["meta"] == alone["meta"]
+        assert (member["status"], member["best_epoch"], member["param_count"]) == (
+            alone["status"],
+            alone["best_epoch"],
+            alone["param_count"],
+        ), seed
+        assert [r["epoch"] for r in member["history"]] == [r["epoch"] for r in alone["history"]], seed
+        for got, want in zip(member["history"], alone["history"], strict=True):
+            for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+                assert got[key] == pytest.approx(want[key], **TOLERANCE), (seed, got["epoch"], key)
+        # The model bundle: the best epoch's weights first, the last epoch's beside them.
+        assert {k: v for k, v in member["bundle"].items() if "state" not in k} == {
+            k: v for k, v in alone["bundle"].items() if "state" not in k
+        }, seed
+        for key in ("state_dict", "last_state"):
+            assert (key in member["bundle"]) == (key in alone["bundle"]), (seed, key)
+            for name, weight in member["bundle"].get(key, {}).items():
+                torch.testing.assert_close(
+                    weight, alone["bundle"][key][name], rtol=1e-4, atol=1e-5, equal_nan=True, msg=f"{seed} {key} {name}"
+                )
 
 
 @pytest.mark.slow
@@ -159,6 +209,7 @@ def test_confirmation_retrains_the_top_trials_at_the_full_budget_as_child_runs_o
             assert r.data.tags["birdplane.role"] == "confirm" and r.data.tags["confirms"] == trial["run_id"]
             assert r.data.tags["mlflow.parentRunId"] == summary["parent_run_id"]
             assert r.data.metrics["epochs_run"] == 2 and "test_acc" not in r.data.metrics, "validation only"
+            assert r.data.tags["birdplane.population"] == "2", "the trial's 2 seeds trained as one population"
         rows = {row["metric"]: row for row in trial["like_for_like"]}
         assert set(rows) == {"final", "best"} and rows["best"]["independent_seeds"] == 1, "the own seed kept apart"
         assert rows["best"]["own_seed"] == pytest.approx(trial["runs"][0]["best_val_acc"])
