@@ -48,7 +48,8 @@ def val_curve(client, run_id: str, key: str = "val_acc") -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+# One worker runs the module in order (the module's sweep is built once; the sync test comes last).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.xdist_group("seeded-sweep")]
 
 
 def test_each_seed_is_a_finished_run_nested_under_its_trial_s_run(seeded):
@@ -105,3 +106,38 @@ def test_the_value_optuna_and_the_scheduler_get_is_the_seeds_mean(seeded):
 def test_the_study_s_tables_count_trials_not_seeds(seeded):
     trials, curves = study_tables(MlflowClient(seeded["uri"]), "seeded")
     assert len(trials) == 3 and curves["run_id"].nunique() == 3
+
+
+def _as_logged(uri: str) -> dict:
+    """Every trial's and seed's run as the study holds it, keyed by (trial id, member), ids aside."""
+    client, trials, seeds = runs_by_role(uri)
+    parent_of = {r.info.run_id: (r.data.tags[TAG_TRIAL], None) for r in trials.values()}
+    out = {}
+    for r in [*trials.values(), *seeds]:
+        tags = r.data.tags
+        out[(tags[TAG_TRIAL], tags.get(TAG_MEMBER))] = {
+            "status": r.info.status,
+            "role": tags[TAG_ROLE],
+            "nested_under": parent_of.get(tags[TAG_PARENT], "the study"),
+            "name": tags["mlflow.runName"],
+            "outcome": tags.get("outcome"),
+            "params": dict(r.data.params),
+            "val_acc": val_curve(client, r.info.run_id),
+            "val_acc_sd": val_curve(client, r.info.run_id, "val_acc_sd"),
+            "train_loss": val_curve(client, r.info.run_id, "train_loss"),
+            "summary": {k: v for k, v in r.data.metrics.items() if k in ("best_val_acc", "epochs_run", "param_count")},
+        }
+    return out
+
+
+def test_sync_rebuilds_a_trial_s_run_and_its_seeds_runs_as_the_live_logger_wrote_them(seeded):
+    """The runs lost (deleted from the store), `sync` replays them from Ray's record alone."""
+    live = _as_logged(seeded["uri"])
+    client, trials, seeds = runs_by_role(seeded["uri"])
+    for run in [*trials.values(), *seeds]:
+        client.delete_run(run.info.run_id)
+    assert _as_logged(seeded["uri"]) == {}
+    proc = run_birdplane("sync", "--name", "seeded", "--storage-path", seeded["root"] / "ray")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "12 runs completed" in proc.stdout, proc.stdout
+    assert _as_logged(seeded["uri"]) == live
