@@ -93,6 +93,16 @@ def trial_configs(client: MlflowClient, trial: pd.Series) -> tuple[TrainConfig, 
     return config, DataConfig.from_dict(resolved["data"])
 
 
+def first_new_seed(params: dict[str, str], seed: int) -> int:
+    """Where a trial's retrainings start: at its own ``seed`` (that retraining reproduces it), or,
+    for a trial scored over several seeds (``sweep --seeds-per-trial``: its run's params hold
+    ``search.seeds``), after them, so that every retraining is independent of the numbers that
+    selected the trial."""
+    raw = params.get("search.seeds")
+    seeds = [int(s) for s in raw.split(",")] if raw else []
+    return max(seeds) + 1 if len(seeds) > 1 else seed
+
+
 def train_seed(config_dict: dict, data, with_test: bool = True) -> dict:
     """One rerun, in a Ray task: fit, then the official test split, touched here for the first time.
 
@@ -236,7 +246,8 @@ def run_rerun(opts: RerunOptions) -> RerunSummary:
 
     client, study, trial, config, data_cfg = prepare_rerun(opts)
     epochs = opts.epochs or int(trial["epochs_run"])
-    seeds = [config.seed + i for i in range(opts.seeds)]
+    start = first_new_seed(client.get_run(trial["run_id"]).data.params, config.seed)
+    seeds = [start + i for i in range(opts.seeds)]
     data = load_study_data(data_cfg, include_test=True)
     ray = connect_ray(opts.address)
     data_ref = ray.put(data)
@@ -294,8 +305,7 @@ def run_rerun(opts: RerunOptions) -> RerunSummary:
     )
     # A trial of several seeds (sweep --seeds-per-trial) holds their mean, not one seed's run: no
     # single retraining can reproduce it exactly, so the check is left unsaid (None).
-    several = "search.seeds" in client.get_run(trial["run_id"]).data.params
-    if epochs == int(trial["epochs_run"]) and not several:
+    if epochs == int(trial["epochs_run"]) and start == config.seed:
         original = load_histories(client, [trial["run_id"]], COMPARED)
         summary.reproduced = same_history(original, outcomes[0]["history"])
     stats = {}
@@ -434,7 +444,8 @@ def run_confirm(opts: ConfirmOptions) -> ConfirmSummary:
     jobs = []  # one task per trial: its seeds share every field a population must share
     for (_, trial), (config, _) in zip(chosen.iterrows(), configs, strict=False):
         task = ray.remote(num_cpus=max(1, config.threads))(train_seeds)
-        seeds = range(config.seed, config.seed + opts.seeds)
+        start = first_new_seed(client.get_run(trial["run_id"]).data.params, config.seed)
+        seeds = range(start, start + opts.seeds)
         members = [config.replace(seed=seed, epochs=epochs).to_dict() for seed in seeds]
         jobs.append((trial, seeds, task.remote(members, data_ref)))
     summary = ConfirmSummary(study.parent_run_id, epochs, opts.seeds)

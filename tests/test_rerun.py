@@ -223,3 +223,11 @@ def test_confirmation_retrains_the_top_trials_at_the_full_budget_as_child_runs_o
         row = confirmed.loc[trial["run_id"]]
         assert row["seeds"] == 2 and row["best_val_acc"] == pytest.approx(trial["best_val_acc_mean"])
     assert len(report.trials) == len(smoke_sweep["summary"]["trials"]), "confirmations are not trials"
+
+
+def test_retrainings_of_a_trial_of_several_seeds_start_after_them_and_of_a_solo_trial_at_its_seed():
+    from study.rerun import first_new_seed
+
+    assert first_new_seed({"seed": "12"}, 12) == 12, "the own seed first: it reproduces the trial"
+    assert first_new_seed({"seed": "12", "search.seeds": "12,13,14"}, 12) == 15, "independent of the selection"
+    assert first_new_seed({"search.seeds": "7"}, 7) == 7
