@@ -306,11 +306,11 @@ def _sweep_parser(sub) -> None:
     p.add_argument(
         "--seeds-per-trial",
         type=int,
-        default=d.seeds_per_trial,
+        default=None,
         metavar="K",
         help="train each trial's recipe with K seeds as one population and score it by their mean val_acc "
         "(reported to Optuna and ASHA with its sd): the search ranks recipes, not lucky seeds; each seed is "
-        f"an MLflow run nested under its trial's (default {d.seeds_per_trial})",
+        "an MLflow run nested under its trial's (default 1; --extend keeps the sweep's)",
     )
     p.add_argument(
         "--optuna-storage",

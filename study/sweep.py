@@ -56,7 +56,7 @@ class SweepOptions(StudyOptions):
     reproducible: bool | None = None
     # Each trial trains its recipe with this many seeds as one population and is scored by their
     # mean (trainables/seeds.py): the search ranks recipes, not lucky seeds.
-    seeds_per_trial: int = 1
+    seeds_per_trial: int | None = None  # None: 1, or on --extend/--resume the sweep's own
 
     @property
     def is_reproducible(self) -> bool:
@@ -108,8 +108,10 @@ def prepare(opts: SweepOptions, data: DataConfig, space: SearchSpace | None = No
         raise UsageError(f"--epochs must be >= 1, got {opts.epochs}")
     if opts.grace_epochs is not None and opts.grace_epochs < 1:
         raise UsageError(f"--grace-epochs must be >= 1, got {opts.grace_epochs}")
-    if isinstance(opts.seeds_per_trial, bool) or not isinstance(opts.seeds_per_trial, int) or opts.seeds_per_trial < 1:
-        raise UsageError(f"--seeds-per-trial must be an integer >= 1, got {opts.seeds_per_trial}")
+    spt = opts.seeds_per_trial
+    if spt is not None and (isinstance(spt, bool) or not isinstance(spt, int) or spt < 1):
+        raise UsageError(f"--seeds-per-trial must be an integer >= 1, got {spt}")
+    opts = dataclasses.replace(opts, seeds_per_trial=spt or 1)
     check_options(opts)
     if opts.optuna_storage not in (None, "none"):
         if opts.search != "tpe":
@@ -206,7 +208,7 @@ def prepare_extension(opts: SweepOptions, data: DataConfig | None, count: int) -
         k += 1
     flags = base.options
     base_seeds = int(flags.get("seeds_per_trial", 1))
-    if opts.seeds_per_trial not in (1, base_seeds):
+    if opts.seeds_per_trial not in (None, base_seeds):
         raise UsageError(
             f"--extend: sweep {opts.name!r} scores each trial over {base_seeds} seed(s); its extension "
             f"must too (got --seeds-per-trial {opts.seeds_per_trial})"

@@ -70,3 +70,41 @@ def test_each_seed_is_the_recipe_with_its_own_seed():
     got = seed_configs(recipe, [5, 6, 7])
     assert [c.seed for c in got] == [5, 6, 7]
     assert all(c.replace(seed=5) == recipe for c in got)
+
+
+def test_the_trial_s_epoch_is_its_latest_seed_s_whichever_comes_first():
+    early = record(2, 0.5, status="diverged")
+    assert mean_record([early, record(4, 0.9)])["epoch"] == 4
+    assert mean_record([record(4, 0.9), early])["epoch"] == 4
+
+
+def test_a_seed_s_final_status_marks_only_its_last_record_and_epochs_before_every_seed_reported_are_left_out():
+    b = [record(1, 0.3), record(2, 0.1, train_loss=math.inf)]
+    assert [r["status"] for r in mean_history([b], ["diverged"])] == ["completed", "diverged"]
+    late = [record(2, 0.6), record(3, 0.8)]  # no record at epoch 1 (a history that starts late)
+    got = mean_history([[record(1, 0.5), record(2, 0.5), record(3, 0.5)], late], ["completed", "completed"])
+    assert [r["epoch"] for r in got] == [2, 3] and [r["val_acc"] for r in got] == pytest.approx([0.55, 0.65])
+
+
+def test_ray_s_last_record_of_a_trial_of_seeds_is_their_mean_at_the_newest_checkpoint(tiny_data, tmp_path):
+    """What a --resume reports again for a trial the dead driver had closed (study.runner): the
+    newest of Ray's results and checkpoint; here the checkpoint is ahead of the results."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from study.runner import ray_last_record
+    from trainables.population import fit_population
+
+    configs = seed_configs(TrainConfig(hidden_sizes=(8,), batch_size=16, epochs=3, threads=1), [0, 1, 2])
+    saved = {}
+    fit_population(configs, tiny_data, on_epoch_end=lambda members, snapshot: saved.update(last=snapshot()))
+    folder = tmp_path / "trial_x"
+    (folder / "checkpoint_000002").mkdir(parents=True)
+    saved["last"].save(folder / "checkpoint_000002" / "population.pt")
+    trial = SimpleNamespace(storage=SimpleNamespace(trial_fs_path=str(folder), storage_filesystem=None))
+    got = ray_last_record(trial, pd.DataFrame([{"epoch": 1, "val_acc": 0.1}]))  # the results lag
+    finals = [m["history"][-1]["val_acc"] for m in saved["last"].members]
+    assert got["epoch"] == 3
+    assert got["val_acc"] == pytest.approx(sum(finals) / 3, abs=1e-12)
+    assert got[SEED_SD] == pytest.approx(mean_record([{"epoch": 3, "val_acc": v} for v in finals])[SEED_SD])
