@@ -96,21 +96,32 @@ class DiskGuard(tune.Callback):
     def on_step_end(self, iteration, trials, **info) -> None:
         if self.full:
             raise StorageFull(full_message(self.storage, self.needed))
-        if time.monotonic() - self._copied >= COPY_EVERY_S:
-            self._keep_snapshot()
+        staging = _staging(trials)
+        # From Ray's staging folder: after each of Ray's saves (Tune's step saved, if at all, just
+        # before this call), so that the copy is seldom behind what the upload put on the storage path.
+        if staging is not None or time.monotonic() - self._copied >= COPY_EVERY_S:
+            self._keep_snapshot(staging)
 
     def on_experiment_end(self, trials, **info) -> None:
-        self._keep_snapshot()  # Tune's final snapshot, written (and waited for) before this call
+        self._keep_snapshot(_staging(trials))  # Tune's final snapshot, written (and waited for) before this call
 
-    def _keep_snapshot(self) -> None:
-        """A copy of Ray's newest snapshot (and the searcher's state, tuner.pkl), when it changed and reads."""
+    def _keep_snapshot(self, source: str | None = None) -> None:
+        """A copy of Ray's newest snapshot (and the searcher's state, tuner.pkl), when it changed and
+        reads. ``source``: Ray's driver staging folder, where Tune's step wrote its snapshot (the
+        experiment state and the searcher's, in one go, before the callbacks' on_step_end) and from
+        where a background sync uploads it file by file: copied from there, the files are one
+        snapshot's, never the storage folder's mix of an upload a SIGKILL cut short. None: the
+        experiment folder."""
         if "://" in self.experiment_path:
             return
         self._copied = time.monotonic()
-        newest = _newest(self.experiment_path)
+        source = source if source and os.path.isdir(source) else self.experiment_path
+        newest = _newest(source)
         if newest is None:
             return
-        tuner = os.path.join(self.experiment_path, "tuner.pkl")
+        tuner = os.path.join(source, "tuner.pkl")
+        if not os.path.exists(tuner):
+            tuner = os.path.join(self.experiment_path, "tuner.pkl")
         files = [p for p in (*newest, tuner) if os.path.exists(p)]
         seen = {p: (os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in files}
         changed = [p for p in files if self._seen.get(p) != seen[p]]
@@ -128,6 +139,26 @@ class DiskGuard(tune.Callback):
             self._seen = seen
         except OSError as err:  # no room for the copy: the one before stays
             log.warning("could not keep a copy of Ray's snapshot: %s", err)
+
+
+def _staging(trials) -> str | None:
+    """Ray's driver staging folder of the experiment (where Tune writes its snapshot before the
+    upload to the storage path), from any trial's storage context; None when none says."""
+    for trial in trials or ():
+        storage = getattr(trial, "storage", None)
+        path = getattr(storage, "experiment_driver_staging_path", None) if storage is not None else None
+        if path:
+            return path
+    return None
+
+
+def _session(name: str) -> str | None:
+    """The session of one of Ray's snapshot files (experiment_state-S.json, the searcher's files)."""
+    for template in ("experiment_state-{}.json", *SESSION_FILES):
+        head, tail = template.split("{}")
+        if name.startswith(head) and name.endswith(tail) and len(name) > len(head) + len(tail):
+            return name[len(head) : -len(tail)]
+    return None
 
 
 def _newest(folder: str) -> tuple[str, ...] | None:
@@ -211,7 +242,9 @@ def unrecoverable(experiment_path: str, name: str, what: str = "resume") -> str 
 def intact_snapshot(experiment_path: str, name: str, what: str = "resume") -> list[str]:
     """Before ``Tuner.restore`` (and ``sync``): any truncated snapshot file of Ray's is moved aside
     (NAME.corrupt) and, where birdplane kept a copy of the last good one, that copy is put in its
-    place; a newer session's truncated snapshot with no copy is set aside whole when an older
+    place, with the copy's other files of that snapshot (``_unpaired``: the experiment state and
+    the searcher's state are restored from one snapshot, also when an upload cut short left them
+    of two); a newer session's truncated snapshot with no copy is set aside whole when an older
     session's reads. Returns what was replaced or set aside; raises UsageError (one line) when
     nothing that reads is left."""
     problem = unrecoverable(experiment_path, name, what)
@@ -226,12 +259,50 @@ def intact_snapshot(experiment_path: str, name: str, what: str = "resume") -> li
         log.warning("Ray's %s in %s were truncated: resuming from the session before", aside, experiment_path)
     broken = _broken(experiment_path)
     backup = os.path.join(experiment_path, BACKUP)
+    paired = _unpaired(experiment_path, broken)
     for n in broken:
         os.replace(os.path.join(experiment_path, n), os.path.join(experiment_path, n + ".corrupt"))
         shutil.copyfile(os.path.join(backup, n), os.path.join(experiment_path, n))
+    for n in paired:
+        if os.path.exists(os.path.join(experiment_path, n)):
+            os.replace(os.path.join(experiment_path, n), os.path.join(experiment_path, n + ".unpaired"))
+        shutil.copyfile(os.path.join(backup, n), os.path.join(experiment_path, n))
     if broken:
         log.warning("Ray's %s in %s were truncated: resuming from the last good snapshot", broken, experiment_path)
-    return [*aside, *broken]
+    if paired:
+        log.warning("Ray's %s in %s were of another snapshot: resuming from the copy of one", paired, experiment_path)
+    return [*aside, *broken, *paired]
+
+
+def _unpaired(experiment_path: str, broken: list[str]) -> list[str]:
+    """The files of the copy's snapshot that differ from those in place (besides ``broken``), for
+    the sessions ``broken`` names and the newest session when the copy is of it: restored with the
+    truncated ones, so that Ray restores one snapshot, its experiment state and the searcher's
+    together. Ray uploads a snapshot file by file; a SIGKILL during the upload can leave the
+    searcher's new state beside the experiment state before it (truncated or whole): such an older
+    experiment state beside a searcher that had made the grid's next trial left a resumed study
+    waiting for that trial forever. The copy is taken after each of Ray's saves from the staging
+    folder the upload reads (DiskGuard), one snapshot whole; when the storage folder's is one save
+    newer than it (the SIGKILL fell between an upload and the copy), the resume starts from the
+    copy's, as after a SIGKILL one save earlier."""
+    backup = os.path.join(experiment_path, BACKUP)
+    kept = _kept(experiment_path)
+    sessions = {_session(n) for n in broken} - {None}
+    states = sorted(fnmatch.filter(os.listdir(experiment_path), STATE_PATTERN))
+    if states and states[-1] in kept:
+        sessions.add(_session(states[-1]))
+    found = []
+    for n in sorted(kept):
+        if _session(n) not in sessions or n in broken:
+            continue
+        try:
+            with open(os.path.join(experiment_path, n), "rb") as here, open(os.path.join(backup, n), "rb") as copy:
+                same = here.read() == copy.read()
+        except FileNotFoundError:
+            same = False
+        if not same:
+            found.append(n)
+    return found
 
 
 def _restore_points(experiment_path: str) -> dict[str, str]:

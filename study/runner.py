@@ -35,14 +35,14 @@ SMOKE_SUBSET = 100  # training images per class in a --smoke study
 # Trials sharing one GPU when --gpus-per-trial is not given (the measurements behind the choice:
 # docs/benchmarks.md).
 DEFAULT_GPU_SHARE = 1 / 16
-# Checkpoints Ray keeps per running trial; a resume falls back to the newest other one when the
-# newest is truncated (trainables.tune_adapter.read_checkpoint). Ray snapshots its experiment state
-# whenever a trial has made this many checkpoints since the last snapshot. Measured
+# Checkpoints Ray keeps per running trial: the newest, and the one before it, which a resume falls
+# back to when the newest is truncated (trainables.tune_adapter.read_checkpoint). Ray snapshots its
+# experiment state whenever a trial has made this many checkpoints since the last snapshot. Measured
 # (docs/operations.md): the peak Ray folder of wide nets falls from 336 MB (4) to 252 MB (2). A SIGKILL
 # can leave Ray's snapshot naming a checkpoint this deleted; study.disk.deleted_restore_points mends
-# that. 2 passed every targeted fault test, but the CI's interrupted-and-killed population study's
-# final resume timed out once at 2 under `-n 2` (cause not found), so the default stays 4.
-NUM_TO_KEEP = 4
+# that. One that cut Ray's upload of a snapshot short left its experiment state and its searcher's of
+# two snapshots (a resume waited forever); study.disk.intact_snapshot restores one snapshot's.
+NUM_TO_KEEP = 2
 
 
 @dataclass(frozen=True)

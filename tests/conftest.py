@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,20 +168,49 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
+class CommandTimedOut(subprocess.TimeoutExpired):
+    """A command that ran past its timeout, with the tail of what it printed and where its processes
+    were (tests.servers.stack_dumps) in its message: a hang in CI says where it hung."""
+
+    def __init__(self, cmd, timeout, output, stderr, stacks: str):
+        super().__init__(cmd, timeout, output, stderr)
+        self.stacks = stacks
+
+    def __str__(self) -> str:
+        return (
+            f"{super().__str__()}\n--- stdout (tail) ---\n{(self.output or '')[-6000:]}"
+            f"\n--- stderr (tail) ---\n{(self.stderr or '')[-12000:]}"
+            f"\n--- stacks at the timeout ---\n{self.stacks[:40000]}"
+        )
+
+
 def run_birdplane(*args, env=None, timeout=600, cwd=None):
-    """The installed command line, in a subprocess (as a user runs it)."""
-    import subprocess
+    """The installed command line, in a subprocess (as a user runs it), in its own process group,
+    its output going to temporary files (a process it leaves behind cannot hold a pipe open). Past
+    ``timeout``: its processes' stacks are dumped, the group is stopped, and CommandTimedOut (a
+    subprocess.TimeoutExpired) says what it printed and where it was."""
     import sys
 
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "study.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-        cwd=cwd,
-    )
+    from tests.servers import stack_dumps, stop_group
+
+    full_env = {"PYTHONFAULTHANDLER": "1", **os.environ, **(env or {})}
+    cmd = [sys.executable, "-m", "study.cli", *map(str, args)]
+    with tempfile.TemporaryFile("w+", errors="replace") as out, tempfile.TemporaryFile("w+", errors="replace") as err:
+
+        def printed() -> tuple[str, str]:
+            out.seek(0), err.seek(0)
+            return out.read(), err.read()
+
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=full_env, cwd=cwd, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stacks = stack_dumps(proc.pid)
+            stop_group(proc)
+            raise CommandTimedOut(cmd, timeout, *printed(), stacks) from None
+        finally:
+            stop_group(proc)  # only if it is still running (an interrupted test)
+        return subprocess.CompletedProcess(cmd, proc.returncode, *printed())
 
 
 class Started:
@@ -189,7 +219,6 @@ class Started:
     several can run at once. ``result()`` waits and gives what ``run_birdplane`` gives."""
 
     def __init__(self, folder: Path, label: str, *args, env=None, cwd=None):
-        import subprocess
         import sys
 
         folder.mkdir(parents=True, exist_ok=True)
@@ -207,12 +236,15 @@ class Started:
             )
 
     def result(self, timeout: float = 600):
-        import subprocess
-
-        from tests.servers import stop_group
+        from tests.servers import stack_dumps, stop_group
 
         try:
             self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stacks = stack_dumps(self.proc.pid)
+            stop_group(self.proc)
+            printed = (p.read_text(errors="replace") for p in (self.out, self.err))
+            raise CommandTimedOut(self.args, timeout, *printed, stacks) from None
         finally:
             stop_group(self.proc)  # only if it is still running (a timeout): this command's own group
         return subprocess.CompletedProcess(

@@ -61,6 +61,43 @@ def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
         proc.wait(timeout=timeout)
 
 
+def stack_dumps(pid: int, limit: int = 8, timeout: float = 30) -> str:
+    """Where the Python processes of ``pid``'s tree are (py-spy dump of each, ``pid`` first, at most
+    ``limit``): what a test prints about a command that ran past its timeout. Without py-spy, the
+    command (started with PYTHONFAULTHANDLER=1) is sent SIGABRT: faulthandler writes its threads'
+    stacks to its own stderr, which the caller captures."""
+    import shutil
+
+    spy = shutil.which("py-spy")
+    if spy is None:
+        try:
+            os.kill(pid, signal.SIGABRT)
+        except ProcessLookupError:
+            return "py-spy not installed; the command had already ended"
+        time.sleep(2)
+        return "py-spy not installed: SIGABRT sent (faulthandler's stacks are in the command's stderr)"
+    tree = {pid: "driver", **descendants(pid)}
+    # The driver, then Ray's workers (a trial's process is named ray::...), then the other Python
+    # ones (Ray's gcs_server and raylet are not).
+    python = [p for p in tree if p == pid or tree[p].startswith(("ray::", "python"))]
+    order = sorted(python, key=lambda p: (p != pid, not tree[p].startswith("ray::"), p))[:limit]
+    dumps = []
+    for p in order:
+        try:
+            done = subprocess.run(
+                [spy, "dump", "--pid", str(p)],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env={**os.environ, "RUST_BACKTRACE": "0"},
+            )
+            text = (done.stdout + done.stderr).strip()
+        except (OSError, subprocess.TimeoutExpired) as err:
+            text = f"py-spy failed: {err}"
+        dumps.append(f"--- {p} ({tree[p]}) ---\n{text}")
+    return "\n".join(dumps)
+
+
 class MlflowServer:
     def __init__(self, folder: Path, port: int | None = None):
         self.folder, self.port = folder, port or free_port()

@@ -52,3 +52,66 @@ def test_when_no_session_s_snapshot_reads_it_says_so_in_one_line(tmp_path):
     with pytest.raises(UsageError, match="truncated or missing"):
         intact_snapshot(str(folder), "s")
     assert (folder / f"experiment_state-{NEW}.json").exists(), "nothing moved when nothing can be restored"
+
+
+def test_a_truncated_snapshot_is_restored_with_its_copy_s_searcher_state_not_the_newer_one_in_place(tmp_path):
+    """The SIGKILL landed in Ray's upload of a snapshot after the searcher's new state (it had made
+    the grid's next trial) but mid-way through the experiment state: the copy's experiment state
+    alone beside that searcher state left the resumed study waiting for a trial Ray never knew of
+    (the population resume test's 300-s timeout). The copy's searcher state comes back with it."""
+    folder = tmp_path / "study"
+    (folder / BACKUP).mkdir(parents=True)
+    state, searcher = f"experiment_state-{NEW}.json", f"basic-variant-state-{NEW}.json"
+    (folder / BACKUP / state).write_text(json.dumps({"trial_data": ["t0"]}))  # the copy: one snapshot's pair
+    (folder / BACKUP / searcher).write_bytes(pickle.dumps({"live": {"t0"}}))
+    (folder / state).write_bytes(b"")  # truncated by the SIGKILL
+    (folder / searcher).write_bytes(pickle.dumps({"live": {"t1"}}))  # the next snapshot's: it made trial t1
+    (folder / "tuner.pkl").write_bytes(pickle.dumps({"tuner": 1}))
+    moved = intact_snapshot(str(folder), "s")
+    assert pickle.loads((folder / searcher).read_bytes()) == {"live": {"t0"}}, "the copy's snapshot's searcher state"
+    assert sorted(moved) == [searcher, state]
+    assert json.loads((folder / state).read_text()) == {"trial_data": ["t0"]}
+    assert pickle.loads((folder / f"{searcher}.unpaired").read_bytes()) == {"live": {"t1"}}, "set aside, not lost"
+    assert intact_snapshot(str(folder), "s") == [], "once is enough"
+
+
+def test_the_copy_of_ray_s_snapshot_is_taken_from_its_staging_folder_not_a_half_uploaded_one(tmp_path):
+    """Ray writes its snapshot to the driver's staging folder in one go before the callbacks'
+    on_step_end, then uploads it file by file: the storage folder may hold one snapshot's
+    experiment state beside another's searcher state; the copy is one snapshot's."""
+    from types import SimpleNamespace
+
+    from study.disk import DiskGuard
+
+    storage, staging = tmp_path / "ray" / "s", tmp_path / "staging"
+    storage.mkdir(parents=True), staging.mkdir()
+    state, searcher = f"experiment_state-{NEW}.json", f"basic-variant-state-{NEW}.json"
+    (staging / state).write_text(json.dumps({"trial_data": ["t0", "t1"]}))
+    (staging / searcher).write_bytes(pickle.dumps({"live": {"t1"}}))
+    (storage / state).write_text(json.dumps({"trial_data": ["t0"]}))  # the upload not there yet
+    (storage / searcher).write_bytes(pickle.dumps({"live": {"t1"}}))
+    (storage / "tuner.pkl").write_bytes(pickle.dumps({"tuner": 1}))
+    trial = SimpleNamespace(storage=SimpleNamespace(experiment_driver_staging_path=str(staging)))
+    DiskGuard(str(tmp_path / "ray"), str(storage)).on_step_end(1, [trial])
+    assert json.loads((storage / BACKUP / state).read_text()) == {"trial_data": ["t0", "t1"]}
+    assert pickle.loads((storage / BACKUP / searcher).read_bytes()) == {"live": {"t1"}}
+    assert (storage / BACKUP / "tuner.pkl").exists()
+    DiskGuard(str(tmp_path / "ray"), str(storage)).on_step_end(1, [])  # no trial says: the storage folder's
+    assert json.loads((storage / BACKUP / state).read_text()) == {"trial_data": ["t0"]}
+
+
+def test_an_upload_cut_short_between_the_searcher_s_state_and_the_experiment_state_resumes_from_the_copy(tmp_path):
+    """Both files read, but the searcher's is the newer snapshot's: the copy (taken after Ray's
+    save, from its staging folder) is put in place whole."""
+    folder = tmp_path / "study"
+    (folder / BACKUP).mkdir(parents=True)
+    state, searcher = f"experiment_state-{NEW}.json", f"basic-variant-state-{NEW}.json"
+    (folder / BACKUP / state).write_text(json.dumps({"trial_data": ["t0", "t1"]}))
+    (folder / BACKUP / searcher).write_bytes(pickle.dumps({"live": {"t1"}}))
+    (folder / state).write_text(json.dumps({"trial_data": ["t0"]}))  # the snapshot before: not uploaded yet
+    (folder / searcher).write_bytes(pickle.dumps({"live": {"t1"}}))  # uploaded
+    (folder / "tuner.pkl").write_bytes(pickle.dumps({"tuner": 1}))
+    assert intact_snapshot(str(folder), "s") == [state]
+    assert json.loads((folder / state).read_text()) == {"trial_data": ["t0", "t1"]}, "the copy's whole snapshot"
+    assert json.loads((folder / f"{state}.unpaired").read_text()) == {"trial_data": ["t0"]}
+    assert intact_snapshot(str(folder), "s") == [], "once is enough"

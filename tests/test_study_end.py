@@ -55,15 +55,15 @@ def test_a_trial_that_failed_before_it_started_gets_its_run_with_its_config(logg
     assert run.info.run_name != f"trial_{key}", "named by its config, as every trial's run"
 
 
-def test_the_footprint_counts_every_trial_s_own_checkpoints_four_a_trial(tmp_path):
-    assert NUM_TO_KEEP == 4  # 2 timed out once in a population resume under load (runner.py)
+def test_the_footprint_counts_every_trial_s_own_checkpoints_two_a_trial(tmp_path):
+    assert NUM_TO_KEEP == 2  # the newest, and the one a truncated newest falls back to
     st = os.statvfs(tmp_path)
     free = st.f_bavail * st.f_frsize
-    # Two unequal trials: 4 x their sum is over the free space, 4 x the larger alone is not, nor 2 x the sum.
-    sizes = [int(free * 0.12), int(free * 0.16)]
+    # Two unequal trials: 2 x their sum is over the free space, 2 x the larger alone is not, nor 1 x the sum.
+    sizes = [int(free * 0.25), int(free * 0.35)]
     warning = footprint_warning(str(tmp_path), sizes)
-    assert warning is not None and "(4 a trial)" in warning and str(tmp_path) in warning, warning
-    assert footprint_warning(str(tmp_path), [int(free * 0.05), int(free * 0.1)]) is None
+    assert warning is not None and "(2 a trial)" in warning and str(tmp_path) in warning, warning
+    assert footprint_warning(str(tmp_path), [int(free * 0.1), int(free * 0.2)]) is None
 
 
 def test_a_failed_trial_is_told_by_its_first_line_that_says_why():
