@@ -13,8 +13,8 @@ from mlflow import MlflowClient
 from ray.tune import ExperimentAnalysis
 
 from analysis.export import study_tables
-from analysis.runs import read_json_artifact
 from analysis.record import ROLE_TRIAL, ROLE_TRIAL_SEED, TAG_MEMBER, TAG_PARENT, TAG_ROLE, TAG_TRIAL
+from analysis.runs import read_json_artifact
 from tests.conftest import SMOKE_SPACE, last_json, make_image_tree, run_birdplane
 
 K = 3
