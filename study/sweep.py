@@ -436,4 +436,5 @@ def checkpoint_sizes(prep: SweepPrepared, draws: int = 500) -> list[int]:
         depth = int(round(draw("depth", 1)))
         hidden = [int(round(draw("width", 512))) for _ in range(depth)]
         sizes.append(checkpoint_bytes(hidden, str(draw("optimizer", "sgd")), float(draw("momentum", 0.0))))
-    return [int(np.mean(sizes))] * prep.options.num_samples
+    # A trial of K seeds keeps one population checkpoint: K members' weights and optimizer state.
+    return [int(np.mean(sizes)) * (prep.options.seeds_per_trial or 1)] * prep.options.num_samples

@@ -108,3 +108,16 @@ def test_ray_s_last_record_of_a_trial_of_seeds_is_their_mean_at_the_newest_check
     assert got["epoch"] == 3
     assert got["val_acc"] == pytest.approx(sum(finals) / 3, abs=1e-12)
     assert got[SEED_SD] == pytest.approx(mean_record([{"epoch": 3, "val_acc": v} for v in finals])[SEED_SD])
+
+
+def test_check_s_checkpoint_estimate_counts_every_seed_of_a_trial():
+    """One population checkpoint holds K members' weights and optimizer state (`sweep --check`)."""
+    from types import SimpleNamespace
+
+    from study.space import load_space
+    from study.sweep import SweepOptions, checkpoint_sizes
+
+    space = load_space()
+    one = checkpoint_sizes(SimpleNamespace(space=space, options=SweepOptions(num_samples=4, seeds_per_trial=1)))
+    three = checkpoint_sizes(SimpleNamespace(space=space, options=SweepOptions(num_samples=4, seeds_per_trial=3)))
+    assert len(one) == len(three) == 4 and three == [3 * b for b in one] and one[0] > 0
