@@ -310,3 +310,80 @@ def test_a_trial_of_k_seeds_lists_k_seeds_no_other_trial_shares_and_trains_the_f
     assert SeedsFromSample(7, 3)(SimpleNamespace(config={"seed": 5})) == [12, 13, 14]
     assert "seeds" in space.tune_param_space(seed=7, seeds_per_trial=2)
     assert "seeds" not in space.tune_param_space(seed=7)
+
+
+def test_a_log_range_is_sampled_on_a_log_scale_and_a_linear_one_is_not():
+    """Optuna's distributions as the define-by-run space asks for them (mutation survivors: log dropped)."""
+    space = _space(lr={"low": 1e-4, "high": 1e-1, "log": True}, dropout={"low": 0.0, "high": 0.5})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    space.define_by_run(seed=0)(trial)
+    assert trial.distributions["lr"].log is True and trial.distributions["dropout"].log is False
+    assert (trial.distributions["lr"].low, trial.distributions["lr"].high) == (1e-4, 1e-1)
+
+
+def test_two_seeds_a_trial_are_listed_too():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    assert _space().define_by_run(seed=10, seeds_per_trial=2)(study.ask())["seeds"] == [10, 11]
+
+
+def test_ray_s_random_search_draws_each_range_as_the_space_says():
+    """tune_param_space's domains: bounds, log scale, integers inclusive of high."""
+    from ray.tune.search.sample import Float, Integer
+
+    space = _space(
+        lr={"low": 1e-4, "high": 1e-1, "log": True},
+        dropout={"low": 0.0, "high": 0.5},
+        batch_size={"low": 16, "high": 64, "log": True},
+        loss={"choices": ["nll", "mse"]},
+        width={"low": 8, "high": 32},
+    )
+    domains = space.tune_param_space(seed=0)
+    lr, dropout, batch, width = domains["lr"], domains["dropout"], domains["batch_size"], domains["width_0"]
+    assert domains["loss"].categories == ["nll", "mse"]
+    assert isinstance(lr, Float) and (lr.lower, lr.upper) == (1e-4, 1e-1) and type(lr.sampler).__name__ == "_LogUniform"
+    assert isinstance(dropout, Float) and (dropout.lower, dropout.upper) == (0.0, 0.5)
+    assert type(dropout.sampler).__name__ == "_Uniform"
+    assert isinstance(batch, Integer) and (batch.lower, batch.upper) == (16, 65)
+    assert type(batch.sampler).__name__ == "_LogUniform"
+    assert (
+        isinstance(width, Integer)
+        and (width.lower, width.upper) == (8, 33)
+        and type(width.sampler).__name__ == "_Uniform"
+    )
+    choice = space.tune_param_space(seed=0)["loss"] if "loss" in space.dimensions else None
+    assert choice is None or sorted(choice.categories) == sorted(space.dimensions["loss"].choices)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"width": {"low": 1.5, "high": 10}},
+        {"width": {"low": 1, "high": 10.5}},
+        {"depth": {"low": 1, "high": 2.5}},
+    ],
+)
+def test_an_integer_range_with_a_fractional_end_is_refused(changes):
+    with pytest.raises(UsageError, match="is not an integer"):
+        _space(**changes)
+
+
+def test_fixing_a_dimension_checks_its_value_as_the_space_file_would():
+    with pytest.raises(UsageError, match="epochs: 2.5 is not an integer"):
+        _space().with_fixed(epochs=2.5)
+    assert _space().with_fixed(epochs=3).dimensions["epochs"].name == "epochs"
+
+
+def test_spaces_with_width_choices_or_a_single_choice_load():
+    assert _space(width={"choices": [16, 32]}).dimensions["width"].choices == (16, 32)
+    assert _space(loss={"choices": ["nll"]}).dimensions["loss"].choices == ("nll",)
+
+
+def test_an_extension_may_keep_a_range_s_ends_or_widen_them():
+    from study.space import check_extension
+
+    old = _space(lr={"low": 1e-3, "high": 1e-1, "log": True})
+    check_extension(old, _space(lr={"low": 1e-3, "high": 1.0, "log": True}))  # same low, wider high
+    check_extension(old, _space(lr={"low": 1e-4, "high": 1e-1, "log": True}))  # wider low, same high
+    with pytest.raises(UsageError, match=r"changes lr from \[0.001, 0.1\] log to \[0.01, 0.1\] log"):
+        check_extension(old, _space(lr={"low": 1e-2, "high": 1e-1, "log": True}))
