@@ -184,6 +184,16 @@ class CommandTimedOut(subprocess.TimeoutExpired):
         )
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def this_tree(env: dict) -> dict:
+    """``env`` with this checkout first on PYTHONPATH: a command run from another folder (``cwd``)
+    imports the code under test, not whatever checkout the package was installed from."""
+    path = [str(ROOT), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
+    return {**env, "PYTHONPATH": os.pathsep.join(path)}
+
+
 def run_birdplane(*args, env=None, timeout=600, cwd=None):
     """The installed command line, in a subprocess (as a user runs it), in its own process group,
     its output going to temporary files (a process it leaves behind cannot hold a pipe open). Past
@@ -193,7 +203,7 @@ def run_birdplane(*args, env=None, timeout=600, cwd=None):
 
     from tests.servers import stack_dumps, stop_group
 
-    full_env = {"PYTHONFAULTHANDLER": "1", **os.environ, **(env or {})}
+    full_env = this_tree({"PYTHONFAULTHANDLER": "1", **os.environ, **(env or {})})
     cmd = [sys.executable, "-m", "study.cli", *map(str, args)]
     with tempfile.TemporaryFile("w+", errors="replace") as out, tempfile.TemporaryFile("w+", errors="replace") as err:
 
@@ -230,7 +240,7 @@ class Started:
                 stdout=out,
                 stderr=err,
                 text=True,
-                env={**os.environ, **(env or {})},
+                env=this_tree({**os.environ, **(env or {})}),
                 cwd=cwd,
                 start_new_session=True,
             )

@@ -115,3 +115,35 @@ def test_an_upload_cut_short_between_the_searcher_s_state_and_the_experiment_sta
     assert json.loads((folder / state).read_text()) == {"trial_data": ["t0", "t1"]}, "the copy's whole snapshot"
     assert json.loads((folder / f"{state}.unpaired").read_text()) == {"trial_data": ["t0"]}
     assert intact_snapshot(str(folder), "s") == [], "once is enough"
+
+
+def test_an_upload_cut_short_in_a_resumed_study_pairs_the_newest_session_not_an_older_one(tmp_path):
+    """A resumed study (an older session's snapshot beside) killed mid-upload: the newest session's
+    experiment state comes from the copy, the older session's files stay as they are."""
+    folder = tmp_path / "study"
+    (folder / BACKUP).mkdir(parents=True)
+    old_state = f"experiment_state-{OLD}.json"
+    state, searcher = f"experiment_state-{NEW}.json", f"basic-variant-state-{NEW}.json"
+    (folder / old_state).write_text(json.dumps({"trial_data": ["t0"]}))
+    (folder / BACKUP / state).write_text(json.dumps({"trial_data": ["t0", "t1"]}))
+    (folder / BACKUP / searcher).write_bytes(pickle.dumps({"live": {"t1"}}))
+    (folder / state).write_text(json.dumps({"trial_data": ["t0"]}))
+    (folder / searcher).write_bytes(pickle.dumps({"live": {"t1"}}))
+    (folder / "tuner.pkl").write_bytes(pickle.dumps({"tuner": 1}))
+    assert intact_snapshot(str(folder), "s") == [state]
+    assert json.loads((folder / state).read_text()) == {"trial_data": ["t0", "t1"]}
+    assert json.loads((folder / old_state).read_text()) == {"trial_data": ["t0"]}, "the older session untouched"
+
+
+def test_an_upload_cut_before_the_searcher_s_state_arrived_restores_it_from_the_copy(tmp_path):
+    """The storage folder holds the experiment state only: the copy's searcher state of that
+    snapshot is put beside it (Ray would otherwise restore a searcher of another snapshot, or none)."""
+    folder = tmp_path / "study"
+    (folder / BACKUP).mkdir(parents=True)
+    state, searcher = f"experiment_state-{NEW}.json", f"basic-variant-state-{NEW}.json"
+    (folder / BACKUP / state).write_text(json.dumps({"trial_data": ["t0"]}))
+    (folder / BACKUP / searcher).write_bytes(pickle.dumps({"live": {"t0"}}))
+    (folder / state).write_text(json.dumps({"trial_data": ["t0"]}))
+    (folder / "tuner.pkl").write_bytes(pickle.dumps({"tuner": 1}))
+    assert intact_snapshot(str(folder), "s") == [searcher]
+    assert pickle.loads((folder / searcher).read_bytes()) == {"live": {"t0"}}
