@@ -174,6 +174,12 @@ def test_a_population_study_logs_each_member_as_the_solo_study_logs_its_run_and_
         for name, history in want["metrics"].items():
             assert [s for s, _ in got["metrics"][name]] == [s for s, _ in history], (key, name)
             values = [v for _, v in history]
+            if diverged and name.endswith("_acc") or diverged and name in ("gap", "val_ece"):
+                # Accuracies of a net whose weights overflowed (inf, NaN) are not set by its recipe:
+                # which logit wins among inf and NaN depends on the GEMM kernel's order (the
+                # population's memberwise step against the solo Linear). Measured on 2026-12-06's
+                # machine: 0.625-0.75 in the population against 0.5 solo, at 9b2ca05 as well.
+                continue  # logged at the same steps (above), its values not comparable
             assert [v for _, v in got["metrics"][name]] == pytest.approx(values, rel=1e-4, abs=1e-5, nan_ok=True), (
                 key,
                 name,
