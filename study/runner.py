@@ -360,7 +360,7 @@ def ray_last_record(trial, frame, population: bool = False) -> dict | None:
     from analysis.record import EPOCH_METRICS, SEED_METRICS
     from study.tracking import member_records
     from trainables.population import PopulationState
-    from trainables.seeds import mean_history
+    from trainables.seeds import population_mean_history
     from trainables.tune_adapter import read_checkpoint, trial_checkpoints
 
     records = []
@@ -380,8 +380,7 @@ def ray_last_record(trial, frame, population: bool = False) -> dict | None:
         last = {str(k): dict(m["history"][-1]) for k, m in enumerate(state.members) if m["history"]}
         records.append({"epoch": state.epoch, "members": last})
     elif isinstance(state, PopulationState):  # a trial of several seeds: its seeds' mean
-        statuses = [m["status"] if m["status"] in ("diverged", "stopped") else "completed" for m in state.members]
-        history = mean_history([m["history"] for m in state.members], statuses)
+        history = population_mean_history(state)
         if history:
             records.append({k: history[-1][k] for k in ("epoch", *EPOCH_METRICS, *SEED_METRICS) if k in history[-1]})
     elif state is not None and state.history:

@@ -46,7 +46,7 @@ from study.errors import UsageError
 from trainables.bundle import bundle_args
 from trainables.checkpoint import TrainState
 from trainables.population import PopulationState
-from trainables.seeds import mean_history
+from trainables.seeds import population_mean_history
 from trainables.tune_adapter import read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -104,12 +104,12 @@ class Outbox:
                 self._cv.notify_all()
 
 
-def trial_outcome(state: TrainState | None, last_result: dict, error: bool, planned: int | None = None) -> str:
+def trial_outcome(planned: int | None, last_result: dict, error: bool) -> str:
+    """How a trial ended: failed, diverged, stopped before its ``planned`` epochs, or completed."""
     if error:
         return "failed"
     if last_result.get("status") == "diverged":
         return "diverged"
-    planned = state.config.get("epochs") if state is not None else planned
     epoch = last_result.get("epoch", 0)
     return "stopped_early" if planned is not None and epoch < planned else "completed"
 
@@ -556,22 +556,13 @@ class MlflowTrialLogger(tune.Callback):
         run_id = self._runs[trial_id]
         state = self._state(checkpoint, trial_id)
         if isinstance(state, PopulationState):  # a trial of seeds' own run: their mean, no model of its own
-            statuses = [m["status"] if m["status"] in ("diverged", "stopped") else "completed" for m in state.members]
-            history = mean_history([m["history"] for m in state.members], statuses)
-            self._last_step[trial_id] = store.write_finished_run(
-                self._client,
-                run_id,
-                history=history,
-                after_step=self._last_step.get(trial_id, -1),
-                param_count=last.get("param_count"),
-                outcome=trial_outcome(None, last, error, planned=(config.get("train") or {}).get("epochs")),
-                resolved_config=self._resolved(config, state),
-                model=None,
-                ok=not error,
-            )
-            return
-        history = state.history if state else []
-        resolved = self._resolved(config, state)
+            history, model = population_mean_history(state), None
+            planned = (config.get("train") or {}).get("epochs")
+        elif state is not None:
+            history, planned = state.history, state.config.get("epochs")
+            model = bundle_args(state.config, state.data, state.model, state.epoch, state.best_model, state.best_epoch)
+        else:
+            history, model, planned = [], None, None
         # Epochs that reached the checkpoint but not MLflow (e.g. reported before a driver crash)
         # are logged here too.
         self._last_step[trial_id] = store.write_finished_run(
@@ -580,11 +571,9 @@ class MlflowTrialLogger(tune.Callback):
             history=history,
             after_step=self._last_step.get(trial_id, -1),
             param_count=last.get("param_count"),
-            outcome=trial_outcome(state, last, error),
-            resolved_config=resolved,
-            model=bundle_args(state.config, state.data, state.model, state.epoch, state.best_model, state.best_epoch)
-            if state is not None
-            else None,
+            outcome=trial_outcome(planned, last, error),
+            resolved_config=self._resolved(config, state),
+            model=model,
             ok=not error,
         )
 

@@ -4,11 +4,12 @@ Known answers, computed here by hand, for the mean and the sd; a diverged seed k
 history rebuilt from a checkpoint is what the trial reported live."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 
 from trainables.config import TrainConfig
-from trainables.seeds import SEED_SD, mean_history, mean_record, seed_configs
+from trainables.seeds import SEED_SD, mean_history, mean_record, population_mean_history, seed_configs
 
 
 def record(epoch, val_acc, train_loss=0.5, status="completed", **extra):
@@ -121,3 +122,15 @@ def test_check_s_checkpoint_estimate_counts_every_seed_of_a_trial():
     one = checkpoint_sizes(SimpleNamespace(space=space, options=SweepOptions(num_samples=4, seeds_per_trial=1)))
     three = checkpoint_sizes(SimpleNamespace(space=space, options=SweepOptions(num_samples=4, seeds_per_trial=3)))
     assert len(one) == len(three) == 4 and three == [3 * b for b in one] and one[0] > 0
+
+
+def test_a_population_s_mean_history_takes_each_member_s_final_status_from_its_state():
+    # A member's status in a population's state is one of "running", "completed", "stopped" or
+    # "diverged"; only a diverged one marks its last record (and only if every seed diverged).
+    dead = [record(1, 0.2, train_loss=math.inf)]
+    state = SimpleNamespace(members=[{"history": dead, "status": "diverged"}, {"history": dead, "status": "running"}])
+    assert [r["status"] for r in population_mean_history(state)] == ["completed"]
+    state.members[1]["status"] = "diverged"
+    assert [r["status"] for r in population_mean_history(state)] == ["diverged"]
+    state.members[1]["status"] = "stopped"
+    assert population_mean_history(state) == mean_history([dead, dead], ["diverged", "stopped"])

@@ -69,3 +69,10 @@ def mean_history(histories: Sequence[Sequence[dict]], statuses: Sequence[str]) -
         if len(latest) == len(histories):
             out.append(mean_record(latest))
     return out
+
+
+def population_mean_history(state) -> list[dict]:
+    """A trial of seeds' per-epoch records from its population's state (``members``, each with its
+    history and status): what ``mean_record`` reported live, rebuilt after the fact."""
+    statuses = [m["status"] if m["status"] in ("diverged", "stopped") else "completed" for m in state.members]
+    return mean_history([m["history"] for m in state.members], statuses)
