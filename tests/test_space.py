@@ -142,6 +142,7 @@ EXACT = [
     ({"depth": 0}, "search space: depth: must be >= 1"),
     ({"depth": {"choices": [0, 1]}}, "search space: depth: must be >= 1"),
     ({"momentum": {"low": 0.5, "high": 1.0}}, "search space: momentum: must be in [0, 1), got 1.0"),
+    ({"dropout": {"choices": [0.1, 0.95]}}, "search space: dropout: must be in [0, 0.9), got 0.95"),  # not a corner
     (
         {"optimizer": {"choices": ["sgd", "x"]}},
         "search space: optimizer: unknown value 'x' (choose from sgd, adam, adamw)",
@@ -387,3 +388,33 @@ def test_an_extension_may_keep_a_range_s_ends_or_widen_them():
     check_extension(old, _space(lr={"low": 1e-4, "high": 1e-1, "log": True}))  # wider low, same high
     with pytest.raises(UsageError, match=r"changes lr from \[0.001, 0.1\] log to \[0.01, 0.1\] log"):
         check_extension(old, _space(lr={"low": 1e-2, "high": 1e-1, "log": True}))
+
+
+def test_ray_s_random_search_resolves_the_assembled_space_into_valid_trials():
+    """The whole param space through Ray's own variant generator (what BasicVariantGenerator runs):
+    each variant's train config keeps the first depth widths, the sweep seed plus the drawn one,
+    the switched-off optional dimension at 0, and K seeds in a row from its own."""
+    import numpy as np
+    from ray.tune.search.variant_generator import generate_variants
+
+    space = _space(
+        lr={"low": 1e-3, "high": 0.1, "log": True},
+        weight_decay={"low": 1e-5, "high": 1e-2, "log": True, "or_zero": True},
+    )
+    param_space = space.tune_param_space(seed=7, threads=2, device="cpu", seeds_per_trial=3)
+    switched = set()
+    depths = set()
+    for i in range(24):
+        ((_, config),) = list(generate_variants(param_space, random_state=np.random.RandomState(i)))
+        train = TrainConfig.from_dict(config["train"])
+        depth = int(config["depth"])
+        depths.add(depth)
+        assert list(train.hidden_sizes) == [config[f"width_{i}"] for i in range(depth)], config
+        assert train.seed == 7 + config["seed"] and (train.threads, train.device) == (2, "cpu")
+        assert train.lr == config["lr"]
+        on = config["weight_decay_on"]
+        switched.add(on)
+        assert train.weight_decay == (config["weight_decay"] if on else 0.0)
+        assert config["seeds"] == [train.seed, train.seed + 1, train.seed + 2]
+    assert switched == {True, False}, "the optional dimension is drawn both on and off"
+    assert len(depths) > 1, depths
