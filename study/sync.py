@@ -76,7 +76,7 @@ def retire_orphans(client: MlflowClient, logger: MlflowTrialLogger, known: set[s
     A run that never finished (RUNNING, KILLED, FAILED) is tagged outcome=orphaned, ended KILLED and
     soft-deleted (mlflow gc or the UI can restore it). A FINISHED run holds completed results and is
     never deleted: its role becomes ``orphan`` (analysis reads role=trial only), and it stays, under
-    the parent run, for anyone to look at."""
+    the parent run, for anyone to look at. A trial of several seeds' seed runs go with it."""
     query = f"tags.`{TAG_PARENT}` = '{logger.parent_run_id}' and tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'"
     runs = search_runs(client, logger.experiment_id, query)
     retired, kept = [], []
@@ -84,14 +84,18 @@ def retire_orphans(client: MlflowClient, logger: MlflowTrialLogger, known: set[s
         trial_id, status = run.data.tags.get(TAG_TRIAL), run.info.status
         if trial_id in known:
             continue
+        # A trial of several seeds: its seeds' runs, nested under its run, share its fate.
+        nested = search_runs(client, logger.experiment_id, f"tags.`{TAG_PARENT}` = '{run.info.run_id}'")
         if status == "FINISHED":
-            store.set_tags(client, run.info.run_id, {TAG_ROLE: ROLE_ORPHAN})
+            for r in (run, *nested):
+                store.set_tags(client, r.info.run_id, {TAG_ROLE: ROLE_ORPHAN})
             kept.append((run.info.run_id, trial_id, status))
             continue
-        store.set_tags(client, run.info.run_id, {TAG_OUTCOME: "orphaned"})
-        if status == "RUNNING":
-            store.finish_run(client, run.info.run_id, status="KILLED")
-        client.delete_run(run.info.run_id)
+        for r in (*nested, run):
+            store.set_tags(client, r.info.run_id, {TAG_OUTCOME: "orphaned"})
+            if r.info.status == "RUNNING":
+                store.finish_run(client, r.info.run_id, status="KILLED")
+            client.delete_run(r.info.run_id)
         retired.append((run.info.run_id, trial_id, status))
     return retired, kept
 

@@ -98,7 +98,9 @@ def test_export_writes_both_tables_with_the_user_s_umask(store, tmp_path):
         assert export(store, out) == 0
     finally:
         os.umask(old)
-    assert len(pd.read_csv(out)) == 3 and len(pd.read_csv(tmp_path / "t.curves.csv")) == 6
+    curves = pd.read_csv(tmp_path / "t.curves.csv")
+    assert len(pd.read_csv(out)) == 3 and len(curves) == 6
+    assert "val_acc_sd" not in curves, "one seed a trial: no column of seeds' sd"
     assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {oct(0o640)}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.curves.csv"], "no temporary file left"
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 from mlflow import MlflowClient
 
-from analysis.record import ROLE_TRIAL, ROLE_TRIAL_SEED, TAG_MEMBER, TAG_PARENT, TAG_ROLE, TAG_TRIAL
+from analysis.record import ROLE_TRIAL, ROLE_TRIAL_SEED, TAG_MEMBER, TAG_OUTCOME, TAG_PARENT, TAG_ROLE, TAG_TRIAL
 from study.tracking import MlflowTrialLogger
 from trainables.config import TrainConfig
 from trainables.seeds import SEED_SD, mean_record
@@ -75,3 +75,27 @@ def test_a_trial_this_driver_only_closes_still_nests_its_seeds_runs_under_its_ow
     assert {role: len(runs) for role, runs in roles.items()} == {ROLE_TRIAL: 1, ROLE_TRIAL_SEED: 2}
     (run,), seeds = roles[ROLE_TRIAL], roles[ROLE_TRIAL_SEED]
     assert [r.data.tags[TAG_PARENT] for r in seeds] == [run.info.run_id] * 2
+
+
+@pytest.mark.parametrize("finished", [False, True])
+def test_an_orphaned_trial_of_seeds_takes_its_seeds_runs_with_it(logger, finished):
+    from study.sync import retire_orphans
+
+    trial = seeded_trial()
+    logger.on_trial_start(0, [], trial)
+    logger.on_trial_result(0, [], trial, result(1, [0.60, 0.70]))
+    if finished:
+        logger.on_trial_complete(0, [], trial)
+    assert logger.finish() == 0
+    client = MlflowClient(logger.tracking_uri)
+    retired, kept = retire_orphans(client, logger, known=set())  # Ray's saved state knows no trial
+    assert (len(retired), len(kept)) == ((0, 1) if finished else (1, 0))
+    runs = client.search_runs([logger.experiment_id], f"tags.`{TAG_TRIAL}` = '{TRIAL}'", run_view_type=3)
+    assert len(runs) == 3
+    if finished:  # kept for anyone to look at, out of the analysis's reach
+        assert {r.data.tags[TAG_ROLE] for r in runs} == {"orphan"}
+        assert {r.info.lifecycle_stage for r in runs} == {"active"}
+    else:  # retired: ended and soft-deleted, the trial's and its seeds'
+        assert {r.info.lifecycle_stage for r in runs} == {"deleted"}
+        assert {r.info.status for r in runs} == {"KILLED"}
+        assert {r.data.tags[TAG_OUTCOME] for r in runs} == {"orphaned"}

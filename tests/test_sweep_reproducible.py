@@ -3,39 +3,23 @@ stopping on) and their extensions give identical trial tables; only timings diff
 
 from __future__ import annotations
 
-import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from mlflow import MlflowClient
 
-from analysis.export import study_tables
+from analysis.export import search_digest, search_tables
 from tests.conftest import make_image_tree, run_birdplane
 from tests.test_sweep import small_space
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-# What differs between two runs of one search however reproducible it is: ids, clocks, hosts.
-NOT_THE_SEARCH = ("experiment", "study_run_id", "run_id", "trial_id", "node")
 NAMES = ("rep", "rep-ext1")
-CLOCKS = ("time", "seconds", "duration", "per_second")
-
-
-def _search_columns(frame):
-    return sorted(c for c in frame.columns if c not in NOT_THE_SEARCH and not any(w in c for w in CLOCKS))
 
 
 def trial_table(uri: str, experiment: str):
-    trials, curves = study_tables(MlflowClient(uri), experiment)
-    table = trials[_search_columns(trials)].sort_values("seed").reset_index(drop=True)
-    per_epoch = curves.merge(trials[["run_id", "seed"]], on="run_id")
-    per_epoch = per_epoch[_search_columns(per_epoch)].sort_values(["seed", "epoch"]).reset_index(drop=True)
-    return table, per_epoch
-
-
-def digest(table, per_epoch) -> str:
-    return hashlib.sha256((table.to_csv(index=False) + per_epoch.to_csv(index=False)).encode()).hexdigest()
+    return search_tables(MlflowClient(uri), experiment)
 
 
 def sweep(root, tree, name: str, *extra):
@@ -81,7 +65,7 @@ def search_and_extend(tree, tmp_path, k: int):
     both = trial_table(uri, "rep")
     modes = [json.loads((root / "ray" / n / "birdplane.json").read_text())["options"]["reproducible"] for n in NAMES]
     assert modes == [True, True], "the manifests do not record the reproducible mode the sweep ran in"
-    return (digest(*first), digest(*both)), both
+    return (search_digest(*first), search_digest(*both)), both
 
 
 def test_two_reproducible_sweeps_and_their_extensions_give_identical_trial_tables(tree, tmp_path):

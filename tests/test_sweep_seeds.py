@@ -16,6 +16,7 @@ from analysis.export import study_tables
 from analysis.record import ROLE_TRIAL, ROLE_TRIAL_SEED, TAG_MEMBER, TAG_PARENT, TAG_ROLE, TAG_TRIAL
 from analysis.runs import read_json_artifact
 from tests.conftest import SMOKE_SPACE, last_json, make_image_tree, run_birdplane
+from trainables.seeds import SEED_SD
 
 K = 3
 
@@ -129,8 +130,13 @@ def test_the_value_optuna_and_the_scheduler_get_is_the_seeds_mean(seeded):
 
 
 def test_the_study_s_tables_count_trials_not_seeds(seeded):
-    trials, curves = study_tables(MlflowClient(seeded["uri"]), "seeded")
+    client = MlflowClient(seeded["uri"])
+    trials, curves = study_tables(client, "seeded")
     assert len(trials) == 4 and curves["run_id"].nunique() == 4
+    # Each trial's curve holds its seeds' sd beside their mean, as its run logged it.
+    for run_id, frame in curves.groupby("run_id"):
+        logged = {m.step: m.value for m in client.get_metric_history(run_id, SEED_SD)}
+        assert dict(zip(frame["epoch"], frame[SEED_SD], strict=True)) == logged and logged
 
 
 def test_an_extension_or_a_resume_keeps_the_sweep_s_seeds_per_trial_and_another_k_is_refused(seeded):
