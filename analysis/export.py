@@ -43,7 +43,7 @@ def study_tables(client: MlflowClient, experiment: str) -> tuple[pd.DataFrame, p
     trials["node"] = trials["run_id"].map(_nodes(client, trials["run_id"]))
     if "hidden_sizes" in trials:  # a list per row: kept as text, a parquet- and csv-safe type
         trials["hidden_sizes"] = trials["hidden_sizes"].map(
-            lambda v: ",".join(map(str, v)) if isinstance(v, list) else v
+            lambda v: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
         )
     trials = trials.drop(columns=["seed_tag"], errors="ignore")
     curves = load_histories(client, trials["run_id"], (*EPOCH_METRICS, *SEED_METRICS))

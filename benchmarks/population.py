@@ -23,6 +23,7 @@ inside the trials (the sum of their epoch_seconds: a population's epoch counted 
 largest difference of any member's per-epoch val_acc from its solo run's.
 
     python benchmarks/population.py --capacity [--widths 16,64] [--depths 1] [--seeds 3] [--epochs 5]
+        [--repeats 2] [--population-first 1]
 """
 
 from __future__ import annotations
@@ -346,7 +347,11 @@ def capacity(args) -> None:
     worst = 0.0
     with tempfile.TemporaryDirectory(prefix="bp-capacity-") as folder:
         for repeat in range(args.repeats):
-            order = ("no-population", "population") if repeat % 2 == 0 else ("population", "no-population")
+            order = (
+                ("no-population", "population")
+                if (repeat + args.population_first) % 2 == 0
+                else ("population", "no-population")
+            )
             found = {}
             for mode in order:
                 found[mode] = out = capacity_study(args, mode, f"{mode}-{repeat}", folder)
@@ -383,6 +388,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="--capacity: seeds per cell")
     parser.add_argument("--epochs", type=int, default=5, help="--capacity: epochs")
     parser.add_argument("--data-root", default=None, help="--capacity: the CIFAR-10 tree (default: the study's)")
+    parser.add_argument(
+        "--population-first", type=int, default=0, choices=(0, 1), help="--capacity: 1 runs the population first"
+    )
     args = parser.parse_args()
     args.widths = [int(w) for w in (args.widths or ("16,64" if args.capacity else "16,64,512,1024")).split(",")]
     args.ks = [int(k) for k in args.ks.split(",")]

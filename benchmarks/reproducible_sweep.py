@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 import subprocess
 import sys
 import tempfile
@@ -42,12 +44,16 @@ def run_sweep(mode: str, name: str, folder: Path, args, extra: list[str]) -> dic
     command += ["--storage-path", str(folder / "ray"), *(["--data-root", args.data_root] if args.data_root else [])]
     loads = [load_average()]
     started = time.perf_counter()
-    with subprocess.Popen([*command, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
-        while proc.poll() is None:
-            time.sleep(30)
-            loads.append(load_average())
-        out, err = proc.communicate()
-    wall = time.perf_counter() - started
+    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
+        proc = subprocess.Popen([*command, *extra], stdout=out_file, stderr=err_file, text=True)
+        while proc.poll() is None:  # the load average every 30 s while it runs
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                loads.append(load_average())
+        wall = time.perf_counter() - started
+        out_file.seek(0), err_file.seek(0)
+        out, err = out_file.read(), err_file.read()
     if proc.returncode != 0:
         raise SystemExit(f"{mode} sweep failed (exit {proc.returncode}):\n{err[-3000:]}")
     table, per_epoch = search_tables(MlflowClient(uri), name)
