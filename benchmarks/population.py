@@ -93,7 +93,10 @@ def population_seconds(members: list[TrainConfig], data: StudyData) -> tuple[flo
 def throughput(args) -> None:
     data = synthetic_data(args.batches * BATCH)
     n = len(data.train)
-    print(f"{n} samples a pass, batch {BATCH}, {args.threads} thread(s), {args.repeats} alternating repeats")
+    print(
+        f"{n} samples a pass, batch {BATCH}, {args.threads} thread(s), {args.repeats} alternating repeats; "
+        f"CPU member groups of at most {population.CPU_GROUP_BYTES / 2**20:g} MB"
+    )
     print("samples/s by wall time, then by CPU time; medians over the repeats, each repeat's CPU ratio in brackets")
     print(
         f"{'net':>8} {'K':>3} {'solo wall':>10} {'pop wall':>10} {'ratio':>6}   "
@@ -379,6 +382,12 @@ def main() -> None:
     parser.add_argument("--ks", default="1,4,16")
     parser.add_argument("--batches", type=int, default=12, help="batches of 64 in each training pass")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--group-mb",
+        type=float,
+        default=None,
+        help="trainables.population.CPU_GROUP_BYTES in MB (default: its own; a huge value steps every member together)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--bmm", action="store_true", help="one baddbmm per layer on the CPU too (the GPU's kernel)")
     parser.add_argument("--design", action="store_true", help="time the three ways to step K nets instead")
@@ -394,6 +403,8 @@ def main() -> None:
     args = parser.parse_args()
     args.widths = [int(w) for w in (args.widths or ("16,64" if args.capacity else "16,64,512,1024")).split(",")]
     args.ks = [int(k) for k in args.ks.split(",")]
+    if args.group_mb is not None:
+        population.CPU_GROUP_BYTES = int(args.group_mb * 2**20)
     torch.set_num_threads(args.threads)
     if args.bmm:
         population.MEMBERWISE_DEVICES = ()

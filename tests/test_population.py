@@ -74,6 +74,63 @@ def test_members_stepped_by_one_baddbmm_per_layer_the_gpus_kernel_also_train_as_
         assert_same_history(member.history, fit(config, tiny_data).history)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("budget", [1, "two"])  # one member a group; groups of two and one
+def test_members_trained_group_by_group_on_the_cpu_train_exactly_as_in_one_step(
+    tiny_data, monkeypatch, optimizer, budget
+):
+    configs = configs_for(optimizer, epochs=3)
+    stop = lambda m: [1] if m.get(1, {}).get("epoch") == 1 else []  # noqa: E731  (the groups re-made after)
+    together, together_cut = fit_population(configs, tiny_data), fit_population(configs, tiny_data, stop=stop)
+    pop = population.Population(configs, tiny_data)
+    assert pop.groups == [slice(0, 3)], "small members on the CPU: one group"
+    member = pop.member_bytes()
+    assert member == 4 * (3 if optimizer == "sgd" else 5) * together[0].param_count
+    monkeypatch.setattr(population, "CPU_GROUP_BYTES", 1 if budget == 1 else 2 * member)
+    assert population.Population(configs, tiny_data).groups == (
+        [slice(0, 1), slice(1, 2), slice(2, 3)] if budget == 1 else [slice(0, 2), slice(2, 3)]
+    )
+    grouped, grouped_cut = fit_population(configs, tiny_data), fit_population(configs, tiny_data, stop=stop)
+    for a, b in zip(grouped, together, strict=True):
+        assert_same_history(a.history, b.history, exact=True)
+        for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
+            assert torch.equal(p, q)
+    assert [r.status for r in grouped_cut] == ["completed", "stopped", "completed"]
+    for a, b in zip(grouped_cut, together_cut, strict=True):
+        assert_same_history(a.history, b.history, exact=True)
+
+
+def test_each_group_trains_its_whole_epoch_before_the_next_and_evaluates_by_group(tiny_data, monkeypatch):
+    configs = configs_for("sgd", epochs=1)
+    member = population.Population(configs, tiny_data).member_bytes()
+    monkeypatch.setattr(population, "CPU_GROUP_BYTES", 2 * member)  # groups of two and one
+    pop = population.Population(configs, tiny_data)
+    steps, calls, evaluated = math.ceil(pop.n / pop.batch_size), [], []
+    update, evaluate = pop.update, pop._evaluate
+    monkeypatch.setattr(pop, "update", lambda index, rows=None: (calls.append(rows), update(index, rows)))
+    monkeypatch.setattr(pop, "_evaluate", lambda x, y, rows: (evaluated.append(rows), evaluate(x, y, rows))[1])
+    pop.run_epoch()
+    assert calls == [slice(0, 2)] * steps + [slice(2, 3)] * steps
+    assert evaluated == [slice(0, 2), slice(2, 3)] * 4  # train, val and val's two halves
+
+
+def test_members_step_together_off_the_memberwise_devices_whatever_their_size(tiny_data, monkeypatch):
+    monkeypatch.setattr(population, "MEMBERWISE_DEVICES", ())  # one baddbmm for all, as on a GPU
+    monkeypatch.setattr(population, "CPU_GROUP_BYTES", 1)
+    assert population.Population(configs_for("sgd"), tiny_data).groups == [slice(0, 3)]
+
+
+def test_member_groups_fill_the_budget_in_equal_groups_and_never_split_off_the_gpu():
+    from trainables.population import member_groups
+
+    assert member_groups(16, 10, True, budget=100) == [slice(0, 8), slice(8, 16)]  # 10 a group at most: 2 of 8
+    assert member_groups(16, 10, True, budget=10**9) == [slice(0, 16)]
+    assert member_groups(5, 10, True, budget=1) == [slice(i, i + 1) for i in range(5)]  # at least one member
+    assert member_groups(7, 10, True, budget=30) == [slice(0, 2), slice(2, 5), slice(5, 7)]
+    assert member_groups(16, 10, False, budget=1) == [slice(0, 16)], "one kernel for every member on a GPU"
+    assert member_groups(0, 10, True) == [slice(0, 0)]
+
+
 def test_the_stacked_optimizer_moves_each_member_as_torch_optim_would():
     torch.manual_seed(0)
     k = 3

@@ -17,7 +17,10 @@ Pinned to solo runs: member k equals ``fit`` of its own config within float tole
     comes from torch's own scheduler class stepping a proxy optimizer of its own.
 One ``torch.baddbmm`` per layer runs every member's forward (and backward) at once on a GPU; on
 the CPU each member's layer runs its own GEMM (measured faster there than one bmm); each member
-gathers its batch by index ([K, B] indices) from the device-resident data. A member that diverges,
+gathers its batch by index ([K, B] indices) from the device-resident data. On the CPU, members too
+large for the cache to hold many at once train in cache-sized groups (``CPU_GROUP_BYTES``): a group
+runs its whole epoch before the next starts, so their weights stay in the cache between steps as a
+solo run's do; each member's steps and draws are the same either way. A member that diverges,
 or is stopped from outside, leaves the stack (its last state kept); the others go on unchanged.
 Why stacked tensors with baddbmm and a stacked optimizer, measured: docs/benchmarks.md.
 """
@@ -69,6 +72,13 @@ ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 # 2.0x and 1.8x against 1.5x and 1.8x; docs/benchmarks.md). On a GPU one baddbmm per layer is one
 # kernel launch, not K.
 MEMBERWISE_DEVICES = ("cpu",)
+# On those devices, the members whose weights, gradients and optimizer state together fit in this
+# many bytes train a whole epoch as one group before the next group starts. Stepping every member
+# at every batch streams them all through the cache at each step: at [1024] (12.6 MB of weights a
+# member), K = 16 ran at 0.64x sixteen solo runs, each phase of the step (forward, backward, SGD)
+# 1.7-1.8x slower than the same member's repeated (docs/benchmarks.md). Small members still step
+# together: at [64], K = 16 make one group.
+CPU_GROUP_BYTES = 48 * 2**20
 
 # stop({member: metrics}) -> the members to stop after this epoch (a scheduler's cut);
 # on_epoch_end({member: metrics}, snapshot): snapshot() returns the PopulationState to resume from,
@@ -114,35 +124,44 @@ class StackedOptimizer:
         self.step_count = torch.zeros((), dtype=torch.float64, device=params[0].device)
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, rows: slice | None = None) -> None:
+        """Every member's update; with ``rows``, only those members' (their slices of every tensor)."""
         if self.kind == "sgd":
-            self._sgd()
+            self._sgd(rows)
         else:
-            self._adam()
+            self._adam(rows)
 
-    def _sgd(self) -> None:
+    def _sgd(self, rows: slice | None) -> None:
+        lr, momentum, weight_decay = (
+            t if rows is None else t[rows] for t in (self.lr, self.momentum, self.weight_decay)
+        )
         for p, buf in zip(self.params, self.buffers["momentum_buffer"], strict=True):
             grad = p.grad
+            if rows is not None:
+                p, grad, buf = p[rows], grad[rows], buf[rows]
             if self.decays:  # grad + wd * p, in place: the gradients are the step's own
-                grad = grad.addcmul_(p, self.weight_decay)
+                grad = grad.addcmul_(p, weight_decay)
             if self.uses_momentum:  # buf = m * buf + grad; 0 * 0 + grad = grad at the first step, as torch's clone
-                grad = buf.mul_(self.momentum).add_(grad)
-            p.addcmul_(grad, self.lr, value=-1)
+                grad = buf.mul_(momentum).add_(grad)
+            p.addcmul_(grad, lr, value=-1)
 
-    def _adam(self) -> None:
+    def _adam(self, rows: slice | None) -> None:
         beta1, beta2 = ADAM_BETAS
+        lr, weight_decay = (t if rows is None else t[rows] for t in (self.lr, self.weight_decay))
         self.step_count += 1
-        step_size = self.lr / (1 - beta1**self.step_count)
+        step_size = lr / (1 - beta1**self.step_count)
         correction2_sqrt = (1 - beta2**self.step_count).sqrt()
         decoupled = self.kind == "adamw"
         for p, exp_avg, exp_avg_sq, scratch in zip(
             self.params, self.buffers["exp_avg"], self.buffers["exp_avg_sq"], self.scratch, strict=True
         ):
             grad = p.grad
+            if rows is not None:
+                p, grad, exp_avg, exp_avg_sq, scratch = (t[rows] for t in (p, grad, exp_avg, exp_avg_sq, scratch))
             if self.decays and decoupled:
-                p.mul_(1 - self.lr * self.weight_decay)
+                p.mul_(1 - lr * weight_decay)
             elif self.decays:
-                grad = grad.addcmul_(p, self.weight_decay)
+                grad = grad.addcmul_(p, weight_decay)
             exp_avg.lerp_(grad, 1 - beta1)
             exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             denom = torch.sqrt(exp_avg_sq, out=scratch).div_(correction2_sqrt).add_(ADAM_EPS)
@@ -192,6 +211,19 @@ class MemberwiseLinear(torch.autograd.Function):
 
 def memberwise(device: torch.device) -> bool:
     return device.type in MEMBERWISE_DEVICES
+
+
+def member_groups(k: int, member_bytes: int, grouped: bool, budget: int | None = None) -> list[slice]:
+    """The stack's rows in the groups that train an epoch together: one group of all ``k`` off the
+    memberwise devices (a GPU steps every member in one kernel), else as many members a group as
+    fit ``budget`` bytes (``CPU_GROUP_BYTES``; at least one), in equal-as-possible groups."""
+    budget = CPU_GROUP_BYTES if budget is None else budget
+    if not grouped or k <= 1:
+        return [slice(0, k)]
+    size = max(1, min(k, budget // max(member_bytes, 1)))
+    count = math.ceil(k / size)
+    bounds = [round(i * k / count) for i in range(count + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 def stacked_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, grad_w=None) -> torch.Tensor:
@@ -313,6 +345,12 @@ class Population:
         self.flip = any("flip" in c.augment for c in cfg)
         self.scheduled = [row for row, m in enumerate(members) if m.scheduler is not None]
         self.loss_sum = torch.zeros(len(active), device=self.device)
+        self.groups = member_groups(len(active), self.member_bytes(), memberwise(self.device))
+
+    def member_bytes(self) -> int:
+        """What one member's step keeps in memory: weights, gradients, optimizer state (float32)."""
+        copies = {"sgd": 3}.get(self.configs[0].optimizer, 5)  # SGD: + momentum; Adam(W): + 2 moments, scratch
+        return 4 * copies * self.param_count
 
     def start_graphs(self) -> None:
         """Capture the step as CUDA graphs where the device and ``graphs`` allow (after any resume,
@@ -365,35 +403,43 @@ class Population:
             self.start_graphs()
 
     # ---------------------------------------------------------------- the step
-    def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
-        """[K, B, in] -> logits [K, B, units]: per layer one batched GEMM for all members."""
+    def forward(self, x: torch.Tensor, train: bool, rows: slice | None = None) -> torch.Tensor:
+        """[K, B, in] -> logits [K, B, units]: per layer one batched GEMM for all members (with
+        ``rows``, x holds those members' inputs only)."""
         last = len(self.params) // 2 - 1
+
+        def part(t: torch.Tensor | None) -> torch.Tensor | None:
+            return t if rows is None or t is None else t[rows]
+
         for layer in range(last + 1):
-            grad_w = self.kept_grads.get(2 * layer) if train else None
-            x = stacked_linear(x, self.params[2 * layer], self.params[2 * layer + 1], grad_w)
+            grad_w = part(self.kept_grads.get(2 * layer)) if train else None
+            x = stacked_linear(x, part(self.params[2 * layer]), part(self.params[2 * layer + 1]), grad_w)
             if layer < last:
                 x = self.activation(x)
                 if train and self.dropout:
-                    x = x * self._dropout_masks(x)
+                    x = x * self._dropout_masks(x, rows)
         return x
 
-    def _dropout_masks(self, x: torch.Tensor) -> torch.Tensor:
+    def _rows(self, rows: slice | None) -> list[Member]:
+        return self.live() if rows is None else self.live()[rows]
+
+    def _dropout_masks(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         """Each member's mask from its own generator, as the CPU's dropout draws it
         (empty_like(x).bernoulli_(1 - p) / (1 - p)); ones for members without dropout."""
         masks = torch.ones_like(x)
-        for row, member in enumerate(self.live()):
+        for row, member in enumerate(self._rows(rows)):
             p = member.config.dropout
             if p > 0:
                 masks[row].bernoulli_(1 - p, generator=member.dropout_gen).div_(1 - p)
         return masks
 
-    def _augment(self, xb: torch.Tensor, b: int) -> torch.Tensor:
+    def _augment(self, xb: torch.Tensor, b: int, rows: slice | None = None) -> torch.Tensor:
         """Each member's crops and flips drawn from its generator as ``steps.augment`` draws them
         (crop offsets, then flips); a member without crop keeps its image, without flip is not mirrored."""
         if not (self.crop or self.flip):
             return xb
         tops, lefts, flips = [], [], []
-        for member in self.live():
+        for member in self._rows(rows):
             mode, gen = member.config.augment, member.augment_gen
             if "crop" in mode:
                 tops.append(torch.randint(0, 2 * CROP_PADDING + 1, (b,), generator=gen, device=self.device))
@@ -411,37 +457,52 @@ class Population:
             xb = flip_where(xb, torch.cat(flips))
         return xb
 
-    def update(self, index: torch.Tensor) -> None:
+    def update(self, index: torch.Tensor, rows: slice | None = None) -> None:
         """One step of every active member on its batch (``index``: [K, b] indices into the training
-        split); adds each member's summed batch loss to ``loss_sum``."""
+        split; with ``rows``, those members' only); adds each member's summed batch loss to ``loss_sum``."""
         k, b = index.shape
         flat = index.reshape(-1)
-        xb = self._augment(self.train_x.index_select(0, flat), b)
-        losses = self.loss_fn.per_member(self.forward(xb.reshape(k, b, -1), True), self.train_y[flat].view(k, b))
+        xb = self._augment(self.train_x.index_select(0, flat), b, rows)
+        logits = self.forward(xb.reshape(k, b, -1), True, rows)
+        losses = self.loss_fn.per_member(logits, self.train_y[flat].view(k, b))
         for p in self.params:
             p.grad = None
         losses.sum().backward()  # member k's gradients are those of its own mean loss
         for i, grad in self.kept_grads.items():
             self.params[i].grad = grad
-        self.optimizer.step()
-        self.loss_sum.add_(losses.detach() * b)
+        self.optimizer.step(rows)
+        (self.loss_sum if rows is None else self.loss_sum[rows]).add_(losses.detach() * b)
 
-    def after_update(self) -> None:
-        """The members' per-batch schedules (host work), then their rates into the lr tensor."""
+    def after_update(self, rows: slice | None = None) -> None:
+        """The members' per-batch schedules (host work; with ``rows``, those members' only), then
+        their rates into the lr tensor."""
         if self.scheduled:
             members = self.live()
+            stepping = range(len(members))[rows] if rows is not None else None
             for row in self.scheduled:
-                members[row].scheduler.step()
+                if stepping is None or row in stepping:
+                    members[row].scheduler.step()
             self.lr.copy_(torch.tensor([m.lr for m in members], dtype=torch.float32).view(-1, 1, 1))
 
     def train_epoch(self) -> torch.Tensor:
-        """One epoch of every active member in its next batch order; mean losses [K] on the device."""
+        """One epoch of every active member in its next batch order; mean losses [K] on the device.
+        Members in several groups (``member_groups``) train it group by group: each group's every
+        step, then the next group's, each member with its own steps, draws and rates as ever (Adam's
+        shared step count restarts from the epoch's for each group)."""
         members = self.live()
         if self.device.type == "cpu":
             for member in members:  # the solo CPU loop's DataLoader takes its base seed from the dropout stream
                 torch.empty((), dtype=torch.int64).random_(generator=member.dropout_gen)
         orders = torch.stack([torch.randperm(self.n, generator=m.sampler_gen, device=self.device) for m in members])
         self.loss_sum.zero_()
+        if len(self.groups) > 1:
+            first_step = self.optimizer.step_count.clone()
+            for rows in self.groups:
+                self.optimizer.step_count.copy_(first_step)
+                for index in orders[rows].split(self.batch_size, dim=1):
+                    self.update(index, rows)
+                    self.after_update(rows)
+            return self.loss_sum / max(self.n, 1)
         step = self.graphs.replay if self.graphs is not None else self.update
         for index in orders.split(self.batch_size, dim=1):
             step(index)
@@ -452,8 +513,14 @@ class Population:
     @torch.inference_mode()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``steps.evaluate_sums`` of every active member: loss sums [K], correct counts [K] and
-        calibration sums [K, 2, bins], device tensors (no sync)."""
-        k = len(self.active)
+        calibration sums [K, 2, bins], device tensors (no sync); group by group (``member_groups``)."""
+        if len(self.groups) == 1:
+            return self._evaluate(x, y, None)
+        parts = [self._evaluate(x, y, rows) for rows in self.groups]
+        return tuple(torch.cat(columns) for columns in zip(*parts, strict=True))
+
+    def _evaluate(self, x: torch.Tensor, y: torch.Tensor, rows: slice | None):
+        k = len(self._rows(rows))
         loss_sum = torch.zeros(k, device=x.device, dtype=torch.float64)
         correct = torch.zeros(k, device=x.device, dtype=torch.int64)
         confidence_sums = torch.zeros(k * CALIBRATION_BINS, device=x.device, dtype=torch.float64)
@@ -462,7 +529,7 @@ class Population:
         for start in range(0, len(y), EVAL_BATCH):
             xb, yb = x[start : start + EVAL_BATCH], y[start : start + EVAL_BATCH]
             c = len(yb)
-            logits = self.forward(xb.reshape(1, c, -1).expand(k, c, -1), False)
+            logits = self.forward(xb.reshape(1, c, -1).expand(k, c, -1), False, rows)
             loss_sum += self.loss_fn.per_member(logits, yb).double() * c
             flat = logits.reshape(k * c, -1)
             hits = self.loss_fn.predict(flat).view(k, c) == yb
