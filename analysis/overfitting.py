@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import pandas as pd
 
 from analysis.statistics import loss_onset
@@ -63,19 +62,6 @@ def compare_by(trials: pd.DataFrame, column: str, metric: str = "val_acc") -> pd
         {"trials": grouped.size(), "mean": grouped.mean(), "median": grouped.median(), "best": grouped.max()}
     )
     return table.sort_values("best", ascending=False)
-
-
-def gap_trend(trials: pd.DataFrame) -> dict:
-    """How the train-val gap grows with size: slope of gap per decade of parameters, and correlation."""
-    ok = trials.dropna(subset=["param_count", "gap"])
-    ok = ok[ok["param_count"] > 0]
-    if len(ok) < 3:
-        return {"slope_per_decade": None, "correlation": None, "trials": len(ok)}
-    logp = np.log10(ok["param_count"].to_numpy(dtype=float))
-    gap = ok["gap"].to_numpy(dtype=float)
-    slope = float(np.polyfit(logp, gap, 1)[0])
-    corr = float(np.corrcoef(logp, gap)[0, 1]) if np.std(logp) > 0 and np.std(gap) > 0 else None
-    return {"slope_per_decade": slope, "correlation": corr, "trials": len(ok)}
 
 
 def edge_flags(
