@@ -160,27 +160,36 @@ def pareto_front(trials: pd.DataFrame, maximise: str = "val_acc", minimise: str 
     return ok.loc[keep].sort_values(minimise).reset_index(drop=True)
 
 
-def importances(trials: pd.DataFrame, space: dict, metric: str = "val_acc", seed: int = 0) -> dict[str, float]:
-    """Optuna's fANOVA importances of the searched hyperparameters present in every trial."""
-    import optuna
+def importance_distributions(trials: pd.DataFrame, space: dict) -> dict:
+    """Optuna's distribution of each searched hyperparameter that every trial holds (a width: its
+    first layer's), as the search drew it: choices, integer or real ranges on their scale, and an
+    or_zero range as one linear axis from 0 (which holds both its zeros and its values)."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    ok = trials.dropna(subset=[metric])
     dists = {}
     for name, spec in space.items():
         if not isinstance(spec, dict):
             continue
         column = "width_0" if name == "width" else name
-        if column not in ok.columns or ok[column].isna().any():
+        if column not in trials.columns or trials[column].isna().any():
             continue
         if "choices" in spec:
             dists[column] = CategoricalDistribution(list(spec["choices"]))
         elif name in ("depth", "width", "batch_size", "epochs"):
             dists[column] = IntDistribution(int(spec["low"]), int(spec["high"]), log=spec.get("log", False))
-        elif spec.get("or_zero"):  # 0 or a value of the range: one linear axis from 0 holds both
+        elif spec.get("or_zero"):
             dists[column] = FloatDistribution(0.0, float(spec["high"]))
         else:
             dists[column] = FloatDistribution(float(spec["low"]), float(spec["high"]), log=spec.get("log", False))
+    return dists
+
+
+def importances(trials: pd.DataFrame, space: dict, metric: str = "val_acc", seed: int = 0) -> dict[str, float]:
+    """Optuna's fANOVA importances of the searched hyperparameters present in every trial."""
+    import optuna
+
+    ok = trials.dropna(subset=[metric])
+    dists = importance_distributions(ok, space)
     if len(ok) < 2 or not dists:
         return {}
     study = optuna.create_study(direction="maximize")

@@ -9,6 +9,7 @@ from analysis.overfitting import (
     capacity_frontier,
     compare_by,
     edge_flags,
+    importance_distributions,
     importances,
     overfitting_onset,
     overfitting_summary,
@@ -338,3 +339,57 @@ def test_importances_cover_every_complete_searched_column_of_each_kind():
     assert set(result) == {"loss", "width_0", "weight_decay", "batch_size"}
     assert list(result)[0] == "loss" and result["loss"] > 0.8
     assert importances(frame.iloc[:1], space) == {} and importances(frame, {"depth": 1}) == {}
+    assert importances(frame, space) == importances(frame, space, seed=0) != importances(frame, space, seed=1)
+    assert set(importances(frame.iloc[:2], space)) == {"loss", "width_0", "weight_decay", "batch_size", "dropout"}
+
+
+def test_importance_distributions_are_the_search_s_own_per_kind_of_dimension():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    space = {
+        "depth": {"low": 1, "high": 3},
+        "width": {"low": 8, "high": 1024, "log": True},
+        "batch_size": {"low": 16, "high": 256, "log": True},
+        "epochs": {"low": 5, "high": 40},
+        "lr": {"low": 1e-4, "high": 1e-1, "log": True},
+        "dropout": {"low": 0.0, "high": 0.5},
+        "weight_decay": {"low": 1e-5, "high": 1e-1, "log": True, "or_zero": True},
+        "loss": {"choices": ["nll", "ce"]},
+    }
+    trials = pd.DataFrame({k: [1] for k in ("depth", "width_0", "batch_size", "epochs", "lr", "dropout")})
+    trials = trials.assign(weight_decay=[0.0], loss=["ce"])
+    assert importance_distributions(trials, space) == {
+        "depth": IntDistribution(1, 3),
+        "width_0": IntDistribution(8, 1024, log=True),
+        "batch_size": IntDistribution(16, 256, log=True),
+        "epochs": IntDistribution(5, 40),
+        "lr": FloatDistribution(1e-4, 1e-1, log=True),
+        "dropout": FloatDistribution(0.0, 0.5),
+        "weight_decay": FloatDistribution(0.0, 1e-1),
+        "loss": CategoricalDistribution(["nll", "ce"]),
+    }
+
+
+def test_edge_flags_keep_a_linear_range_s_zeros_and_scale_the_margin_by_the_span():
+    space = {"dropout": {"low": 0.0, "high": 0.5}, "lr": {"low": 1e-4, "high": 1e-1, "log": True}}
+    frame = pd.DataFrame({"val_acc": [0.9, 0.8, 0.7], "dropout": [0.0, 0.0, 0.3], "lr": [1.5e-4, 1.9e-4, 0.01]})
+    flags = edge_flags(frame, space).set_index("dimension")
+    assert flags.loc["dropout", "best_values"] == [0.0, 0.0, 0.3] and flags.loc["dropout", "edge"] == "low"
+    assert flags.loc["lr", "edge"] == "low", "within a factor of 2 of 1e-4: 10% of the log span"
+    near = pd.DataFrame({"val_acc": [0.9, 0.8, 0.7], "dropout": [0.1, 0.15, 0.3], "lr": [0.01] * 3})
+    assert not edge_flags(near, space).set_index("dimension").loc["dropout", "at_edge"], "0.1 is 20% of 0.5 away"
+
+
+def test_overfitting_summary_skips_runs_without_accuracies_wherever_they_sort_and_keeps_unknown_runs():
+    histories = pd.DataFrame(
+        {
+            "run_id": ["0", "0", "x", "x"],
+            "epoch": [1, 2, 1, 2],
+            "train_acc": [NAN, NAN, 0.6, 0.7],
+            "val_acc": [0.5, 0.6, 0.6, 0.65],
+        }
+    )
+    summary = overfitting_summary(TRIALS, histories)
+    assert summary["run_id"].tolist() == ["x"] and math.isnan(summary.loc[0, "param_count"]), "x: no such trial"
+    empty = overfitting_summary(TRIALS, histories.iloc[:2])
+    assert empty.empty and "param_count" in empty.columns and "best_val_acc" in empty.columns
