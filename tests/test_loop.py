@@ -48,6 +48,9 @@ def test_resuming_from_a_snapshot_continues_exactly_where_it_stopped(tiny_data, 
 
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
     assert strip(resumed.history) == strip(full.history)
+    # What the snapshot says of itself: its epoch, its config and its history so far.
+    state = snapshots[2]
+    assert state.epoch == 2 and state.config == config.to_dict() and len(state.history) == 2
 
 
 def test_metrics_are_consistent(tiny_data):
@@ -285,3 +288,96 @@ def test_dropout_is_on_while_training_and_off_while_evaluating(noisy):
     assert [r["train_loss"] for r in result.history] != [r["train_loss"] for r in plain.history], (
         "training with dropout 0.5 gave the history of training without it: the masks were off"
     )
+
+
+def test_a_run_s_summary_is_its_last_epoch_its_best_epoch_and_its_total_seconds():
+    from torch import nn
+
+    from trainables.loop import FitResult
+
+    def record(epoch, val_acc, seconds):
+        return {
+            "epoch": epoch,
+            "train_loss": 0.1 * epoch,
+            "train_acc": 0.5 + 0.1 * epoch,
+            "val_loss": 1.0 / epoch,
+            "val_acc": val_acc,
+            "gap": 0.5 + 0.1 * epoch - val_acc,
+            "epoch_seconds": seconds,
+        }
+
+    history = [record(1, 0.6, 1.5), record(2, 0.8, 2.0), record(3, 0.8, 2.5), record(4, 0.7, 3.0)]
+    result = FitResult(history, "completed", 1234, nn.Identity(), best_epoch=2, steps="eager (why)")
+    assert result.summary() == {
+        "param_count": 1234,
+        "epochs": 4,
+        "train_loss": pytest.approx(0.4),
+        "train_acc": pytest.approx(0.9),
+        "val_loss": 0.25,
+        "val_acc": 0.7,
+        "gap": pytest.approx(0.2),
+        "best_val_acc": 0.8,
+        "best_epoch": 2,  # the earliest of the tied best
+        "status": "completed",
+        "seconds": 9.0,
+        "steps": "eager (why)",
+    }
+    empty = FitResult([], "completed", 7, nn.Identity()).summary()
+    assert empty["epochs"] == 0 and empty["seconds"] == 0 and empty["best_val_acc"] is None
+    assert empty["val_acc"] is None and empty["best_epoch"] is None and empty["param_count"] == 7
+
+
+def test_a_validation_half_without_images_has_no_number():
+    from trainables.loop import _share
+
+    assert _share(3.0, 4) == 0.75 and math.isnan(_share(0.0, 0))
+
+
+def test_the_untrained_net_is_evaluated_on_each_split_under_its_own_name(tiny_data):
+    from trainables.loop import evaluate, evaluate_untrained, setup_run
+
+    config = TrainConfig(**FAST)
+    run = setup_run(config, tiny_data)  # the same seed: the same untrained weights
+    train = evaluate(run.model, run.train_x, run.train_y, run.loss_fn)
+    val = evaluate(run.model, run.val_x, run.val_y, run.loss_fn)
+    assert train != val, "the two splits must tell apart here"
+    assert evaluate_untrained(config, tiny_data) == {
+        "param_count": 3072 * 32 + 32 + 32 * 2 + 2,
+        "train_eval_loss": train["loss"],
+        "train_acc": train["acc"],
+        "val_loss": val["loss"],
+        "val_acc": val["acc"],
+    }
+
+
+def test_each_epoch_s_record_is_measured_on_its_own_split_and_half_after_the_epoch(tiny_data):
+    import time
+
+    from trainables.loop import evaluate, setup_run
+    from trainables.steps import calibration_error, evaluate_sums
+
+    config = TrainConfig(**{**FAST, "epochs": 2})
+    started = time.perf_counter()
+    result = fit(config, tiny_data)
+    wall = time.perf_counter() - started
+    last, run = result.history[-1], setup_run(config, tiny_data)  # run: the same split tensors and halves
+    model = result.model  # the last epoch's weights
+    train = evaluate(model, run.train_x, run.train_y, run.loss_fn)
+    val = evaluate(model, run.val_x, run.val_y, run.loss_fn)
+    (sel_x, sel_y), (rep_x, rep_y) = run.val_halves
+    sel, rep = evaluate(model, sel_x, sel_y, run.loss_fn), evaluate(model, rep_x, rep_y, run.loss_fn)
+    _, _, calibration = evaluate_sums(model, run.val_x, run.val_y, run.loss_fn)
+    want = {
+        "train_eval_loss": train["loss"],
+        "train_acc": train["acc"],
+        "val_loss": val["loss"],
+        "val_acc": val["acc"],
+        "val_select_loss": sel["loss"],
+        "val_select_acc": sel["acc"],
+        "val_report_loss": rep["loss"],
+        "val_report_acc": rep["acc"],
+        "val_ece": calibration_error(calibration.tolist(), len(run.val_y)),
+    }
+    assert {k: last[k] for k in want} == {k: pytest.approx(v, rel=1e-6) for k, v in want.items()}
+    assert len(sel_y) > 1 and len(rep_y) > 1 and train["loss"] != val["loss"], "splits and halves tell apart"
+    assert 0 < last["epoch_seconds"] < wall and sum(r["epoch_seconds"] for r in result.history) < wall
