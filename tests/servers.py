@@ -105,6 +105,8 @@ class MlflowServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90) -> MlflowServer:
+        if self.proc is not None:  # a server kill()ed before: reaped before its port is taken again
+            stop_group(self.proc)
         self.folder.mkdir(parents=True, exist_ok=True)
         log = open(self.folder / "server.log", "ab")
         self.proc = subprocess.Popen(
@@ -144,6 +146,12 @@ class MlflowServer:
     def stop(self) -> None:
         if self.proc is not None:
             stop_group(self.proc)
+
+    def kill(self) -> None:
+        """The server goes away now (SIGKILL to its process group; stop() or start() reaps it): a
+        graceful stop can take seconds on a loaded machine, while the study it serves goes on."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 class RayNode:

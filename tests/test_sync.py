@@ -112,13 +112,15 @@ def test_sync_after_an_outage_past_the_end_writes_the_runs_the_live_logger_write
             for k in KINDS
         }
         # The parent run is opened (synchronously) before birdplane's manifest is written and any
-        # trial starts; each server goes away right after.
+        # trial starts; each server goes away right after. Killed, not stopped: waiting for one
+        # server's graceful stop once let the other study finish before its own server went away
+        # (no undelivered call, no sync command printed).
         waiting = set(KINDS)
         while waiting:
             for kind in sorted(waiting):
                 assert down[kind].proc.poll() is None, down[kind].result().stderr[-3000:]
                 if (tmp_path / kind / "ray" / f"{kind}-down" / "birdplane.json").exists():
-                    servers[kind].stop()
+                    servers[kind].kill()
                     waiting.discard(kind)
             time.sleep(0.05)
         commands = {}
