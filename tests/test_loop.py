@@ -57,7 +57,9 @@ def test_metrics_are_consistent(tiny_data):
     result = fit(TrainConfig(**FAST), tiny_data)
     for r in result.history:
         assert r["gap"] == pytest.approx(r["train_acc"] - r["val_acc"])
-        assert 0 <= r["val_acc"] <= 1 and r["samples_per_second"] > 0
+        assert 0 <= r["val_acc"] <= 1
+        # the training images over the training part of the epoch, which is within the epoch
+        assert r["samples_per_second"] >= len(tiny_data.train) / r["epoch_seconds"]
     s = result.summary()
     best = max(result.history, key=lambda r: r["val_acc"])
     assert s["best_val_acc"] == best["val_acc"] and s["epochs"] == 4
@@ -158,6 +160,11 @@ REFERENCE_RECIPES = {
     "bce": {"loss": "bce", "lr": 0.1},
     "mse crop": {"loss": "mse", "lr": 0.1, "augment": "crop"},
     "one batch larger than the split": {"batch_size": 500},
+    "adam weight decay": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.05},
+    # The schedules at their edges: cosine's last step one after its first (the factor reaches 0),
+    # one-cycle over a single step without a warm-up (torch's default share, 0.3).
+    "cosine over two steps": {"schedule": "cosine", "epochs": 2, "batch_size": 500},
+    "onecycle in one step": {"schedule": "onecycle", "warmup": 0.0, "epochs": 1, "batch_size": 500},
 }
 
 
@@ -381,3 +388,96 @@ def test_each_epoch_s_record_is_measured_on_its_own_split_and_half_after_the_epo
     assert {k: last[k] for k in want} == {k: pytest.approx(v, rel=1e-6) for k, v in want.items()}
     assert len(sel_y) > 1 and len(rep_y) > 1 and train["loss"] != val["loss"], "splits and halves tell apart"
     assert 0 < last["epoch_seconds"] < wall and sum(r["epoch_seconds"] for r in result.history) < wall
+
+
+def test_the_device_is_this_machine_s_unless_named():
+    from trainables.loop import pick_device
+
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    assert pick_device().type == here and pick_device("auto").type == here
+    assert pick_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="device cuda requested but torch sees no CUDA device"):
+            pick_device("cuda")
+
+
+def test_a_seed_seeds_python_numpy_and_torch_numpy_s_reduced_to_its_range():
+    import random
+
+    import numpy as np
+
+    from trainables.loop import seed_everything
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+    seed = 2**32 + 100  # beyond numpy's range: numpy takes it modulo 2**32
+    seed_everything(seed)
+    got = draws()
+    random.seed(seed)
+    np.random.seed(100)
+    torch.manual_seed(seed)
+    assert got == draws()
+
+
+def test_a_run_of_one_training_image_and_one_validation_image_averages_over_one(tiny_data):
+    import dataclasses
+
+    from trainables.data import Split
+    from trainables.loop import evaluate, setup_run
+
+    one = dataclasses.replace(
+        tiny_data,
+        train=Split(tiny_data.train.x[:1], tiny_data.train.y[:1]),
+        val=Split(tiny_data.val.x[:1], tiny_data.val.y[:1]),
+    )
+    config = TrainConfig(**{**FAST, "epochs": 1})
+    result = fit(config, one)
+    run = setup_run(config, one)  # the same normalised images
+    model = result.model.eval()
+    with torch.no_grad():
+        want = {
+            split: (float(run.loss_fn(model(x), y)), float((run.loss_fn.predict(model(x)) == y).sum()))
+            for split, (x, y) in {"train": (run.train_x, run.train_y), "val": (run.val_x, run.val_y)}.items()
+        }
+    record = result.history[-1]
+    got = {"train": (record["train_eval_loss"], record["train_acc"]), "val": (record["val_loss"], record["val_acc"])}
+    assert got == {k: (pytest.approx(loss, rel=1e-6), acc) for k, (loss, acc) in want.items()}
+    val = evaluate(model, run.val_x, run.val_y, run.loss_fn)
+    assert val == {"loss": pytest.approx(want["val"][0], rel=1e-6), "acc": want["val"][1]}
+
+
+def test_fit_reports_the_parameter_count_and_how_its_steps_ran(tiny_data):
+    config = TrainConfig(**{**FAST, "epochs": 2, "graphs": "off"})
+    records = []
+    result = fit(config, tiny_data, on_epoch_end=lambda record, _: records.append(record))
+    count = sum(p.numel() for p in result.model.parameters())
+    assert count == 3072 * 32 + 32 + 32 * 2 + 2
+    assert result.param_count == count and [r["param_count"] for r in records] == [count, count]
+    assert result.steps == "eager (CUDA graphs turned off)"
+    if not torch.cuda.is_available():
+        assert fit(TrainConfig(**FAST), tiny_data).steps == "eager (CUDA graphs need a CUDA device)"
+
+
+def test_a_run_resumed_from_its_state_before_any_epoch_trains_as_one_never_stopped(tiny_data):
+    from trainables.loop import setup_run
+
+    config = TrainConfig(**{**FAST, "epochs": 2, "schedule": "cosine"})
+    start = setup_run(config, tiny_data).state()
+    assert start.epoch == 0 and start.best_model is None
+    resumed, plain = fit(config, tiny_data, resume=start), fit(config, tiny_data)
+
+    def strip(history):
+        return [(r["epoch"], r["train_loss"], r["val_acc"], r["lr"]) for r in history]
+
+    assert strip(resumed.history) == strip(plain.history) and len(plain.history) == 2
+
+
+def test_label_noise_changes_the_training_labels_only(tiny_data):
+    from trainables.data import noisy_labels
+    from trainables.loop import setup_run
+
+    run = setup_run(TrainConfig(**{**FAST, "label_noise": 0.25}), tiny_data)
+    assert torch.equal(run.train_y, noisy_labels(tiny_data.train.y, 0.25, 2))
+    assert (run.train_y != tiny_data.train.y).sum() == round(0.25 * len(tiny_data.train))
+    assert torch.equal(run.val_y, tiny_data.val.y)
