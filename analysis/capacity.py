@@ -284,10 +284,11 @@ def memorisation(table: pd.DataFrame, threshold: float = 0.99, rise: float = 0.0
         out["beyond"] = "no larger size"
         return out
     if noisy:
-        # A dip at the memorisation point itself (classic double descent) shows only on the whole curve.
+        # A dip at the memorisation point itself (classic double descent) shows only on the whole
+        # curve; a dip before it says nothing of what follows memorisation.
         shape = (
             whole
-            if whole["shape"] == "dip-then-rise"
+            if whole["shape"] == "dip-then-rise" and whole["dip"] >= first
             else curve_shape(
                 beyond["final_val_acc"].tolist(), beyond["final_val_acc_sd"].tolist(), beyond["seeds"].tolist()
             )

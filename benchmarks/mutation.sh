@@ -20,7 +20,7 @@ mkdir -p "$OUT"
 
 # module -> the quick (-m "not slow") test files that import and exercise it
 declare -A TESTS=(
-  [analysis/capacity.py]="tests/test_analysis_capacity.py tests/test_analysis_report.py tests/test_statistics.py"
+  [analysis/capacity.py]="tests/test_analysis_capacity.py tests/test_capacity_memorisation.py tests/test_capacity_tables.py tests/test_analysis_report.py tests/test_statistics.py"
   [analysis/overfitting.py]="tests/test_overfitting.py tests/test_analysis_capacity.py"
   [analysis/statistics.py]="tests/test_statistics.py tests/test_analysis_capacity.py"
   [trainables/config.py]="tests/test_config.py tests/test_optim.py tests/test_space.py"

@@ -174,8 +174,10 @@ def test_a_study_that_cannot_be_opened_is_logged_and_skipped_without_raising(tmp
         mirror.setup()
         assert mirror.write("t1", CONFIG, {"val_acc": 0.7}, error=False) is False
     first, second = (r.getMessage() for r in caplog.records)
+    # Each line ends with the storage's own error: why the study cannot be opened.
     assert first.startswith(f"Optuna study s at {url} not available: ")
     assert second.startswith("could not copy trial t1 into the Optuna study s: ")
+    assert all("unable to open database file" in line for line in (first, second)), (first, second)
 
 
 def test_what_tune_snapshots_holds_the_settings_and_curves_but_no_live_study(tmp_path):
