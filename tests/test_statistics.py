@@ -490,3 +490,29 @@ def test_a_confirmation_without_enough_retrainings_says_nan_quietly():
     assert math.isnan(final["low"]) and math.isnan(final["high"]), "one seed: no interval"
     assert best["sweep"] is None and math.isnan(best["luck"]) and best["independent_mean"] == 0.85
     assert none["independent_seeds"] == 0 and math.isnan(none["independent_mean"]) and math.isnan(none["luck"])
+
+
+def test_the_t_density_and_the_incomplete_beta_s_ends_have_known_answers():
+    from analysis.statistics import _t_pdf
+
+    # Closed forms: df 1 is Cauchy; df 2 is (2 + t²)^(-3/2); df 4 is 3/8 (1 + t²/4)^(-5/2).
+    for t in (0.0, 0.5, -1.0, 2.0, 7.0):
+        assert _t_pdf(t, 1) == pytest.approx(1 / (math.pi * (1 + t * t)), rel=1e-12)
+        assert _t_pdf(t, 2) == pytest.approx((2 + t * t) ** -1.5, rel=1e-12)
+        assert _t_pdf(t, 4) == pytest.approx(3 / 8 * (1 + t * t / 4) ** -2.5, rel=1e-12)
+    # I_x(a, b) at and beyond its ends; the t cdf at ± infinity reaches them (x = df / (df + t²) = 0).
+    assert (betainc(2, 3, 0.0), betainc(2, 3, -0.5), betainc(2, 3, 1.0), betainc(2, 3, 1.5)) == (0.0, 0.0, 1.0, 1.0)
+    assert t_cdf(math.inf, 3) == 1.0 and t_cdf(-math.inf, 3) == 0.0
+
+
+def test_the_t_and_f_tails_match_their_closed_forms_far_out_and_close_in():
+    """Where the incomplete beta's continued fraction converges slowly (x near 0 or 1), betainc
+    turns to the side where it converges fast: t near 0 or far out, F with more numerator df."""
+    for t in (1e-3, 1e-2, 0.3, 3.0, 100.0):
+        assert t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-12), t
+        assert t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-12), t
+    # F(d1, 2): P(F > f) = 1 - (1 - x)^(d1/2) with x = 2 / (2 + d1·f).
+    for d1 in (1, 3, 6, 10):
+        for f in (0.5, 3.0, 100.0):
+            x = 2 / (2 + d1 * f)
+            assert f_sf(f, d1, 2) == pytest.approx(1 - (1 - x) ** (d1 / 2), rel=1e-9), (f, d1)
