@@ -339,7 +339,7 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
     """The table as people read it: counts with thousands separators, 3 decimals, '—' for missing."""
     out = table.copy()
     for column in out.columns:
-        if column in ("param_count", "trials", "seeds") or column.endswith("_count"):
+        if column in ("trials", "seeds") or column.endswith("_count"):  # param_count among them
             out[column] = out[column].map(fmt_count)
         elif column in ("onset", "val_loss_onset", "epochs", "best_epoch", "epochs_run", "sweep_epochs"):
             out[column] = out[column].map(lambda v: fmt_acc(v, 0))

@@ -433,6 +433,46 @@ def ece(confidences: Sequence[float], correct: Sequence[bool], bins: int = ECE_B
 # ---------------------------------------------------------------- confirmations of a selected trial
 
 
+def paired_comparison(
+    a: Sequence[float], b: Sequence[float], delta: float = 0.01, level: float = LEVEL, target: float = 0.8
+) -> dict:
+    """Two treatments measured on the same seeds (a searcher against random search, say): the
+    per-seed differences a - b, their mean with its ``level`` t interval, the paired t test's
+    two-sided p, their sd, the power this many pairs have to detect a true difference of ``delta``
+    at that sd, and the pairs that power needs to reach ``target``.
+
+    Power: the two-sided test at 1 - level, by the normal approximation of the noncentral t,
+    Phi(delta·sqrt(n)/sd - t(1 - alpha/2, n - 1)) (the far tail left out). Assumption: the seeds'
+    differences are independent and roughly normal. Fewer than 2 pairs: only the mean.
+    """
+    d = [float(x) - float(y) for x, y in zip(a, b, strict=True)]
+    n = len(d)
+    out = {"n": n, "diff": math.nan, "sd": math.nan, "low": math.nan, "high": math.nan, "p": math.nan}
+    out.update(power=math.nan, pairs_needed=None)
+    if n == 0:
+        return out
+    mean = math.fsum(d) / n
+    out["diff"] = mean
+    if n < 2:
+        return out
+    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in d) / (n - 1))
+    alpha = 1.0 - level
+
+    def power(pairs: int) -> float:
+        if sd == 0:
+            return 1.0
+        return NormalDist().cdf(delta * math.sqrt(pairs) / sd - t_quantile(1.0 - alpha / 2.0, pairs - 1))
+
+    half = t_quantile(1.0 - alpha / 2.0, n - 1) * sd / math.sqrt(n)
+    if sd == 0:
+        p = 1.0 if mean == 0 else 0.0
+    else:
+        p = t_two_sided_p(mean / (sd / math.sqrt(n)), n - 1)
+    needed = next((m for m in range(2, 100_001) if power(m) >= target), None)
+    out.update(sd=sd, low=mean - half, high=mean + half, p=p, power=power(n), pairs_needed=needed)
+    return out
+
+
 def confirmation(sweep: dict, runs: Sequence[dict], level: float = LEVEL, n_val: int | None = None) -> list[dict]:
     """Like-for-like check of a selected trial: final against final, best against best.
 

@@ -464,3 +464,15 @@ def test_a_dip_and_rise_before_the_memorisation_point_is_no_second_rise_after_it
         shape="dip-then-rise",
         judged=ON_NOISE,
     )
+
+
+def test_a_dip_just_before_the_memorisation_point_is_no_second_rise_either():
+    """The dip at [2], the size right before the nets memorise (from [4]): still before it."""
+    table = _sizes(train=[0.5, 0.6, 1.0, 1.0, 1.0], val=[0.80, 0.70, 0.80, 0.80, 0.80], sd=[0.004] * 5, seeds=[3] * 5)
+    got = memorisation(table)
+    assert (got["memorised_size"], got["beyond"], got["second_rise"], got["second_rise_at"]) == (
+        "[4]",
+        "stays flat",
+        False,
+        None,
+    )

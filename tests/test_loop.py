@@ -390,7 +390,7 @@ def test_each_epoch_s_record_is_measured_on_its_own_split_and_half_after_the_epo
     assert 0 < last["epoch_seconds"] < wall and sum(r["epoch_seconds"] for r in result.history) < wall
 
 
-def test_the_device_is_this_machine_s_unless_named():
+def test_the_device_is_this_machine_s_unless_named(monkeypatch):
     from trainables.loop import pick_device
 
     here = "cuda" if torch.cuda.is_available() else "cpu"
@@ -399,6 +399,11 @@ def test_the_device_is_this_machine_s_unless_named():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="device cuda requested but torch sees no CUDA device"):
             pick_device("cuda")
+    # Where torch sees a GPU (stood in for here: naming a device needs none), "auto" takes it.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device().type == "cuda" and pick_device("cuda").type == "cuda" and pick_device("cpu").type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device().type == "cpu"
 
 
 def test_a_seed_seeds_python_numpy_and_torch_numpy_s_reduced_to_its_range():
@@ -411,11 +416,11 @@ def test_a_seed_seeds_python_numpy_and_torch_numpy_s_reduced_to_its_range():
     def draws():
         return random.random(), float(np.random.rand()), float(torch.rand(()))
 
-    seed = 2**32 + 100  # beyond numpy's range: numpy takes it modulo 2**32
+    seed = 2**32 + 2**31 + 100  # beyond numpy's range: numpy takes it modulo 2**32 (not 2**31)
     seed_everything(seed)
     got = draws()
     random.seed(seed)
-    np.random.seed(100)
+    np.random.seed(2**31 + 100)
     torch.manual_seed(seed)
     assert got == draws()
 
@@ -473,11 +478,14 @@ def test_a_run_resumed_from_its_state_before_any_epoch_trains_as_one_never_stopp
     assert strip(resumed.history) == strip(plain.history) and len(plain.history) == 2
 
 
-def test_label_noise_changes_the_training_labels_only(tiny_data):
-    from trainables.data import noisy_labels
+def test_label_noise_changes_the_training_labels_only_among_the_run_s_classes(image_tree, tmp_path):
+    from trainables.config import DataConfig
+    from trainables.data import load_study_data, noisy_labels
     from trainables.loop import setup_run
 
-    run = setup_run(TrainConfig(**{**FAST, "label_noise": 0.25}), tiny_data)
-    assert torch.equal(run.train_y, noisy_labels(tiny_data.train.y, 0.25, 2))
-    assert (run.train_y != tiny_data.train.y).sum() == round(0.25 * len(tiny_data.train))
-    assert torch.equal(run.val_y, tiny_data.val.y)
+    three = ("airplane", "bird", "cat")  # three classes: a flipped label has two others to go to
+    data = load_study_data(DataConfig(root=str(image_tree), classes=three, cache_dir=str(tmp_path / "cache")))
+    run = setup_run(TrainConfig(**{**FAST, "label_noise": 0.25}), data)
+    assert torch.equal(run.train_y, noisy_labels(data.train.y, 0.25, 3))
+    assert (run.train_y != data.train.y).sum() == round(0.25 * len(data.train))
+    assert set(run.train_y.tolist()) == {0, 1, 2} and torch.equal(run.val_y, data.val.y)

@@ -5,6 +5,7 @@ benchmarks/analysis_coverage.py prints the same rates with many more draws.
 
 import math
 from collections import Counter
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from analysis.statistics import (
     loss_onset,
     mean_interval,
     onset_share,
+    paired_comparison,
     pooled_sd,
     size_comparisons,
     size_trend,
@@ -516,3 +518,35 @@ def test_the_t_and_f_tails_match_their_closed_forms_far_out_and_close_in():
         for f in (0.5, 3.0, 100.0):
             x = 2 / (2 + d1 * f)
             assert f_sf(f, d1, 2) == pytest.approx(1 - (1 - x) ** (d1 / 2), rel=1e-9), (f, d1)
+
+
+def test_a_paired_comparison_s_interval_p_and_power_known_answers():
+    # Differences 0.01, 0.02, 0.00, 0.03: mean 0.015, sd sqrt(0.0005 / 3) = 0.0129099, se = sd / 2.
+    got = paired_comparison([0.82, 0.84, 0.80, 0.83], [0.81, 0.82, 0.80, 0.80])
+    sd = math.sqrt(0.0005 / 3)
+    se, t = sd / 2, 0.015 / (sd / 2)
+    # Student's t with 3 df: F(t) = 1/2 + (u / (1 + u²) + atan(u)) / pi, u = t / sqrt(3).
+    u = t / math.sqrt(3)
+    p = 2 * (1 - (0.5 + (u / (1 + u * u) + math.atan(u)) / math.pi))
+    assert got == {
+        "n": 4,
+        "diff": pytest.approx(0.015),
+        "sd": pytest.approx(sd),
+        "low": pytest.approx(0.015 - 3.182446305 * se),
+        "high": pytest.approx(0.015 + 3.182446305 * se),
+        "p": pytest.approx(p),
+        "power": pytest.approx(NormalDist().cdf(0.01 / se - 3.182446305)),
+        "pairs_needed": 15,
+    }
+    # 15 pairs: Phi(0.01·sqrt(15)/sd - t(0.975, 14)) = Phi(2.9999 - 2.1448) just above 0.8; 14 pairs fall short.
+    assert (
+        NormalDist().cdf(0.01 * math.sqrt(14) / sd - 2.144786688)
+        < 0.8
+        < NormalDist().cdf(0.01 * math.sqrt(15) / sd - 2.144786688)
+    )
+    assert paired_comparison([0.8, 0.9], [0.7, 0.8], delta=0.02, target=0.5)["pairs_needed"] == 2  # no spread
+    one = paired_comparison([0.8], [0.7])
+    assert one["diff"] == pytest.approx(0.1) and math.isnan(one["p"]) and one["pairs_needed"] is None
+    assert math.isnan(paired_comparison([], [])["diff"])
+    with pytest.raises(ValueError):
+        paired_comparison([0.8, 0.7], [0.8])

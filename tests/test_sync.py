@@ -60,7 +60,9 @@ def trial_runs(uri: str, experiment: str) -> dict[tuple, object]:
     runs = [
         r for r in client.search_runs([exp.experiment_id], max_results=1000) if r.data.tags.get(TAG_ROLE) == "trial"
     ]
-    return {(r.data.params.get("seed"), r.data.params.get("hidden_sizes")): r for r in runs}
+    by_key = {(r.data.params.get("seed"), r.data.params.get("hidden_sizes")): r for r in runs}
+    assert len(by_key) == len(runs), f"{experiment}: two trial runs of one trial"  # a run written twice
+    return by_key
 
 
 def as_logged(uri: str, run) -> dict:
