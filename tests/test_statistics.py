@@ -544,9 +544,15 @@ def test_a_paired_comparison_s_interval_p_and_power_known_answers():
         < 0.8
         < NormalDist().cdf(0.01 * math.sqrt(15) / sd - 2.144786688)
     )
-    assert paired_comparison([0.8, 0.9], [0.7, 0.8], delta=0.02, target=0.5)["pairs_needed"] == 2  # no spread
+    # No spread (differences exact in binary): certain, whatever the pairs.
+    same = {"n": 2, "sd": 0.0, "power": 1.0, "pairs_needed": 2}
+    assert paired_comparison([0.5, 0.75], [0.25, 0.5]) == {**same, "diff": 0.25, "low": 0.25, "high": 0.25, "p": 0.0}
+    assert paired_comparison([0.5, 0.75], [0.5, 0.75]) == {**same, "diff": 0.0, "low": 0.0, "high": 0.0, "p": 1.0}
+    # A difference of 0 to detect is never detected more often than the test's own errors: no pairs suffice.
+    assert paired_comparison([0.82, 0.84, 0.80, 0.83], [0.81, 0.82, 0.80, 0.80], delta=0.0)["pairs_needed"] is None
     one = paired_comparison([0.8], [0.7])
-    assert one["diff"] == pytest.approx(0.1) and math.isnan(one["p"]) and one["pairs_needed"] is None
+    assert one["diff"] == pytest.approx(0.1) and one["pairs_needed"] is None
+    assert all(math.isnan(one[k]) for k in ("sd", "low", "high", "p", "power")), one
     assert math.isnan(paired_comparison([], [])["diff"])
     with pytest.raises(ValueError):
         paired_comparison([0.8, 0.7], [0.8])
