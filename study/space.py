@@ -63,12 +63,12 @@ def _check_value(name: str, value: Any) -> Any:
             raise UsageError(f"search space: {name}: unknown value {value!r} (choose from {', '.join(CHOICES[name])})")
         return value
     numeric = (int,) if name in INTEGER else (int, float)
-    kind = "an integer" if name in INTEGER else "a number"
+    kind, noun = ("an integer", "integer") if name in INTEGER else ("a number", "number")
     if isinstance(value, bool) or not isinstance(value, numeric):
         raise UsageError(f"search space: {name}: {value!r} is not {kind}")
     if not math.isfinite(value) or (name in INTEGER and abs(value) >= 2**31):
         raise UsageError(
-            f"search space: {name}: {value!r} is not a finite {kind}" + (" below 2**31" if name in INTEGER else "")
+            f"search space: {name}: {value!r} is not a finite {noun}" + (" below 2**31" if name in INTEGER else "")
         )
     return value
 

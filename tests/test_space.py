@@ -147,6 +147,8 @@ EXACT = [
         {"optimizer": {"choices": ["sgd", "x"]}},
         "search space: optimizer: unknown value 'x' (choose from sgd, adam, adamw)",
     ),
+    ({"epochs": 2**31}, "search space: epochs: 2147483648 is not a finite integer below 2**31"),
+    ({"lr": float("inf")}, "search space: lr: inf is not a finite number"),
 ]
 
 
@@ -418,3 +420,44 @@ def test_ray_s_random_search_resolves_the_assembled_space_into_valid_trials():
         assert config["seeds"] == [train.seed, train.seed + 1, train.seed + 2]
     assert switched == {True, False}, "the optional dimension is drawn both on and off"
     assert len(depths) > 1, depths
+
+
+def test_a_space_file_that_is_not_yaml_is_refused_with_the_parser_s_first_line(tmp_path):
+    import yaml
+
+    from study.space import load_space
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("depth: [1, 2\nlr: 0.1\n")
+    with pytest.raises(yaml.YAMLError) as parsed:
+        yaml.safe_load(path.read_text())
+    lines = str(parsed.value).splitlines()
+    assert len(lines) > 1, "the parser's error has several lines: the message keeps the first"
+    with pytest.raises(UsageError) as refused:
+        load_space(path)
+    assert str(refused.value) == f"search space file {path} is not valid YAML: {lines[0]}"
+
+
+@pytest.mark.parametrize(
+    "name,old,new,shown",
+    [
+        ("loss", {"choices": ["nll", "ce"]}, {"choices": ["nll"]}, "choices ['nll', 'ce'] to choices ['nll']"),
+        ("dropout", {"low": 0.0, "high": 0.5}, {"low": 0.1, "high": 0.5}, "[0.0, 0.5] to [0.1, 0.5]"),
+        (
+            "weight_decay",
+            {"low": 1e-5, "high": 1e-2, "log": True, "or_zero": True},
+            {"low": 1e-4, "high": 1e-2, "log": True, "or_zero": True},
+            "[1e-05, 0.01] log or 0 to [0.0001, 0.01] log or 0",
+        ),
+        ("momentum", 0.9, 0.8, "0.9 to 0.8"),
+    ],
+)
+def test_an_extension_that_narrows_or_changes_a_dimension_is_refused_showing_both(name, old, new, shown):
+    from study.space import check_extension
+
+    with pytest.raises(UsageError) as refused:
+        check_extension(_space(**{name: old}), _space(**{name: new}))
+    assert str(refused.value) == (
+        f"--extend: the new search space changes {name} from {shown}: the earlier trials would not be "
+        "valid points of it (only numeric ranges may widen)"
+    )
