@@ -73,3 +73,14 @@ def test_bce_probabilities_are_one_minus_p_and_p_of_the_logit_s_sigmoid():
     logits = torch.tensor([[-2.0], [0.0], [1.5]])
     p1 = 1 / (1 + torch.exp(-logits[:, 0]))
     torch.testing.assert_close(ChapterLoss("bce", 2).probabilities(logits), torch.stack([1 - p1, p1], dim=1))
+
+
+@pytest.mark.parametrize("loss_name", ["nll", "ce", "mse", "bce"])
+def test_each_member_s_loss_is_the_loss_of_that_member_s_logits_alone(loss_name):
+    """per_member (a population of K nets, one batch): member k's entry is forward on its own logits."""
+    torch.manual_seed(0)
+    loss = ChapterLoss(loss_name, 2)
+    logits = torch.randn(3, 8, output_units(loss_name, 2))
+    labels = torch.randint(0, 2, (8,))
+    want = torch.stack([loss(logits[k], labels) for k in range(3)])
+    assert torch.allclose(loss.per_member(logits, labels), want, rtol=1e-6, atol=1e-7)
