@@ -7,8 +7,10 @@ clocks: analysis.export.search_digest), so two reproducible runs can be compared
 
 Each run is `birdplane sweep` in a subprocess on a fresh sqlite store (the README's command 1 with
 its own store), one mode after the other, alternating which goes first in each repeat. The data's
-tensor cache is built before the first clock starts. Prints one row per run, then the wall-time
-ratio reproducible / async per repeat and whether the reproducible runs' digests agree.
+tensor cache is built before the first clock starts. Prints one row per run (s/epoch: wall time per
+trial-epoch trained), then the wall-time ratio reproducible / async per repeat and the same ratio
+per trial-epoch (which leaves out the extra epochs the reproducible halving trains and keeps the
+batch's wait for its slowest trial), and whether the reproducible runs' digests agree.
 """
 
 from __future__ import annotations
@@ -95,7 +97,9 @@ def main() -> None:
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bp-repro-"))
     root.mkdir(parents=True, exist_ok=True)
     print(f"{args.num_samples} trials, seed {args.seed}, extra flags {extra or 'none'}; stores under {root}")
-    header = f"{'mode':>12} {'wall s':>8} {'load':>5} {'trials':>6} {'full':>4} {'epochs':>6} {'best':>6}"
+    header = (
+        f"{'mode':>12} {'wall s':>8} {'load':>5} {'trials':>6} {'full':>4} {'epochs':>6} {'s/epoch':>7} {'best':>6}"
+    )
     print(header + "  digest / best trial")
     rows = []
     for repeat in range(args.repeats):
@@ -106,13 +110,17 @@ def main() -> None:
             rows.append({**r, "repeat": repeat})
             print(
                 f"{mode:>12} {r['wall']:>8.1f} {r['load']:>5.1f} {r['trials']:>6} {r['full']:>4} {r['epochs']:>6} "
-                f"{r['best']:>6.3f}  {r['digest']} {r['best_trial']}",
+                f"{r['wall'] / r['epochs']:>7.2f} {r['best']:>6.3f}  {r['digest']} {r['best_trial']}",
                 flush=True,
             )
     for repeat in range(args.repeats):
         walls = {r["mode"]: r["wall"] for r in rows if r["repeat"] == repeat}
         if set(walls) == {"reproducible", "async"}:
-            print(f"repeat {repeat}: wall time reproducible / async = {walls['reproducible'] / walls['async']:.2f}x")
+            per = {r["mode"]: r["wall"] / r["epochs"] for r in rows if r["repeat"] == repeat}
+            print(
+                f"repeat {repeat}: wall time reproducible / async = {walls['reproducible'] / walls['async']:.2f}x; "
+                f"per trial-epoch {per['reproducible'] / per['async']:.2f}x (the rest is the extra epochs trained)"
+            )
     digests = {r["digest"] for r in rows if r["mode"] == "reproducible"}
     if len([r for r in rows if r["mode"] == "reproducible"]) > 1:
         print(f"reproducible runs: {'one digest' if len(digests) == 1 else f'{len(digests)} different digests'}")

@@ -288,6 +288,12 @@ def _sweep_parser(sub) -> None:
         help="ASHA's minimum epochs per trial (default 4, or the trials' epochs when fewer)",
     )
     p.add_argument(
+        "--reduction-factor",
+        type=float,
+        default=d.reduction_factor,
+        help=f"ASHA keeps the top 1/RF of each rung's trials (rungs at grace*RF^k; default {d.reduction_factor:g})",
+    )
+    p.add_argument(
         "--extend",
         type=int,
         default=None,
@@ -339,6 +345,7 @@ def sweep_options(args: argparse.Namespace) -> SweepOptions:
         objectives=objectives,
         scheduler=args.scheduler,
         grace_epochs=args.grace_epochs if not args.smoke else 1,
+        reduction_factor=args.reduction_factor,
         search=args.search,
         optuna_storage=args.optuna_storage,
         sampler=args.sampler,

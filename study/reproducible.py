@@ -23,6 +23,7 @@ This module subclasses Ray's, so it imports Ray at its top: import it only where
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -114,3 +115,25 @@ class BatchedHalving(FIFOScheduler):
 
     def debug_string(self) -> str:
         return f"Using BatchedHalving (reproducible ASHA): num_stopped={self.stopped}, rungs {self.rungs}"
+
+
+def replay_halving(
+    curves: list[list[float]], max_t: int, grace: int, rf: float, batch: int, mode: str = "max"
+) -> list[int]:
+    """The epochs each trial would run under ``BatchedHalving``, given each trial's full per-epoch
+    metric (``curves``, in trial order, ``batch`` trials per batch). Exact for a sweep whose configs
+    and seeds do not depend on results (Optuna's random sampler): halving only cuts a curve short.
+    A curve shorter than ``max_t`` (a trial that diverged) ends where it ends."""
+    scheduler = BatchedHalving(
+        metric="metric", mode=mode, max_t=max_t, grace_period=grace, reduction_factor=rf, batch_size=batch
+    )
+    runs = []
+    for n, curve in enumerate(curves):
+        trial = SimpleNamespace(trial_id=str(n))
+        scheduler.on_trial_add(None, trial)
+        for epoch, value in enumerate(curve, start=1):
+            decision = scheduler.on_trial_result(None, trial, {"epoch": epoch, "metric": value})
+            if decision == TrialScheduler.STOP or epoch == len(curve):
+                runs.append(epoch)
+                break
+    return runs

@@ -35,6 +35,7 @@ from trainables.config import DataConfig
 from trainables.data import check_data
 
 DEFAULT_GRACE = 4  # ASHA's first rung: augmentation and schedules lose at 2 epochs what they win at 40
+DEFAULT_REDUCTION = 3.0  # ASHA's reduction factor: a rung keeps the top 1/rf (docs/benchmarks.md#halving)
 SAMPLERS = ("tpe", "gp", "qmc", "random")  # Optuna samplers that handle the conditional depth -> widths space
 
 
@@ -47,6 +48,7 @@ class SweepOptions(StudyOptions):
     objectives: tuple[str, ...] = ()
     scheduler: str = "asha"
     grace_epochs: int | None = None  # None: min(DEFAULT_GRACE, the trials' epochs)
+    reduction_factor: float = DEFAULT_REDUCTION  # ASHA keeps the top 1/reduction_factor of each rung
     search: str = "tpe"  # tpe (Optuna through OptunaSearch) or random (Ray's BasicVariantGenerator)
     optuna_storage: str | None = None  # an Optuna RDB URL: the study is persisted there (optuna-dashboard)
     sampler: str = "tpe"  # the Optuna sampler behind --search tpe: tpe, gp, qmc or random
@@ -108,6 +110,9 @@ def prepare(opts: SweepOptions, data: DataConfig, space: SearchSpace | None = No
         raise UsageError(f"--epochs must be >= 1, got {opts.epochs}")
     if opts.grace_epochs is not None and opts.grace_epochs < 1:
         raise UsageError(f"--grace-epochs must be >= 1, got {opts.grace_epochs}")
+    rf = opts.reduction_factor
+    if isinstance(rf, bool) or not isinstance(rf, int | float) or not 1 < rf < float("inf"):
+        raise UsageError(f"--reduction-factor must be a number above 1, got {rf}")
     spt = opts.seeds_per_trial
     if spt is not None and (isinstance(spt, bool) or not isinstance(spt, int) or spt < 1):
         raise UsageError(f"--seeds-per-trial must be an integer >= 1, got {spt}")
@@ -224,6 +229,7 @@ def prepare_extension(opts: SweepOptions, data: DataConfig | None, count: int) -
         objectives=objectives,
         scheduler=flags.get("scheduler", opts.scheduler),
         grace_epochs=flags.get("grace_epochs"),
+        reduction_factor=float(flags.get("reduction_factor", 3.0)),  # a sweep from before the flag: 3
         search="tpe",
         sampler=flags.get("sampler", opts.sampler),
         # The sweep's own mode unless this command says otherwise (a sweep from before the flag: async).
@@ -363,7 +369,7 @@ def build_tuner(
             mode=prep.mode,
             max_t=prep.epochs,
             grace_period=grace,
-            reduction_factor=3,
+            reduction_factor=opts.reduction_factor,
             batch_size=concurrency,
         )
     elif opts.scheduler == "asha":
@@ -373,7 +379,7 @@ def build_tuner(
             mode=prep.mode,
             max_t=prep.epochs,
             grace_period=grace,
-            reduction_factor=3,
+            reduction_factor=opts.reduction_factor,
         )
     tune_config = tune.TuneConfig(
         search_alg=searcher,

@@ -43,6 +43,17 @@ CASES = [
     ("bad-name", lambda t, d, s: ["--name", "../escape"], "--name"),
     ("resume-unknown", lambda t, d, s: ["--name", "never-ran", "--resume"], "no sweep named"),
     ("grace-too-long", lambda t, d, s: ["--grace-epochs", "5"], "--grace-epochs"),
+    (
+        "reduction-factor-one",
+        lambda t, d, s: ["--reduction-factor", "1"],
+        "--reduction-factor must be a number above 1",
+    ),
+    (
+        "reduction-factor-nan",
+        lambda t, d, s: ["--reduction-factor", "nan"],
+        "--reduction-factor must be a number above 1",
+    ),
+    ("reduction-factor-text", lambda t, d, s: ["--reduction-factor", "half"], "--reduction-factor"),
     ("zero-seeds-per-trial", lambda t, d, s: ["--seeds-per-trial", "0"], "--seeds-per-trial must be an integer >= 1"),
     ("negative-seeds-per-trial", lambda t, d, s: ["--seeds-per-trial", "-2"], "--seeds-per-trial"),
     ("not-an-int", lambda t, d, s: ["--num-samples", "many"], "--num-samples"),

@@ -12,7 +12,7 @@ import pytest
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from study.reproducible import BatchedHalving, OrderedBatchLimiter, batch_rungs, rung_cutoff
+from study.reproducible import BatchedHalving, OrderedBatchLimiter, batch_rungs, replay_halving, rung_cutoff
 
 
 def space(trial):
@@ -123,3 +123,23 @@ def test_ray_s_random_search_with_asha_is_refused_in_reproducible_mode_and_allow
     ], refused.stderr
     assert run_birdplane(*common, "--no-reproducible").returncode == 0
     assert run_birdplane(*common, "--scheduler", "none").returncode == 0
+
+
+def test_replayed_halving_cuts_each_curve_where_the_scheduler_stops_it():
+    # max_t 9, grace 1, rf 3: rungs at epochs 1 and 3; batches of 2.
+    curves = [
+        [0.80, 0.82, 0.85, 0.86, 0.86, 0.87, 0.87, 0.88, 0.88],  # batch 0: never cut
+        [0.60, 0.62, 0.65],  # batch 0, diverged after epoch 3: ends there
+        [0.70, 0.80, 0.90, 0.90, 0.90, 0.90, 0.90, 0.90, 0.90],  # below 0.733 at epoch 1: cut
+        [0.75, 0.76, 0.70, 0.71, 0.72, 0.73, 0.74, 0.75, 0.76],  # passes epoch 1, cut at 3 (cutoff 0.783)
+        [0.81, 0.82, 0.86, 0.87, 0.88, 0.89, 0.90, 0.91, 0.92],  # passes both rungs: the full budget
+        [0.50, 0.90, 0.90, 0.90, 0.90, 0.90, 0.90, 0.90, 0.90],
+    ]
+    assert replay_halving(curves, max_t=9, grace=1, rf=3, batch=2) == [9, 3, 1, 3, 9, 1]
+    # One batch of all six: nothing is ever compared, every curve runs out.
+    assert replay_halving(curves, max_t=9, grace=1, rf=3, batch=6) == [9, 3, 9, 9, 9, 9]
+    # Loss curves (mode min) are cut from above: the same curves negated give the same decisions.
+    negated = [[-v for v in c] for c in curves]
+    assert replay_halving(negated, max_t=9, grace=1, rf=3, batch=2, mode="min") == [9, 3, 1, 3, 9, 1]
+    # A larger factor keeps fewer: rf 9 has a single rung at epoch 1 and cuts below its 8/9 quantile.
+    assert replay_halving(curves, max_t=9, grace=1, rf=9, batch=2) == [9, 3, 1, 1, 9, 1]

@@ -10,6 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from analysis.export import search_digest, search_tables
+from study.reproducible import replay_halving
 from tests.conftest import make_image_tree, run_birdplane
 from tests.test_sweep import small_space
 
@@ -58,13 +59,15 @@ def search_and_extend(tree, tmp_path, k: int):
     root = tmp_path / f"run{k}"
     root.mkdir()
     # The default on a local Ray is reproducible: the first run relies on it, the second says it.
-    uri, common = sweep(root, tree, "rep", *(["--reproducible"] if k else []))
+    # A reduction factor other than the default: the extension must keep the sweep's.
+    uri, common = sweep(root, tree, "rep", "--reduction-factor", 2.5, *(["--reproducible"] if k else []))
     first = trial_table(uri, "rep")
     ext = run_birdplane("sweep", "--name", "rep", "--extend", 2, *common)
     assert ext.returncode == 0, ext.stderr[-3000:]
     both = trial_table(uri, "rep")
-    modes = [json.loads((root / "ray" / n / "birdplane.json").read_text())["options"]["reproducible"] for n in NAMES]
-    assert modes == [True, True], "the manifests do not record the reproducible mode the sweep ran in"
+    options = [json.loads((root / "ray" / n / "birdplane.json").read_text())["options"] for n in NAMES]
+    assert [o["reproducible"] for o in options] == [True, True], "the manifests do not record the reproducible mode"
+    assert [o["reduction_factor"] for o in options] == [2.5, 2.5], "the extension did not keep the reduction factor"
     return (search_digest(*first), search_digest(*both)), both
 
 
@@ -85,3 +88,25 @@ def test_two_reproducible_sweeps_and_their_extensions_give_identical_trial_table
             f"the same seed gave another search ({what}):\n{diff}"
         )
     assert digests[0] == digests[1]
+
+
+def test_halving_replayed_on_a_no_stopping_sweep_is_what_the_halving_sweep_runs(tree, tmp_path):
+    """benchmarks/halving_replay.py's premise: under Optuna's random sampler a trial's config and
+    seed do not depend on results, so BatchedHalving replayed on the curves of a sweep without early
+    stopping gives, trial for trial, the epochs and metrics of the same sweep with halving."""
+    (tmp_path / "full").mkdir()
+    (tmp_path / "cut").mkdir()
+    full_uri, _ = sweep(tmp_path / "full", tree, "full", "--sampler", "random", "--scheduler", "none")
+    cut_uri, _ = sweep(tmp_path / "cut", tree, "cut", "--sampler", "random", "--reduction-factor", 2)
+    full, full_epochs = trial_table(full_uri, "full")
+    cut, cut_epochs = trial_table(cut_uri, "cut")
+    assert list(full["seed"]) == list(cut["seed"]) and set(full["epochs_run"]) == {4}, full[["seed", "epochs_run"]]
+    curves = [list(full_epochs[full_epochs["seed"] == s].sort_values("epoch")["val_acc"]) for s in full["seed"]]
+    replayed = replay_halving(curves, max_t=4, grace=1, rf=2, batch=2)
+    assert replayed == list(cut["epochs_run"]), "the replay stopped other trials than the halving sweep did"
+    assert 4 in replayed and min(replayed) < 4, "the situation cannot show: halving cut no trial, or every trial"
+    # Halving cuts the curves short and changes nothing else in them.
+    truncated = full_epochs.merge(cut[["seed", "epochs_run"]], on="seed")
+    truncated = truncated[truncated["epoch"] <= truncated["epochs_run"]].drop(columns="epochs_run")
+    columns = ["seed", "epoch", "val_acc", "train_loss", "val_loss"]
+    assert truncated[columns].reset_index(drop=True).equals(cut_epochs[columns].reset_index(drop=True))
