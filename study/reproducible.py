@@ -31,9 +31,12 @@ from ray.tune.search import ConcurrencyLimiter
 
 
 def batch_rungs(grace: int, max_t: int, reduction_factor: float) -> list[int]:
-    """ASHA's milestones for one bracket: grace, grace*rf, ... below max_t (ascending)."""
+    """The epochs at which ASHA decides, for one bracket (ascending): its milestones grace, grace*rf,
+    ... below max_t, each decided at the first epoch that reaches it (a factor of 2.5 from grace 1:
+    milestones 1, 2.5, 6.25, decided at epochs 1, 3 and 7)."""
     count = int(math.log(max_t / grace) / math.log(reduction_factor) + 1)
-    return [int(grace * reduction_factor**k) for k in range(count) if grace * reduction_factor**k < max_t]
+    epochs = (math.ceil(grace * reduction_factor**k - 1e-9) for k in range(count))
+    return [e for e in epochs if e < max_t]
 
 
 def rung_cutoff(values: list[float], reduction_factor: float) -> float | None:

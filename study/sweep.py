@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -36,6 +38,7 @@ from trainables.data import check_data
 
 DEFAULT_GRACE = 4  # ASHA's first rung: augmentation and schedules lose at 2 epochs what they win at 40
 DEFAULT_REDUCTION = 3.0  # ASHA's reduction factor: a rung keeps the top 1/rf (docs/benchmarks.md#halving)
+REDUCTION_BEFORE_FLAG = 3.0  # what sweeps ran with before --reduction-factor (their manifests lack it)
 SAMPLERS = ("tpe", "gp", "qmc", "random")  # Optuna samplers that handle the conditional depth -> widths space
 
 
@@ -110,9 +113,6 @@ def prepare(opts: SweepOptions, data: DataConfig, space: SearchSpace | None = No
         raise UsageError(f"--epochs must be >= 1, got {opts.epochs}")
     if opts.grace_epochs is not None and opts.grace_epochs < 1:
         raise UsageError(f"--grace-epochs must be >= 1, got {opts.grace_epochs}")
-    rf = opts.reduction_factor
-    if isinstance(rf, bool) or not isinstance(rf, int | float) or not 1 < rf < float("inf"):
-        raise UsageError(f"--reduction-factor must be a number above 1, got {rf}")
     spt = opts.seeds_per_trial
     if spt is not None and (isinstance(spt, bool) or not isinstance(spt, int) or spt < 1):
         raise UsageError(f"--seeds-per-trial must be an integer >= 1, got {spt}")
@@ -138,6 +138,8 @@ def prepare(opts: SweepOptions, data: DataConfig, space: SearchSpace | None = No
         )
     if opts.scheduler == "asha" and opts.grace_epochs is not None and opts.grace_epochs > epochs.fixed:
         raise UsageError(f"--grace-epochs {opts.grace_epochs} exceeds the {epochs.fixed} epochs of a trial")
+    grace = opts.grace_epochs or min(DEFAULT_GRACE, int(epochs.fixed))
+    check_reduction_factor(opts.reduction_factor, grace, int(epochs.fixed))
     loss = space.dimensions.get("loss")
     losses = (loss.choices or (loss.fixed,)) if loss is not None else ("nll",)
     if "bce" in losses and len(data.classes) != 2:
@@ -172,6 +174,21 @@ def prepare(opts: SweepOptions, data: DataConfig, space: SearchSpace | None = No
         metric=opts.metric,
         optuna_storage=optuna_storage,
     )
+
+
+def check_reduction_factor(rf, grace: int, max_t: int) -> None:
+    """A factor whose rungs below ``max_t`` each fall on an epoch of their own. (Two milestones on one
+    epoch make Ray's ASHA decide the second an epoch late, and near 1 the rungs never end.)"""
+    if isinstance(rf, bool) or not isinstance(rf, numbers.Real) or not math.isfinite(rf) or rf <= 1:
+        raise UsageError(f"--reduction-factor must be a finite number above 1, got {rf}")
+    previous, k = None, 0
+    while grace * rf**k < max_t:  # at most max_t steps: each one moves a whole epoch, or fails
+        epoch = math.ceil(grace * rf**k - 1e-9)
+        if epoch == previous:
+            raise UsageError(
+                f"--reduction-factor {rf} puts two of ASHA's rungs on epoch {epoch} (grace {grace}): give a larger one"
+            )
+        previous, k = epoch, k + 1
 
 
 def prepare_extension(opts: SweepOptions, data: DataConfig | None, count: int) -> SweepPrepared:
@@ -229,7 +246,7 @@ def prepare_extension(opts: SweepOptions, data: DataConfig | None, count: int) -
         objectives=objectives,
         scheduler=flags.get("scheduler", opts.scheduler),
         grace_epochs=flags.get("grace_epochs"),
-        reduction_factor=float(flags.get("reduction_factor", 3.0)),  # a sweep from before the flag: 3
+        reduction_factor=float(flags.get("reduction_factor", REDUCTION_BEFORE_FLAG)),
         search="tpe",
         sampler=flags.get("sampler", opts.sampler),
         # The sweep's own mode unless this command says otherwise (a sweep from before the flag: async).
@@ -309,7 +326,6 @@ def build_tuner(
 ):
     """The sweep's Tuner: Optuna TPE (or Ray's random search) and ASHA."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
@@ -359,6 +375,23 @@ def build_tuner(
             searcher = OrderedBatchLimiter(searcher, max_concurrent=concurrency)
         else:
             searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrency)
+    scheduler = make_scheduler(prep, concurrency)
+    tune_config = tune.TuneConfig(
+        search_alg=searcher,
+        scheduler=scheduler,
+        num_samples=opts.num_samples,
+        reuse_actors=True,
+        trial_dirname_creator=trial_dirname,
+    )
+    return tuner_for(prep, data, resources, callbacks, tune_config, param_space), concurrency
+
+
+def make_scheduler(prep: SweepPrepared, concurrency: int):
+    """The sweep's early stopping: ASHA (``BatchedHalving`` in the reproducible mode, deciding per
+    batch of ``concurrency`` trials), or None for ``--scheduler none``."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    opts = prep.options
     scheduler = None
     grace = opts.grace_epochs or min(DEFAULT_GRACE, prep.epochs)
     if opts.scheduler == "asha" and opts.is_reproducible:
@@ -381,14 +414,7 @@ def build_tuner(
             grace_period=grace,
             reduction_factor=opts.reduction_factor,
         )
-    tune_config = tune.TuneConfig(
-        search_alg=searcher,
-        scheduler=scheduler,
-        num_samples=opts.num_samples,
-        reuse_actors=True,
-        trial_dirname_creator=trial_dirname,
-    )
-    return tuner_for(prep, data, resources, callbacks, tune_config, param_space), concurrency
+    return scheduler
 
 
 @dataclass(frozen=True)

@@ -46,14 +46,25 @@ CASES = [
     (
         "reduction-factor-one",
         lambda t, d, s: ["--reduction-factor", "1"],
-        "--reduction-factor must be a number above 1",
+        "--reduction-factor must be a finite number above 1",
     ),
     (
         "reduction-factor-nan",
         lambda t, d, s: ["--reduction-factor", "nan"],
-        "--reduction-factor must be a number above 1",
+        "--reduction-factor must be a finite number above 1",
     ),
     ("reduction-factor-text", lambda t, d, s: ["--reduction-factor", "half"], "--reduction-factor"),
+    (
+        "reduction-factor-inf",
+        lambda t, d, s: ["--reduction-factor", "inf"],
+        "--reduction-factor must be a finite number",
+    ),
+    # Grace 1: milestones 1, 1.4 and 1.96 fall on epochs 1, 2 and 2.
+    (
+        "reduction-factor-rungs-collide",
+        lambda t, d, s: ["--reduction-factor", "1.4", "--grace-epochs", "1", "--epochs", "10"],
+        "--reduction-factor 1.4 puts two of ASHA's rungs on epoch 2 (grace 1): give a larger one",
+    ),
     ("zero-seeds-per-trial", lambda t, d, s: ["--seeds-per-trial", "0"], "--seeds-per-trial must be an integer >= 1"),
     ("negative-seeds-per-trial", lambda t, d, s: ["--seeds-per-trial", "-2"], "--seeds-per-trial"),
     ("not-an-int", lambda t, d, s: ["--num-samples", "many"], "--num-samples"),

@@ -5,6 +5,7 @@ batches only, so its decisions do not depend on arrival order."""
 from __future__ import annotations
 
 import itertools
+import math
 from types import SimpleNamespace
 
 import optuna
@@ -59,10 +60,13 @@ def test_the_plain_limiter_tells_in_completion_order_so_the_test_above_can_fail(
 
 
 def test_the_rungs_and_cutoff_are_asha_s():
-    for grace, max_t, rf in [(4, 40, 3), (1, 2, 3), (1, 27, 3), (2, 100, 4), (1, 1000, 2)]:
+    cases = [(4, 40, 3), (1, 2, 3), (1, 27, 3), (2, 100, 4), (1, 1000, 2), (1, 40, 2.5), (4, 40, 1.5), (3, 50, 1.7)]
+    for grace, max_t, rf in cases:
         asha = AsyncHyperBandScheduler(grace_period=grace, max_t=max_t, reduction_factor=rf, metric="m", mode="max")
         milestones = sorted(m for m, _ in asha._brackets[0]._rungs)
-        assert batch_rungs(grace, max_t, rf) == [m for m in milestones if m < max_t], (grace, max_t, rf)
+        # Epochs are whole: ASHA decides a milestone at the first epoch that reaches it (1, 2.5, 6.25 -> 1, 3, 7).
+        expected = [math.ceil(m - 1e-9) for m in milestones if math.ceil(m - 1e-9) < max_t]
+        assert batch_rungs(grace, max_t, rf) == expected, (grace, max_t, rf)
         values = {str(i): float(v) for i, v in enumerate([0.3, 0.9, 0.5, 0.7, 0.1])}
         assert rung_cutoff(list(values.values()), rf) == pytest.approx(asha._brackets[0].cutoff(values))
     assert rung_cutoff([], 3) is None
@@ -143,3 +147,48 @@ def test_replayed_halving_cuts_each_curve_where_the_scheduler_stops_it():
     assert replay_halving(negated, max_t=9, grace=1, rf=3, batch=2, mode="min") == [9, 3, 1, 3, 9, 1]
     # A larger factor keeps fewer: rf 9 has a single rung at epoch 1 and cuts below its 8/9 quantile.
     assert replay_halving(curves, max_t=9, grace=1, rf=9, batch=2) == [9, 3, 1, 1, 9, 1]
+
+
+@pytest.fixture()
+def prepared(tmp_path):
+    from study.sweep import SweepOptions, prepare
+    from tests.conftest import make_image_tree
+    from trainables.config import DataConfig
+
+    tree = make_image_tree(tmp_path / "img", per_class=4, test_per_class=1, classes=("airplane", "bird"))
+    data = DataConfig(root=str(tree), cache_dir=str(tmp_path / "cache"))
+
+    def prep(**options):
+        options = {
+            "name": "s",
+            "storage_path": str(tmp_path / "ray"),
+            "tracking_uri": f"sqlite:///{tmp_path / 'm.db'}",
+            **options,
+        }
+        return prepare(SweepOptions(**options), data)
+
+    return prep
+
+
+def test_either_mode_s_scheduler_halves_by_the_sweep_s_factor_from_its_grace(prepared):
+    from study.sweep import make_scheduler
+
+    for reproducible in (True, False):
+        prep = prepared(epochs=20, grace_epochs=2, reduction_factor=2.5, reproducible=reproducible)
+        scheduler = make_scheduler(prep, concurrency=3)
+        if reproducible:
+            assert isinstance(scheduler, BatchedHalving)
+            assert (scheduler.rungs, scheduler.reduction_factor, scheduler.batch_size) == ([2, 5, 13], 2.5, 3)
+        else:
+            assert isinstance(scheduler, AsyncHyperBandScheduler)
+            bracket = scheduler._brackets[0]
+            assert (sorted(m for m, _ in bracket._rungs), bracket.rf) == ([2, 5, 12.5], 2.5)
+    assert make_scheduler(prepared(epochs=20, scheduler="none"), concurrency=2) is None
+
+
+def test_the_default_sweep_halves_by_3_at_epochs_4_12_and_36(prepared):
+    """What the README and docs/usage.md say of the default sweep (40 epochs)."""
+    from study.sweep import make_scheduler
+
+    scheduler = make_scheduler(prepared(epochs=40), concurrency=2)
+    assert (scheduler.rungs, scheduler.reduction_factor) == ([4, 12, 36], 3)

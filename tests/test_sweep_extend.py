@@ -353,3 +353,17 @@ def test_rerun_register_refuses_a_bad_model_name_before_training(smoke_sweep):
         "m",
     )
     assert proc.returncode == 2 and "--register goes with a rerun of one trial" in proc.stderr
+
+
+def test_an_extension_of_a_sweep_from_before_the_reduction_factor_flag_halves_by_3(extended):
+    """A manifest written before --reduction-factor existed has no such option: that sweep's ASHA
+    halved by 3, and its extension must too, whatever the default or the command line says."""
+    from study.sweep import SweepOptions, prepare_extension
+
+    ray_dir = extended["folder"] / "ray"
+    manifest = json.loads((ray_dir / "wf" / "birdplane.json").read_text())
+    assert manifest["options"].pop("reduction_factor") == 3.0
+    (ray_dir / "old-wf").mkdir()
+    (ray_dir / "old-wf" / "birdplane.json").write_text(json.dumps({**manifest, "name": "old-wf"}))
+    ext = prepare_extension(SweepOptions(name="old-wf", storage_path=str(ray_dir), reduction_factor=2.0), None, 1)
+    assert ext.options.reduction_factor == 3.0 and ext.options.name == "old-wf-ext1"
