@@ -119,14 +119,13 @@ def main() -> None:
     a = p.parse_args()
     curves, seconds, params, max_t = study_curves(a.tracking_uri, a.name)
     full_budget = [c for c in curves if len(c) == max_t]
-    no_stop = sum(len(c) for c in curves)
+    no_stop, no_stop_best = sum(len(c) for c in curves), max(c[-1] for c in curves)
     print(
         f"{a.name}: {len(curves)} trials, {len(full_budget)} ran all {max_t} epochs; best final val_acc "
-        f"{max(c[-1] for c in curves):.4f}; {no_stop} epochs without early stopping"
+        f"{no_stop_best:.4f}; {no_stop} epochs without early stopping"
     )
     rng = random.Random(0)
     orders = [rng.sample(range(len(curves)), len(curves)) for _ in range(a.orders)]
-    no_stop_best = max(c[-1] for c in curves)
     for mode in ("reproducible", "async"):
         print(
             f"\n{mode} ({'exact replay' if mode == 'reproducible' else 'simulated on the logged epoch times'}, "

@@ -65,10 +65,10 @@ def test_split(data_root: str):
     return data.test, list(data.classes)
 
 
-def chosen_on_test(client: MlflowClient, name: str, test, classes: list[str]) -> dict:
-    """Sweep ``name``'s chosen trial (highest final val_acc) scored on the test split with its model
-    bundle's weights: the search's answer on images that no search decision saw."""
-    trials = finished(load_study(client, name).trials)
+def chosen_on_test(client: MlflowClient, name: str, trials, test, classes: list[str]) -> dict:
+    """Sweep ``name``'s chosen trial (highest final val_acc among its finished ``trials``) scored on
+    the test split with its model bundle's weights: the search's answer on images that no search
+    decision saw."""
     best = trials.loc[trials["val_acc"].idxmax()]
     with tempfile.TemporaryDirectory() as folder:
         bundle = load_bundle(client.download_artifacts(best["run_id"], "model.pt", folder))
@@ -80,7 +80,7 @@ def chosen_on_test(client: MlflowClient, name: str, test, classes: list[str]) ->
     return {"chosen": best["run_id"], "chosen_val_acc": float(best["val_acc"]), "test_acc": test_acc}
 
 
-def one_sweep(search: str, seed: int, a, work: Path) -> dict:
+def one_sweep(search: str, seed: int, a, work: Path, test, classes: list[str]) -> dict:
     import ray
 
     name = f"{search}-{seed}"
@@ -106,7 +106,7 @@ def one_sweep(search: str, seed: int, a, work: Path) -> dict:
     ray.shutdown()
     client = MlflowClient(uri)
     trials = finished(load_study(client, name).trials)
-    return best_by_budget(trials) | chosen_on_test(client, name, *test_split(a.data_root))
+    return best_by_budget(trials) | chosen_on_test(client, name, trials, test, classes)
 
 
 def summarise(rows: list[dict], reference: str, delta: float) -> str:
@@ -167,7 +167,7 @@ def rescore(path: str, store: str, data_root: str) -> int:
         name = f"{row['search']}-{row['seed']}"
         if "test_acc" in row or client.get_experiment_by_name(name) is None:
             continue
-        got = chosen_on_test(client, name, test, classes)
+        got = chosen_on_test(client, name, finished(load_study(client, name).trials), test, classes)
         if abs(got["chosen_val_acc"] - row["best"]["1.0"]) > 1e-12:
             raise ValueError(
                 f"{name} in {store} chose val_acc {got['chosen_val_acc']}, the row says {row['best']['1.0']}"
@@ -223,11 +223,12 @@ def main() -> None:
     if a.smoke_test:
         a.seeds, a.trials, a.epochs, a.subset, a.grace = 1, 3, 2, 50, 1
     work = Path(tempfile.mkdtemp(prefix="birdplane-search-"))
+    test, classes = test_split(a.data_root)  # once: every sweep's chosen trial is scored on it
     rows: list[dict] = []
     for seed in range(a.first_seed, a.first_seed + a.seeds):
         for search in a.searchers.split(","):
             started = time.perf_counter()
-            r = one_sweep(search, seed, a, work)
+            r = one_sweep(search, seed, a, work, test, classes)
             row = {
                 "search": search,
                 "seed": seed,

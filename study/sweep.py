@@ -37,7 +37,7 @@ from trainables.config import DataConfig
 from trainables.data import check_data
 
 DEFAULT_GRACE = 4  # ASHA's first rung: augmentation and schedules lose at 2 epochs what they win at 40
-DEFAULT_REDUCTION = 3.0  # ASHA's reduction factor: a rung keeps the top 1/rf (docs/benchmarks.md#halving)
+DEFAULT_REDUCTION = 3.0  # ASHA's reduction factor: a rung keeps the top 1/rf (docs/benchmarks.md#halving-replayed)
 REDUCTION_BEFORE_FLAG = 3.0  # what sweeps ran with before --reduction-factor (their manifests lack it)
 SAMPLERS = ("tpe", "gp", "qmc", "random")  # Optuna samplers that handle the conditional depth -> widths space
 
@@ -138,8 +138,7 @@ def prepare(opts: SweepOptions, data: DataConfig, space: SearchSpace | None = No
         )
     if opts.scheduler == "asha" and opts.grace_epochs is not None and opts.grace_epochs > epochs.fixed:
         raise UsageError(f"--grace-epochs {opts.grace_epochs} exceeds the {epochs.fixed} epochs of a trial")
-    grace = opts.grace_epochs or min(DEFAULT_GRACE, int(epochs.fixed))
-    check_reduction_factor(opts.reduction_factor, grace, int(epochs.fixed))
+    check_reduction_factor(opts.reduction_factor, sweep_grace(opts, int(epochs.fixed)), int(epochs.fixed))
     loss = space.dimensions.get("loss")
     losses = (loss.choices or (loss.fixed,)) if loss is not None else ("nll",)
     if "bce" in losses and len(data.classes) != 2:
@@ -174,6 +173,11 @@ def prepare(opts: SweepOptions, data: DataConfig, space: SearchSpace | None = No
         metric=opts.metric,
         optuna_storage=optuna_storage,
     )
+
+
+def sweep_grace(opts: SweepOptions, epochs: int) -> int:
+    """ASHA's grace: --grace-epochs, else DEFAULT_GRACE or the trials' epochs when fewer."""
+    return opts.grace_epochs or min(DEFAULT_GRACE, epochs)
 
 
 def check_reduction_factor(rf, grace: int, max_t: int) -> None:
@@ -393,7 +397,7 @@ def make_scheduler(prep: SweepPrepared, concurrency: int):
 
     opts = prep.options
     scheduler = None
-    grace = opts.grace_epochs or min(DEFAULT_GRACE, prep.epochs)
+    grace = sweep_grace(opts, prep.epochs)
     if opts.scheduler == "asha" and opts.is_reproducible:
         from study.reproducible import BatchedHalving
 
